@@ -1,0 +1,57 @@
+"""Token-pruning transforms: pure, jit-compiled functions of one example.
+
+Selectors take scores or features of ONE example and a static budget ``k`` and return int32
+indices ``[k]``: unique, sorted ascending, computed in float32 whatever the input dtype. Batch
+them with ``jax.vmap``. Scorers turn attention into scores; ops apply a selection.
+
+Protected tokens (CLS, registers, a middle class token): select among
+``unprotected_positions(n, protected)`` and map back with ``with_protected`` (see ``_ops``).
+"""
+
+from pruneax.tokens._coverage import coverage, coverage_matrix
+from pruneax.tokens._diversity import kcenter, maxmin_diversity, maxsum_diversity
+from pruneax.tokens._feather import feather, uniform_grid
+from pruneax.tokens._hiprune import hiprune, hiprune_anchors
+from pruneax.tokens._holov import holov, holov_chunks
+from pruneax.tokens._ops import (
+    fuse_pruned,
+    gather,
+    keep_mask,
+    unprotected_positions,
+    with_protected,
+)
+from pruneax.tokens._scorers import (
+    cls_attention,
+    last_query_attention,
+    query_key_attention,
+    received_attention,
+)
+from pruneax.tokens._tome import tome_merge
+from pruneax.tokens._topk import budget, random, topk
+
+__all__ = [
+    "budget",
+    "cls_attention",
+    "coverage",
+    "coverage_matrix",
+    "feather",
+    "fuse_pruned",
+    "gather",
+    "hiprune",
+    "hiprune_anchors",
+    "holov",
+    "holov_chunks",
+    "kcenter",
+    "keep_mask",
+    "last_query_attention",
+    "maxmin_diversity",
+    "maxsum_diversity",
+    "query_key_attention",
+    "random",
+    "received_attention",
+    "tome_merge",
+    "topk",
+    "uniform_grid",
+    "unprotected_positions",
+    "with_protected",
+]

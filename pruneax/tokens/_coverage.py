@@ -1,0 +1,148 @@
+"""Coverage maximisation (MMTok): greedy facility location over text and vision targets."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pruneax.tokens import _checks
+from pruneax.tokens._numerics import features, l2_normalize, pick, sorted_indices
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def coverage_matrix(
+    x: jax.typing.ArrayLike,
+    *,
+    text: jax.typing.ArrayLike | None = None,
+    x_vision: jax.typing.ArrayLike | None = None,
+    alpha: float = 0.5,
+    tau_tv: float = 0.01,
+    tau_vv: float = 0.2,
+) -> jax.Array:
+    """MMTok's coverage matrix ``C = [P; alpha * Q]`` of shape [m + n, n] (float32).
+
+    ``P = softmax_n(z x^T / tau_tv) / m`` (text rows) and ``Q = softmax_row(v v^T / tau_vv) / n``
+    (vision rows), all inputs L2-normalised with the norm clamped at 1e-8. Column j holds how
+    well token j covers each target. The coverage of a set S is ``sum_r max_{j in S} C[r, j]``.
+
+    Args and Raises: as :func:`coverage`.
+    """
+    _, _, m = _coverage_shapes(x, text, x_vision)
+    alpha, tau_tv, tau_vv = _coverage_params(alpha, tau_tv, tau_vv)
+    return _matrix(x, text if m else None, x_vision, alpha, tau_tv, tau_vv)[0]
+
+
+def coverage(
+    x: jax.typing.ArrayLike,
+    k: int,
+    *,
+    text: jax.typing.ArrayLike | None = None,
+    x_vision: jax.typing.ArrayLike | None = None,
+    alpha: float = 0.5,
+    tau_tv: float = 0.01,
+    tau_vv: float = 0.2,
+) -> jax.Array:
+    """MMTok: greedy maximisation of text and vision coverage.
+
+    Builds ``C = [P; alpha * Q]`` (see :func:`coverage_matrix`), then k times picks
+    ``argmax_j sum_r max(0, C[r, j] - best[r])`` over unselected tokens (lowest index on ties)
+    and sets ``best = max(best, C[:, j])``; the first pick is the largest column sum. The
+    objective is monotone submodular, so the result is within (1 - 1/e) of the optimum.
+
+    Args:
+      x: [n, D] visual tokens in the LLM's space (projector outputs).
+      k: number of tokens to keep, 1 <= k <= n (MMTok's default 64).
+      text: [m, D] LLM input embeddings of the question's content words, or None (or m = 0)
+        for vision-only coverage.
+      x_vision: [n, Dv] vision-encoder features of the same tokens (penultimate layer, no CLS)
+        for the vision-vision term; None uses ``x``.
+      alpha: weight of the vision-vision term (0.5).
+      tau_tv: text-vision softmax temperature (0.02 for LLaVA in the paper, 0.01 for Qwen and
+        here by default).
+      tau_vv: vision-vision softmax temperature (0.2).
+
+    Returns:
+      int32 [k]: unique indices, sorted ascending.
+
+    Raises:
+      ValueError: on wrong ranks, mismatched token counts or feature sizes, ``k`` out of
+        range, or a non-positive temperature.
+
+    A token whose row in ``x`` or ``x_vision`` holds NaN or infinity covers nothing, is
+    covered by nothing and is picked only when no finite token is left; a non-finite text row
+    is ignored (it contributes a zero row to ``C``).
+
+    References:
+      MMTok: "Multimodal Coverage Maximization for Efficient Inference of VLMs", 2025.
+    """
+    n, _, m = _coverage_shapes(x, text, x_vision)
+    alpha, tau_tv, tau_vv = _coverage_params(alpha, tau_tv, tau_vv)
+    return _coverage(x, text if m else None, x_vision, _checks.budget(k, n), alpha, tau_tv, tau_vv)
+
+
+def _coverage_shapes(x, text, x_vision):
+    n, d = _checks.real_array(x, "x", 2, "[n, D]")
+    m = 0
+    if text is not None:
+        shape = jnp.shape(text)
+        if (
+            len(shape) != 2
+            or shape[1] != d
+            or not jnp.issubdtype(jnp.result_type(text), jnp.number)
+        ):
+            raise ValueError(f"text must have shape [m, {d}] (D of x = {d}); got shape {shape}")
+        m = shape[0]
+    if x_vision is not None:
+        shape = _checks.real_array(x_vision, "x_vision", 2, "[n, Dv]")
+        _checks.same_length(n, shape[0], "x_vision", shape, "as many rows as x has tokens,")
+    return n, d, m
+
+
+def _coverage_params(alpha, tau_tv, tau_vv):
+    return (
+        _checks.positive_float(alpha, "alpha", allow_zero=True),
+        _checks.positive_float(tau_tv, "tau_tv"),
+        _checks.positive_float(tau_vv, "tau_vv"),
+    )
+
+
+def _masked_softmax(logits, col_valid, row_valid):
+    logits = jnp.where(col_valid[None, :], logits, -jnp.inf)
+    return jnp.where(row_valid[:, None], jax.nn.softmax(logits, axis=-1), 0.0)
+
+
+def _matrix(x, text, x_vision, alpha, tau_tv, tau_vv):
+    x, valid = features(x)
+    n = x.shape[0]
+    if x_vision is None:
+        v = x
+    else:
+        v, valid_v = features(x_vision)
+        valid = valid & valid_v
+    v = l2_normalize(v)
+    q = _masked_softmax(jnp.matmul(v, v.T, precision=_HIGHEST) / tau_vv, valid, valid) / n
+    rows = [alpha * q]
+    if text is not None:
+        z, text_valid = features(text)
+        logits = jnp.matmul(l2_normalize(z), l2_normalize(x).T, precision=_HIGHEST) / tau_tv
+        rows.insert(0, _masked_softmax(logits, valid, text_valid) / z.shape[0])
+    return jnp.concatenate(rows, axis=0), valid
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _coverage(x, text, x_vision, k, alpha, tau_tv, tau_vv):
+    c, valid = _matrix(x, text, x_vision, alpha, tau_tv, tau_vv)
+    n = c.shape[1]
+
+    def step(i, carry):
+        idx, best, available = carry
+        gain = jnp.sum(jnp.maximum(c - best[:, None], 0.0), axis=0)
+        j = pick(gain, available, valid)
+        return idx.at[i].set(j), jnp.maximum(best, c[:, j]), available.at[j].set(False)
+
+    init = (jnp.zeros((k,), jnp.int32), jnp.zeros((c.shape[0],), jnp.float32), jnp.ones((n,), bool))
+    idx, _, _ = jax.lax.fori_loop(0, k, step, init)
+    return sorted_indices(idx)

@@ -1,0 +1,86 @@
+"""HiPrune: anchors from a shallow layer, their grid neighbours, registers from a deep layer."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pruneax.tokens import _checks
+from pruneax.tokens._numerics import priority_topk, rank_key
+
+
+def hiprune_anchors(k: int, alpha: float) -> int:
+    """HiPrune's anchor count: Python ``round(k * alpha / 5)`` (1, 3, 4 for k = 64, 128, 192)."""
+    return round(k * alpha / 5)
+
+
+def hiprune(
+    shallow_scores: jax.typing.ArrayLike,
+    deep_scores: jax.typing.ArrayLike,
+    k: int,
+    *,
+    grid: tuple[int, int],
+    alpha: float = 0.1,
+) -> jax.Array:
+    """HiPrune: hierarchical selection from two vision-encoder layers.
+
+    1. Anchors: the top ``round(k * alpha / 5)`` patches by ``shallow_scores`` (a middle
+       "object" layer: layer 9 of 24, 1-based, for CLIP-L).
+    2. Buffers: each anchor's 4-neighbours on the ``grid`` (up, down, left, right). Unlike the
+       published code (flat +-1 on a hard-coded 24 x 24 grid, clamped to [0, 575]), neighbours
+       do not wrap across rows and out-of-grid neighbours are dropped.
+    3. Registers: the remaining budget by ``deep_scores`` (layer -2), excluding 1 and 2.
+
+    Exactly ``k`` unique indices come back. If anchors and buffers alone exceed ``k`` (only
+    possible for ``alpha`` near 1 and small ``k``), anchors are kept first, then the buffers
+    with the best deep scores.
+
+    Args:
+      shallow_scores: [N] patch scores from the object layer (:func:`received_attention`).
+      deep_scores: [N] patch scores from the deep layer.
+      k: number of patches to keep, 1 <= k <= N.
+      grid: ``(rows, cols)`` of the patch grid, rows * cols == N, raster order.
+      alpha: fraction of the budget spent on anchors and their buffers (0.1).
+
+    Returns:
+      int32 [k]: unique indices, sorted ascending.
+
+    Raises:
+      ValueError: on wrong ranks or lengths, a grid that does not match N, ``k`` out of range
+        or ``alpha`` outside [0, 1].
+
+    References:
+      HiPrune: "Training-Free Visual Token Pruning via Hierarchical Attention in Vision
+      Encoders", 2025.
+    """
+    (n,) = _checks.real_array(shallow_scores, "shallow_scores", 1, "[N]")
+    (nd,) = _checks.real_array(deep_scores, "deep_scores", 1, "[N]")
+    _checks.same_length(n, nd, "deep_scores", (nd,), "the length of shallow_scores,")
+    grid = _checks.grid_shape(grid, n)
+    alpha = _checks.positive_float(alpha, "alpha", allow_zero=True)
+    if alpha > 1:
+        raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
+    k = _checks.budget(k, n)
+    return _hiprune(shallow_scores, deep_scores, k, grid, min(hiprune_anchors(k, alpha), k))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _hiprune(shallow, deep, k, grid, num_anchors):
+    rows, cols = grid
+    n = rows * cols
+    levels = jnp.zeros((n,), jnp.int32)
+    if num_anchors:
+        _, a = jax.lax.top_k(rank_key(shallow), num_anchors)
+        r, c = a // cols, a % cols
+        neighbours = jnp.concatenate(
+            [
+                jnp.where(r > 0, a - cols, n),
+                jnp.where(r < rows - 1, a + cols, n),
+                jnp.where(c > 0, a - 1, n),
+                jnp.where(c < cols - 1, a + 1, n),
+            ]
+        )  # index n = no neighbour (dropped by the scatter)
+        levels = levels.at[neighbours].set(1, mode="drop").at[a].set(2)
+    return priority_topk(levels, deep, k)

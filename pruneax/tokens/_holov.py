@@ -1,0 +1,120 @@
+"""HoloV: a holistic budget split over contiguous chunks, then top attention inside each."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pruneax.tokens import _checks
+from pruneax.tokens._numerics import features, priority_topk, rank_key
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+_ATTN_SCALE = 1e3  # published constants
+_VAR_WEIGHT = 0.09
+_EPS = 1e-6
+
+
+def holov_chunks(n: int, num_chunks: int) -> np.ndarray:
+    """Chunk sizes of HoloV's split of ``n`` raster tokens: the FIRST ``n % C`` chunks get one more.
+
+    Returns:
+      int [num_chunks] sizes summing to ``n`` (a static NumPy array).
+    """
+    base, rem = divmod(n, num_chunks)
+    return np.array([base + (i < rem) for i in range(num_chunks)], dtype=np.int32)
+
+
+def holov(
+    scores: jax.typing.ArrayLike, x: jax.typing.ArrayLike, k: int, *, num_chunks: int = 16
+) -> jax.Array:
+    """HoloV: spread the budget over image regions in proportion to their holistic score.
+
+    As the published code computes it: tokens are cut into ``num_chunks`` contiguous raster
+    chunks. In each chunk, features are normalised (``f / (|f| + 1e-6)``), ``S = F F^T`` with
+    its diagonal zeroed, ``mean_i = sum_j S_ij / (n - 1)`` and ``var_i = sum_j (S_ij - mean_i)^2
+    / (n - 1)`` (the zeroed diagonal stays in that sum, as published). Token score
+    ``t_i = 1e3 a_i + 0.09 * var_i * mean|1e3 a| / (mean|var| + 1e-6)``; chunk score = mean
+    ``t_i``; chunk weight ``w_c = s_c / (sum s + 1e-6)``; budget ``floor(w_c k)``, and the
+    remainder goes one each to the chunks of largest weight. Inside a chunk the tokens of
+    highest attention ``a`` are kept.
+
+    Deviation: the published code keeps a whole chunk when its budget exceeds its size and
+    zero-pads the output; here that lost budget is refilled with the highest-attention tokens
+    not yet kept, so exactly ``k`` indices come back. Without overflow the picks are identical.
+
+    Args:
+      scores: [N] [CLS] attention over the patches (:func:`cls_attention`), non-negative.
+      x: [N, D] token features (LLaVA projector outputs in the published code).
+      k: number of tokens to keep, 1 <= k <= N (64 in the published LLaVA setting).
+      num_chunks: number of raster chunks C, 1 <= C <= N // 2 (16).
+
+    Returns:
+      int32 [k]: unique indices, sorted ascending.
+
+    Raises:
+      ValueError: on wrong ranks, mismatched N, ``k`` or ``num_chunks`` out of range.
+
+    NaN attention counts as 0 in the chunk scores and ranks last inside its chunk; feature rows
+    with NaN or infinity count as zero vectors.
+
+    References:
+      Zou et al., "Don't Just Chase 'Highlighted Tokens' in MLLMs: Revisiting Visual Holistic
+      Context Retention" (HoloV), NeurIPS 2025.
+    """
+    (n,) = _checks.real_array(scores, "scores", 1, "[N]")
+    nx, _ = _checks.real_array(x, "x", 2, "[N, D]")
+    _checks.same_length(n, nx, "x", jnp.shape(x), "as many rows as scores has entries,")
+    c = _checks.static_int(num_chunks, "num_chunks")
+    if not 1 <= c <= n // 2:
+        raise ValueError(f"num_chunks must be in [1, {n // 2}] (every chunk >= 2 tokens); got {c}")
+    return _holov(scores, x, _checks.budget(k, n), c)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _holov(scores, x, k, num_chunks):
+    n = x.shape[0]
+    sizes = holov_chunks(n, num_chunks)
+    width = int(sizes.max())
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    # [C, width] token index of each chunk slot; slot beyond a chunk's size -> n (padding).
+    slot = np.arange(width)[None, :]
+    table = np.where(slot < sizes[:, None], starts[:, None] + slot, n)
+    real = jnp.asarray(table < n)
+    size = jnp.asarray(sizes, jnp.float32)[:, None]
+
+    f, _ = features(x)
+    f = f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + _EPS)
+    fc = jnp.take(f, table, axis=0, mode="fill", fill_value=0)  # [C, width, D]
+    sim = jnp.einsum("cid,cjd->cij", fc, fc, precision=_HIGHEST)
+    both = real[:, :, None] & real[:, None, :]
+    sim = jnp.where(both & ~jnp.eye(width, dtype=bool), sim, 0.0)
+    mean = jnp.sum(sim, axis=-1) / (size - 1)
+    var = jnp.sum(jnp.where(both, jnp.square(sim - mean[:, :, None]), 0.0), axis=-1) / (size - 1)
+
+    a = jnp.asarray(scores, jnp.float32)
+    a_c = _ATTN_SCALE * jnp.take(jnp.nan_to_num(a, nan=0.0), table, mode="fill", fill_value=0)
+    chunk_mean = lambda v: jnp.sum(jnp.where(real, v, 0.0), axis=-1, keepdims=True) / size
+    scale = chunk_mean(jnp.abs(a_c)) / (chunk_mean(jnp.abs(var)) + _EPS)
+    chunk_score = chunk_mean(a_c + _VAR_WEIGHT * var * scale)[:, 0]  # [C]
+
+    w = chunk_score / (jnp.sum(chunk_score) + _EPS)
+    alloc = jnp.floor(w * k).astype(jnp.int32)
+    remaining = k - jnp.sum(alloc)
+    by_weight = jnp.argsort(-rank_key(w), stable=True)
+    extra = (
+        jnp.zeros((num_chunks,), jnp.int32)
+        .at[by_weight]
+        .set((jnp.arange(num_chunks) < remaining).astype(jnp.int32))
+    )
+    cap = jnp.clip(alloc + extra, 0, jnp.asarray(sizes))  # [C]
+
+    # Rank of each token inside its chunk by attention (0 = highest), then the chunk budgets.
+    chunk_of = jnp.asarray(np.repeat(np.arange(num_chunks), sizes))
+    order = jnp.lexsort((-rank_key(a), chunk_of))  # by chunk, then attention descending
+    rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    rank_in_chunk = rank - jnp.asarray(starts, jnp.int32)[chunk_of]
+    chosen = rank_in_chunk < cap[chunk_of]
+    return priority_topk(chosen.astype(jnp.int32), a, k)

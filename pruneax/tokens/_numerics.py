@@ -1,0 +1,78 @@
+"""Float32 numerics shared by the selectors: normalisation, NaN policy, the greedy pick.
+
+NaN policy (the same for every selector):
+- a score that is NaN ranks below every other score, -inf included;
+- a token whose feature row holds a NaN or an infinity is *invalid*: its row is zeroed before
+  any similarity is computed (so it cannot poison the others), and a greedy selector picks it
+  only when no valid token is left, lowest index first.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NORM_EPS = 1e-8  # norms are clamped here before dividing (MMTok's clamp; DivPrune divides raw)
+
+
+def features(x: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(x_f32, valid)``: rows cast to float32, invalid rows zeroed, and a [N] mask."""
+    x = jnp.asarray(x, jnp.float32)
+    valid = jnp.all(jnp.isfinite(x), axis=-1)
+    return jnp.where(valid[:, None], x, 0.0), valid
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    """Rows divided by their L2 norm, clamped at ``NORM_EPS`` (a zero row stays zero)."""
+    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, NORM_EPS)
+
+
+def rank_key(scores: jax.typing.ArrayLike) -> jax.Array:
+    """Scores as float32 with NaN mapped below -inf's rank, for ``top_k``/``argmax``.
+
+    ``lax.top_k`` and ``argmax`` prefer the lower index among equal keys. To put NaN strictly
+    below -inf we map -inf to the lowest finite float32 and NaN to -inf; finite scores keep
+    their order (a finite score equal to the lowest float32 ties with -inf, which is harmless).
+    """
+    s = jnp.asarray(scores, jnp.float32)
+    lowest = jnp.finfo(jnp.float32).min
+    s = jnp.where(jnp.isneginf(s), lowest, s)
+    return jnp.where(jnp.isnan(s), -jnp.inf, s)
+
+
+def pick(score: jax.Array, available: jax.Array, valid: jax.Array) -> jax.Array:
+    """One greedy step: the available valid token of highest ``score``, ties to the lowest index.
+
+    If every available valid token has score -inf (or NaN), the lowest-index one is taken; if no
+    valid token is available, the lowest-index available (invalid) token is taken. ``available``
+    must have at least one True entry.
+    """
+    ok = available & valid
+    s = jnp.where(ok & ~jnp.isnan(score), score, -jnp.inf)
+    best = jnp.argmax(s)
+    best = jnp.where(s[best] > -jnp.inf, best, jnp.argmax(ok))
+    return jnp.where(jnp.any(ok), best, jnp.argmax(available)).astype(jnp.int32)
+
+
+def sorted_indices(idx: jax.Array) -> jax.Array:
+    """Indices sorted ascending as int32 (the output convention of every selector)."""
+    return jnp.sort(idx.astype(jnp.int32))
+
+
+def priority_topk(levels: jax.Array, key: jax.Array, k: int) -> jax.Array:
+    """Top-``k`` tokens by (``levels`` descending, then ``key`` descending, then lower index).
+
+    ``levels`` are small non-negative ints (e.g. 2 = must keep, 1 = fill). The two keys are
+    combined exactly through ranks, so no float arithmetic can blur the priority.
+
+    Returns:
+      int32 [k] sorted indices.
+    """
+    n = key.shape[0]
+    # rank 0 = best key; stable argsort keeps the lower index first among equal keys.
+    order = jnp.argsort(-rank_key(key), stable=True)
+    rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    combined = levels.astype(jnp.int32) * n + (n - 1 - rank)
+    _, idx = jax.lax.top_k(combined, k)
+    return sorted_indices(idx)

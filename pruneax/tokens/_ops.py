@@ -1,0 +1,142 @@
+"""Token operations applied after selection: gather, masks, EViT fusion, protected tokens.
+
+Protected tokens (CLS, registers, a class token in the middle of the sequence) are handled by
+running a selector on the unprotected tokens only and mapping its indices back::
+
+    rest = unprotected_positions(n, protected=(0,))     # static NumPy array
+    idx = maxmin_diversity(tokens[rest], k)             # choose among the patches
+    keep = with_protected(idx, n, protected=(0,))       # [1 + k] sorted, CLS included
+    tokens = gather(tokens, keep)
+
+No selector can drop a protected token this way, and kept tokens stay in original order.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pruneax.tokens import _checks
+
+
+def gather(x: jax.typing.ArrayLike, idx: jax.typing.ArrayLike, *, axis: int = 0) -> jax.Array:
+    """Takes the kept tokens ``x[idx]`` along ``axis`` (features, position ids, masks...).
+
+    Gathering position ids with the same indices keeps each token's ORIGINAL position (as FastV
+    and FEATHER do for RoPE), rather than renumbering.
+
+    Args:
+      x: [..., N, ...] any array; tokens along ``axis``.
+      idx: int [k] indices into that axis (from a selector).
+      axis: the token axis (0).
+
+    Returns:
+      ``x`` with ``k`` entries along ``axis``.
+
+    Raises:
+      ValueError: if ``idx`` is not a rank-1 integer array or ``axis`` is out of range.
+    """
+    shape = jnp.shape(x)
+    if jnp.ndim(idx) != 1 or not jnp.issubdtype(jnp.result_type(idx), jnp.integer):
+        raise ValueError(f"idx must be a rank-1 integer array; got shape {jnp.shape(idx)}")
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"axis must be in [{-len(shape)}, {len(shape)}) for x of shape {shape}")
+    return jnp.take(x, idx, axis=axis, mode="fill", fill_value=0)
+
+
+def keep_mask(idx: jax.typing.ArrayLike, n: int) -> jax.Array:
+    """Boolean [n] mask, True at the kept indices.
+
+    Raises:
+      ValueError: if ``idx`` is not a rank-1 integer array or ``n`` is not a positive int.
+    """
+    n = _checks.static_int(n, "n")
+    if n < 1 or jnp.ndim(idx) != 1 or not jnp.issubdtype(jnp.result_type(idx), jnp.integer):
+        raise ValueError(
+            f"need n >= 1 and a rank-1 integer idx; got n={n}, idx shape {jnp.shape(idx)}"
+        )
+    return jnp.zeros((n,), bool).at[idx].set(True, mode="drop")
+
+
+def fuse_pruned(
+    x: jax.typing.ArrayLike, idx: jax.typing.ArrayLike, weights: jax.typing.ArrayLike
+) -> jax.Array:
+    """EViT token fusion: the kept tokens followed by ONE token summarising the pruned ones.
+
+    The fused token is ``sum_{i not kept} w_i x_i`` with the raw weights (EViT uses the
+    head-averaged [CLS] attention, not renormalised over the pruned tokens).
+
+    Args:
+      x: [N, D] patch tokens (no CLS; prepend it yourself).
+      idx: int [k] kept indices (unique).
+      weights: [N] weights, usually :func:`cls_attention` of the same layer.
+
+    Returns:
+      [k + 1, D] in the dtype of ``x``: ``x[idx]`` then the fused token.
+
+    Raises:
+      ValueError: on wrong ranks or a ``weights`` length different from N.
+
+    References:
+      Liang et al., "Not All Patches are What You Need: Expediting Vision Transformers via
+      Token Reorganizations" (EViT), ICLR 2022.
+    """
+    n, _ = _checks.real_array(x, "x", 2, "[N, D]")
+    (nw,) = _checks.real_array(weights, "weights", 1, "[N]")
+    _checks.same_length(n, nw, "weights", (nw,), "length N =")
+    x = jnp.asarray(x)
+    pruned = ~keep_mask(idx, n)
+    w = jnp.where(pruned, jnp.asarray(weights, jnp.float32), 0.0)
+    fused = jnp.matmul(w, x.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+    return jnp.concatenate([gather(x, idx), fused[None].astype(x.dtype)], axis=0)
+
+
+def _protected(n: int, protected: Sequence[int]) -> np.ndarray:
+    n = _checks.static_int(n, "n")
+    if not isinstance(protected, Sequence) or any(
+        isinstance(p, bool) or not isinstance(p, numbers.Integral) for p in protected
+    ):
+        raise ValueError(f"protected must be a sequence of Python ints; got {protected!r}")
+    p = np.asarray(sorted(int(i) for i in protected), dtype=np.int64)
+    if len(set(p.tolist())) != len(p) or (len(p) and (p[0] < 0 or p[-1] >= n)) or len(p) >= n:
+        raise ValueError(
+            f"protected must be distinct positions in [0, {n}) leaving at least one token; "
+            f"got {tuple(protected)}"
+        )
+    return p
+
+
+def unprotected_positions(n: int, protected: Sequence[int] = (0,)) -> np.ndarray:
+    """The positions a selector chooses among: ``[0, n)`` minus ``protected``, ascending.
+
+    A static NumPy int32 array (shapes stay static under jit).
+
+    Raises:
+      ValueError: if ``protected`` is not distinct ints in [0, n) leaving a token.
+    """
+    p = _protected(n, protected)
+    return np.setdiff1d(np.arange(n), p).astype(np.int32)
+
+
+def with_protected(idx: jax.typing.ArrayLike, n: int, protected: Sequence[int] = (0,)) -> jax.Array:
+    """Maps selector output over the unprotected tokens back to the full sequence.
+
+    Args:
+      idx: int [k] indices into :func:`unprotected_positions` ``(n, protected)``.
+      n: the full sequence length.
+      protected: positions that are always kept, e.g. ``(0,)`` for CLS, ``range(5)`` for CLS
+        plus four registers, ``(98,)`` for Vision Mamba's middle class token.
+
+    Returns:
+      int32 [len(protected) + k]: full-sequence indices, sorted ascending, protected included.
+
+    Raises:
+      ValueError: on a bad ``protected`` or an ``idx`` that is not rank-1 integer.
+    """
+    rest = unprotected_positions(n, protected)
+    kept = gather(jnp.asarray(rest), idx)
+    return jnp.sort(jnp.concatenate([jnp.asarray(_protected(n, protected), jnp.int32), kept]))

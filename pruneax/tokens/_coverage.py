@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from pruneax.tokens import _checks
+from pruneax.tokens._batching import cache_batched
 from pruneax.tokens._numerics import features, l2_normalize, pick, sorted_indices
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -134,6 +135,22 @@ def _matrix(x, text, x_vision, alpha, tau_tv, tau_vv):
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
 def _coverage(x, text, x_vision, k, alpha, tau_tv, tau_vv):
+    n = x.shape[0]
+    m = 0 if text is None else text.shape[0]
+    has_text, has_vision = text is not None, x_vision is not None
+    arrays = [a for a in (x, text, x_vision) if a is not None]
+
+    def one(*arrays):
+        it = iter(arrays)
+        x = next(it)
+        text = next(it) if has_text else None
+        x_vision = next(it) if has_vision else None
+        return _coverage_one(x, text, x_vision, k, alpha, tau_tv, tau_vv)
+
+    return cache_batched(one, (m + n) * n * 4)(*arrays)
+
+
+def _coverage_one(x, text, x_vision, k, alpha, tau_tv, tau_vv):
     c, valid = _matrix(x, text, x_vision, alpha, tau_tv, tau_vv)
     n = c.shape[1]
 

@@ -25,9 +25,9 @@ def tome_merge(
     cosine-similar B token (on ``metric``, e.g. the attention keys averaged over heads); the
     ``r`` A tokens with the most similar edges are merged into their B partner by a
     size-weighted mean, and sizes add up. The first ``num_protected`` tokens (CLS) are never
-    merged away nor receive a merge. Unlike the published code, which returns [unmerged A; B], surviving tokens
-    come back in their ORIGINAL order. Feed ``log(size)`` to the next attention as a bias on
-    the key logits (proportional attention).
+    merged away nor receive a merge. Unlike the published code, which returns
+    [unmerged A; B], surviving tokens come back in their ORIGINAL order. Feed ``log(size)``
+    to the next attention as a bias on the key logits (proportional attention).
 
     Args:
       x: [N, D] tokens to merge.

@@ -33,9 +33,10 @@ def hiprune(
        do not wrap across rows and out-of-grid neighbours are dropped.
     3. Registers: the remaining budget by ``deep_scores`` (layer -2), excluding 1 and 2.
 
-    Exactly ``k`` unique indices come back. If anchors and buffers alone exceed ``k`` (only
-    possible for ``alpha`` near 1 and small ``k``), anchors are kept first, then the buffers
-    with the best deep scores.
+    With ``alpha = 0.1`` there is no anchor for ``k <= 25`` (``round(k * alpha / 5) == 0``)
+    and HiPrune reduces to top-k by ``deep_scores``. Exactly ``k`` unique indices come back.
+    If anchors and buffers alone exceed ``k`` (only possible for ``alpha`` near 1 and small
+    ``k``), anchors are kept first, then the buffers with the best deep scores.
 
     Args:
       shallow_scores: [N] patch scores from the object layer (:func:`received_attention`).

@@ -1,0 +1,1 @@
+"""Runnable experiments: a thin CLI per module, an importable ``run(config)``, results on disk."""

@@ -1,0 +1,591 @@
+"""Lottery tickets: iterative magnitude pruning (IMP) with rewinding, and its baselines.
+
+Commands:
+  python -m experiments.lottery_ticket --preset tiny --workdir /tmp/lt          # smoke, digits
+  python -m experiments.lottery_ticket --preset cpu --data_dir ../shared/data --workdir runs/lt
+  python -m experiments.lottery_ticket --preset gpu --data_dir ../shared/data --workdir runs/lt_gpu
+
+Each IMP round trains the masked network, records test accuracy at the end and at the
+early-stopping iteration (minimum validation loss), prunes ``rate`` of the remaining weights by
+magnitude and rewinds the survivors to their values at iteration ``rewind_iteration`` (0 = the
+original LTH; > 0 = "Stabilizing the LTH" / late resetting). At every sparsity the same run
+also trains two baselines: the ticket's mask with a fresh random initialisation ("reinit") and
+a random mask with the same layerwise sparsity from the rewound weights ("random_prune").
+
+Every finished training run is checkpointed with orbax under ``WORKDIR/checkpoints``; a killed
+run resumes after its last finished job and gives the same results (all randomness is derived
+from ``(seed, job)``). Outputs: ``WORKDIR/results.json``, ``results.csv``, ``lottery_ticket.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from pruneax import data as pdata
+from pruneax import models
+from pruneax import weights as W
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One lottery-ticket experiment. Iterations count optimizer steps (batches)."""
+
+    model: str = "lenet300100"  # lenet300100 | conv2 | conv4 | conv6 | resnet20
+    dataset: str = "digits"  # digits | mnist | cifar10
+    optimizer: str = "adam"  # adam | sgd (momentum, weight decay, step lr)
+    learning_rate: float = 1.2e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_milestones: tuple[int, ...] = ()  # iterations where the lr is multiplied by 0.1
+    batch_size: int = 60
+    iterations: int = 50_000
+    eval_every: int = 100
+    val_size: int = 5_000
+    augment: bool = False  # random crop (pad 4) + horizontal flip, for CIFAR
+    rounds: int = 15  # pruning rounds after the dense run
+    rate: float = 0.2  # fraction of the remaining weights pruned per round
+    overrides: tuple[tuple[str, float], ...] = (("out/*", 0.1),)  # per-layer rates (globs)
+    scope: str = "layerwise"  # layerwise (LTH) | global (open_lth)
+    rewind_iteration: int = 0  # 0 = original LTH; k > 0 = rewind to iteration k
+    baselines: tuple[str, ...] = ("reinit", "random_prune")
+    seeds: tuple[int, ...] = (0,)
+
+
+PRESETS: dict[str, Config] = {
+    # Smoke test: the embedded digits, a tiny LeNet run; well under a minute on CPU.
+    "tiny": Config(
+        dataset="digits", iterations=300, eval_every=50, val_size=200, batch_size=60, rounds=3
+    ),
+    # Frankle & Carbin, LeNet-300-100 on MNIST: Adam 1.2e-3, batch 60, 50K iterations,
+    # 20% per round layerwise (output layer 10%), evaluated every 100 iterations.
+    "cpu": Config(dataset="mnist", rounds=15),
+    # Conv-4 on CIFAR-10 (LTH: Adam 3e-4, batch 60, 25K iterations, conv 10% / fc 20% per round),
+    # with rewinding to iteration 0 and to an early iteration compared in separate runs.
+    "gpu": Config(
+        model="conv4",
+        dataset="cifar10",
+        learning_rate=3e-4,
+        iterations=25_000,
+        rounds=12,
+        overrides=(("conv*", 0.1), ("out/*", 0.1)),
+        rewind_iteration=0,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _prepare(cfg: Config, data_dir: str | None) -> dict[str, np.ndarray]:
+    ds = pdata.load_dataset(cfg.dataset, data_dir)
+    x_train, y_train = ds.train_images, ds.train_labels
+    x_test, y_test = ds.test_images, ds.test_labels
+    prep = lambda x: _as_nhwc(np.asarray(x, np.float32) / ds.pixel_max)
+    x_train, x_test = prep(x_train), prep(x_test)
+    if cfg.dataset == "cifar10":  # per-channel standardisation, as open_lth
+        mean, std = x_train.mean((0, 1, 2)), x_train.std((0, 1, 2))
+        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    # Validation set for early stopping: a fixed slice of the training set (LTH: 5,000 of MNIST).
+    rng = np.random.default_rng(12345)
+    order = rng.permutation(len(x_train))
+    val, train = order[: cfg.val_size], order[cfg.val_size :]
+    return {
+        "x_train": x_train[train],
+        "y_train": np.asarray(y_train)[train].astype(np.int32),
+        "x_val": x_train[val],
+        "y_val": np.asarray(y_train)[val].astype(np.int32),
+        "x_test": x_test,
+        "y_test": np.asarray(y_test).astype(np.int32),
+    }
+
+
+def _as_nhwc(x: np.ndarray) -> np.ndarray:
+    return x[..., None] if x.ndim == 3 else x
+
+
+# ----------------------------------------------------------------------------- model + training
+
+
+def _make_model(cfg: Config, input_shape: tuple[int, ...], seed_key: jax.Array) -> nnx.Module:
+    rngs = nnx.Rngs(seed_key)
+    if cfg.model == "lenet300100":
+        return models.LeNet300100(in_features=int(np.prod(input_shape)), rngs=rngs)
+    if cfg.model in models.CONVNET_VARIANTS:
+        return models.ConvNet(cfg.model, input_shape=input_shape, rngs=rngs)
+    if cfg.model == "resnet20":
+        return models.ResNet20(in_channels=input_shape[-1], rngs=rngs)
+    raise ValueError(
+        f"model must be lenet300100, resnet20 or one of {sorted(models.CONVNET_VARIANTS)}; "
+        f"got {cfg.model!r}"
+    )
+
+
+def _optimizer(cfg: Config) -> optax.GradientTransformation:
+    if cfg.lr_milestones:
+        lr = optax.piecewise_constant_schedule(
+            cfg.learning_rate, dict.fromkeys(cfg.lr_milestones, 0.1)
+        )
+    else:
+        lr = cfg.learning_rate
+    if cfg.optimizer == "adam":
+        return optax.adam(lr)
+    if cfg.optimizer == "sgd":
+        return optax.chain(
+            optax.add_decayed_weights(cfg.weight_decay), optax.sgd(lr, momentum=cfg.momentum)
+        )
+    raise ValueError(f"optimizer must be 'adam' or 'sgd'; got {cfg.optimizer!r}")
+
+
+def _augment(key, x):
+    """Random crop after 4-pixel zero padding, and a random horizontal flip (per image)."""
+    b, h, w, _ = x.shape
+    k1, k2, k3 = jax.random.split(key, 3)
+    padded = jnp.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    dy = jax.random.randint(k1, (b,), 0, 9)
+    dx = jax.random.randint(k2, (b,), 0, 9)
+    crop = jax.vmap(lambda im, y, x_: jax.lax.dynamic_slice(im, (y, x_, 0), (h, w, im.shape[-1])))
+    x = crop(padded, dy, dx)
+    flip = jax.random.bernoulli(k3, 0.5, (b,))
+    return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+
+
+class Trainer:
+    """Jitted training chunks and evaluation for one model architecture."""
+
+    def __init__(self, cfg: Config, model: nnx.Module):
+        self.cfg = cfg
+        self.inner = _optimizer(cfg)
+        self.tx = W.masked_optimizer(self.inner)  # one object: the jitted chunk compiles once
+        model.train()
+        self.graph_train, _, _ = nnx.split(model, nnx.Param, ...)
+        model.eval()
+        self.graph_eval, _, _ = nnx.split(model, nnx.Param, ...)
+        model.train()
+        self._chunk = jax.jit(self._chunk_impl, static_argnums=(0,))
+        self._eval = jax.jit(self._eval_impl)
+
+    def _loss(self, params, rest, x, y):
+        model = nnx.merge(self.graph_train, params, rest)
+        logits = model(x)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        _, _, rest = nnx.split(model, nnx.Param, ...)
+        return loss, rest
+
+    def _chunk_impl(self, tx, params, rest, opt_state, x_train, y_train, batches, keys):
+        def body(carry, inputs):
+            params, rest, opt_state = carry
+            idx, key = inputs
+            x, y = x_train[idx], y_train[idx]
+            if self.cfg.augment:
+                x = _augment(key, x)
+            (loss, rest), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, x, y)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), rest, opt_state), loss
+
+        (params, rest, opt_state), losses = jax.lax.scan(
+            body, (params, rest, opt_state), (batches, keys)
+        )
+        return params, rest, opt_state, losses
+
+    def _eval_impl(self, params, rest, x, y):
+        def one(batch):
+            xb, yb = batch
+            logits = nnx.merge(self.graph_eval, params, rest)(xb)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+            return loss.sum(), (jnp.argmax(logits, -1) == yb).sum()
+
+        n = x.shape[0]
+        size = min(1000, n)
+        full = (n // size) * size
+        loss, correct = jax.lax.map(
+            one, (x[:full].reshape(-1, size, *x.shape[1:]), y[:full].reshape(-1, size))
+        )
+        loss, correct = loss.sum(), correct.sum()
+        if full < n:
+            l2, c2 = one((x[full:], y[full:]))
+            loss, correct = loss + l2, correct + c2
+        return loss / n, correct / n
+
+    def train(
+        self,
+        params,
+        rest,
+        masks,
+        data: dict[str, jax.Array],
+        key: jax.Array,
+        start: int,
+        capture: int | None = None,
+        label: str = "",
+    ):
+        """Trains from iteration ``start`` to ``cfg.iterations`` with ``masks`` held at zero.
+
+        Returns ``(params, rest, curve, captured)``: ``curve`` rows are
+        ``(iteration, val_loss, val_acc, test_acc)`` with test_acc None except at new
+        validation-loss minima and the end; ``captured`` is ``(params, rest)`` at
+        iteration ``capture`` (for rewinding), or None.
+        """
+        cfg = self.cfg
+        tx = self.tx
+        params = W.apply_masks(params, masks)
+        opt_state = W.set_masks(tx.init(params), masks, self.inner)
+        # the lr schedule counts from `start`: rewound runs continue the schedule at iteration k
+        if start:
+            opt_state = _advance_count(opt_state, start)
+        n_train = data["x_train"].shape[0]
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+        total = cfg.iterations - start
+        order = np.concatenate(
+            [rng.permutation(n_train) for _ in range(total * cfg.batch_size // n_train + 2)]
+        )
+        batches = order[: total * cfg.batch_size].reshape(total, cfg.batch_size).astype(np.int32)
+        step_keys = jax.random.split(jax.random.fold_in(key, 1), total)
+        stops = sorted(
+            {start + i for i in range(cfg.eval_every, total + 1, cfg.eval_every)}
+            | {cfg.iterations}
+            | ({capture} if capture and start < capture <= cfg.iterations else set())
+        )
+        curve, captured, t, best = [], None, start, float("inf")
+        t0 = time.time()
+        for stop in stops:
+            sl = slice(t - start, stop - start)
+            params, rest, opt_state, _ = self._chunk(
+                tx,
+                params,
+                rest,
+                opt_state,
+                data["x_train"],
+                data["y_train"],
+                jnp.asarray(batches[sl]),
+                step_keys[sl],
+            )
+            t = stop
+            if capture is not None and t == capture:
+                captured = (params, rest)
+            if (t - start) % cfg.eval_every == 0 or t == cfg.iterations:
+                vl, va = (float(v) for v in self._eval(params, rest, data["x_val"], data["y_val"]))
+                # Test accuracy is only needed at the early-stopping iteration (a new minimum of
+                # the validation loss) and at the end: evaluate it there and nowhere else.
+                ta = None
+                if vl < best or t == cfg.iterations:
+                    ta = float(self._eval(params, rest, data["x_test"], data["y_test"])[1])
+                    best = min(best, vl)
+                curve.append((t, vl, va, ta))
+                if len(curve) % max(1, len(stops) // 5) == 0 or t == cfg.iterations:
+                    print(
+                        f"  [{label}] it {t:>6}/{cfg.iterations}  val_loss {float(vl):.4f}  "
+                        f"val_acc {va:.4f}  test_acc {ta if ta is not None else float('nan'):.4f}  "
+                        f"({time.time() - t0:.1f}s)",
+                        flush=True,
+                    )
+        return params, rest, curve, captured
+
+
+def _advance_count(opt_state, start):
+    """Sets every optax step counter in the state to ``start`` (schedules resume at k)."""
+    return jax.tree.map(
+        lambda x: jnp.full_like(x, start) if x.dtype == jnp.int32 and x.ndim == 0 else x,
+        opt_state,
+    )
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def _jobs(cfg: Config) -> list[tuple[int, str, int]]:
+    """(seed, kind, round) in execution order: IMP round r, then its baselines."""
+    jobs = []
+    for seed in cfg.seeds:
+        for r in range(cfg.rounds + 1):
+            jobs.append((seed, "imp", r))
+            if r:
+                jobs.extend((seed, b, r) for b in cfg.baselines)
+    return jobs
+
+
+def _summary(curve, report: W.SparsityReport) -> dict[str, Any]:
+    """Early stopping = the first iteration of minimum validation loss (test acc known there)."""
+    val = [row[1] for row in curve]
+    best = int(np.argmin(val))
+    return {
+        "remaining": report.remaining,
+        "sparsity": report.sparsity,
+        "final_test_acc": curve[-1][3],
+        "early_stop_iteration": int(curve[best][0]),
+        "early_stop_test_acc": curve[best][3],
+        "early_stop_val_loss": val[best],
+        "curve": [list(row) for row in curve],  # (iteration, val_loss, val_acc, test_acc|None)
+    }
+
+
+class _Checkpoints:
+    """orbax: one checkpoint per finished job, holding the seed's state and all results."""
+
+    def __init__(self, directory: pathlib.Path):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
+        self.manager = ocp.CheckpointManager(
+            directory.resolve(), options=ocp.CheckpointManagerOptions(max_to_keep=2)
+        )
+
+    def latest(self):
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        restored = self.manager.restore(
+            step,
+            args=self.ocp.args.Composite(
+                state=self.ocp.args.StandardRestore(), meta=self.ocp.args.JsonRestore()
+            ),
+        )
+        return step, restored["state"], restored["meta"]
+
+    def save(self, step: int, state: dict, meta: dict):
+        self.manager.save(
+            step,
+            args=self.ocp.args.Composite(
+                state=self.ocp.args.StandardSave(state), meta=self.ocp.args.JsonSave(meta)
+            ),
+        )
+        self.manager.wait_until_finished()
+
+
+def _masks_to_dict(masks) -> dict[str, np.ndarray]:
+    flat = jax.tree_util.tree_flatten_with_path(masks, is_leaf=lambda x: x is None)[0]
+    return {W.path_name(p): np.asarray(m) for p, m in flat if m is not None}
+
+
+def _masks_from_dict(params, d: dict[str, Any]):
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = [W.path_name(p) for p, _ in flat]
+    return jax.tree.unflatten(treedef, [jnp.asarray(d[n], bool) if n in d else None for n in names])
+
+
+def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) -> dict[str, Any]:
+    """Runs (or resumes) the experiment; returns the results dict also written to results.json."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if data_dir is None and cfg.dataset != "digits":
+        data_dir = os.environ.get("PRUNEAX_DATA_DIR")
+    if cfg.dataset == "digits":
+        print("[lottery_ticket] no data dir: using scikit-learn's bundled digits", flush=True)
+    arrays = _prepare(cfg, data_dir)
+    data = {k: jnp.asarray(v) for k, v in arrays.items()}
+    input_shape = tuple(arrays["x_train"].shape[1:])
+
+    jobs = _jobs(cfg)
+    ckpt = _Checkpoints(workdir / "checkpoints")
+    results: list[dict[str, Any]] = []
+    state: dict[str, Any] = {}
+    first = 0
+    latest = ckpt.latest()
+    if latest is not None:
+        step, state, meta = latest
+        if meta["config"] != _config_json(cfg):
+            raise ValueError(
+                f"workdir {workdir} holds checkpoints of a different config; use a new --workdir"
+            )
+        results, first = meta["results"], step + 1
+        print(f"[lottery_ticket] resuming after job {step + 1}/{len(jobs)}", flush=True)
+
+    trainer = None
+    for j in range(first, len(jobs)):
+        seed, kind, r = jobs[j]
+        key = jax.random.fold_in(jax.random.key(seed), j)
+        model = _make_model(cfg, input_shape, jax.random.key(seed))
+        trainer = trainer or Trainer(cfg, model)
+        _, theta0, rest0 = nnx.split(model, nnx.Param, ...)
+        if kind == "imp" and r == 0:
+            state = {"theta0": theta0, "theta_k": theta0, "rest_k": rest0}
+            masks = W.layerwise_masks(W.magnitude_scores(theta0), 0.0)
+            params, rest, start = theta0, rest0, 0
+        else:
+            theta_k = _restore_like(theta0, state["theta_k"])
+            rest_k = _restore_like(rest0, state["rest_k"])
+            if kind == "imp":  # this round's masks: the last IMP round's pruning result
+                state["masks"] = state["next_masks"]
+            masks = _masks_from_dict(theta0, state["masks"])
+            params, rest, start = theta_k, rest_k, cfg.rewind_iteration
+            if kind == "reinit":
+                fresh = _make_model(cfg, input_shape, jax.random.fold_in(key, 7))
+                _, params, rest = nnx.split(fresh, nnx.Param, ...)
+            elif kind == "random_prune":
+                masks = W.random_masks(jax.random.fold_in(key, 11), masks)
+        report = W.sparsity_report(masks)
+        label = f"seed {seed} {kind} r{r} {report.remaining:.1f}%"
+        print(f"[lottery_ticket] job {j + 1}/{len(jobs)}: {label}", flush=True)
+        capture = (
+            cfg.rewind_iteration if (kind == "imp" and r == 0 and cfg.rewind_iteration) else None
+        )
+        params, rest, curve, captured = trainer.train(
+            params, rest, masks, data, key, start, capture=capture, label=label
+        )
+        results.append({"seed": seed, "kind": kind, "round": r, **_summary(curve, report)})
+        if kind == "imp":
+            if captured is not None:
+                state["theta_k"], state["rest_k"] = captured
+            state = _to_numpy(state)
+            next_masks = W.prune_round(
+                params,
+                masks,
+                cfg.rate,
+                scope=cfg.scope,
+                overrides=dict(cfg.overrides) or None,
+            )
+            state["next_masks"] = _masks_to_dict(next_masks)
+        ckpt.save(j, _to_numpy(state), {"config": _config_json(cfg), "results": results})
+    out = _write_outputs(cfg, workdir, results)
+    return out
+
+
+def _restore_like(like, restored):
+    """A checkpointed pure dict put back into an NNX state shaped like ``like``."""
+    out = jax.tree.map(lambda x: x, like)  # a copy: replace_by_pure_dict works in place
+    nnx.replace_by_pure_dict(out, jax.tree.map(jnp.asarray, restored))
+    return out
+
+
+def _to_numpy(state: dict[str, Any]) -> dict[str, Any]:
+    """The experiment state as plain nested dicts of NumPy arrays (what orbax stores)."""
+    pure = lambda v: nnx.to_pure_dict(v) if isinstance(v, nnx.State) else v
+    return jax.tree.map(np.asarray, {k: pure(v) for k, v in state.items()})
+
+
+def _config_json(cfg: Config) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _write_outputs(cfg: Config, workdir: pathlib.Path, results: list[dict]) -> dict[str, Any]:
+    out = {
+        "config": _config_json(cfg),
+        "machine": _machine(),
+        "results": results,
+    }
+    (workdir / "results.json").write_text(json.dumps(out, indent=1))
+    fields = [
+        "seed",
+        "kind",
+        "round",
+        "remaining",
+        "final_test_acc",
+        "early_stop_iteration",
+        "early_stop_test_acc",
+        "early_stop_val_loss",
+    ]
+    with open(workdir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(results)
+    _plot(cfg, workdir / "lottery_ticket.png", results)
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def _plot(cfg: Config, path: pathlib.Path, results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    styles = {
+        "imp": ("C0", "o", "IMP (winning ticket)"),
+        "reinit": ("C1", "s", "random re-init"),
+        "random_prune": ("C2", "^", "random pruning"),
+    }
+    for kind, (color, marker, label) in styles.items():
+        rows = [r for r in results if r["kind"] == kind]
+        if not rows:
+            continue
+        rem = sorted({r["remaining"] for r in rows}, reverse=True)
+        for ax, field in zip(axes, ("early_stop_test_acc", "early_stop_iteration"), strict=True):
+            vals = [[r[field] for r in rows if r["remaining"] == x] for x in rem]
+            mean = [np.mean(v) for v in vals]
+            lo = [np.min(v) for v in vals]
+            hi = [np.max(v) for v in vals]
+            ax.plot(rem, mean, marker=marker, color=color, label=label)
+            ax.fill_between(rem, lo, hi, color=color, alpha=0.15)
+    dense = [r for r in results if r["kind"] == "imp" and r["round"] == 0]
+    for ax, field in zip(axes, ("early_stop_test_acc", "early_stop_iteration"), strict=True):
+        if dense:
+            ax.axhline(np.mean([r[field] for r in dense]), color="k", ls="--", lw=1, label="dense")
+        ax.set_xscale("log")
+        levels = sorted({r["remaining"] for r in results if r["kind"] == "imp"}, reverse=True)
+        ax.set_xticks(levels, [f"{x:.3g}" for x in levels], rotation=60, fontsize=8)
+        ax.minorticks_off()
+        ax.invert_xaxis()
+        ax.set_xlabel("percent of weights remaining")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy at early stop")
+    axes[1].set_ylabel("early-stop iteration (min val loss)")
+    axes[0].legend()
+    seeds = len({r["seed"] for r in results})
+    fig.suptitle(
+        f"{cfg.model} on {cfg.dataset}: IMP rate {cfg.rate} ({cfg.scope}), rewind to "
+        f"iteration {cfg.rewind_iteration}; {seeds} seed(s), band = min..max"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--data_dir", default=None, help="dataset dir (or PRUNEAX_DATA_DIR)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
+    parser.add_argument("--rounds", type=int, help="override the number of pruning rounds")
+    parser.add_argument("--iterations", type=int, help="override iterations per run")
+    parser.add_argument("--rewind_iteration", type=int, help="override the rewind point")
+    parser.add_argument("--model", help="override the model (lenet300100, conv2/4/6, resnet20)")
+    args = parser.parse_args(argv)
+    cfg = PRESETS[args.preset]
+    overrides = {
+        k: v
+        for k, v in {
+            "seeds": tuple(args.seeds) if args.seeds else None,
+            "rounds": args.rounds,
+            "iterations": args.iterations,
+            "rewind_iteration": args.rewind_iteration,
+            "model": args.model,
+        }.items()
+        if v is not None
+    }
+    cfg = dataclasses.replace(cfg, **overrides)
+    return run(cfg, args.workdir, args.data_dir)
+
+
+if __name__ == "__main__":
+    main()

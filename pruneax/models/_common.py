@@ -1,0 +1,78 @@
+"""Helpers shared by the model files: initializers, input checks, parameter counting."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pruneax.weights import default_prunable, leaf_names
+
+# Glorot / Xavier *normal* as in TensorFlow's ``glorot_normal`` (the LTH code): a normal truncated
+# at 2 standard deviations, rescaled so that the variance is exactly 2 / (fan_in + fan_out).
+glorot_normal = jax.nn.initializers.glorot_normal()
+
+# He / Kaiming normal as PyTorch's ``kaiming_normal_`` (mode="fan_in", ReLU gain): an untruncated
+# normal with variance 2 / fan_in. Flax's own ``kaiming_normal`` is truncated, hence this one.
+kaiming_normal = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def torch_linear_bias(fan_in: int) -> jax.nn.initializers.Initializer:
+    """PyTorch's default ``nn.Linear`` bias init: uniform on ``±1/sqrt(fan_in)``."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def is_size(value: object) -> bool:
+    """True for a positive integer (Python or NumPy), False for bools and everything else."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def check_images(x: jax.Array, expected_hwc: Sequence[int | None], where: str) -> None:
+    """Raises ``ValueError`` unless ``x`` is ``[B, H, W, C]`` matching ``expected_hwc``.
+
+    ``None`` entries of ``expected_hwc`` accept any size.
+    """
+    if x.ndim != 4:
+        raise ValueError(
+            f"{where}: x must be a batch of images [B, H, W, C] with "
+            f"(H, W, C) = {tuple(expected_hwc)}; got shape {tuple(x.shape)}"
+        )
+    for got, want in zip(x.shape[1:], expected_hwc, strict=True):
+        if want is not None and got != want:
+            raise ValueError(
+                f"{where}: x must have (H, W, C) = {tuple(expected_hwc)} (None = any); got shape "
+                f"{tuple(x.shape)}"
+            )
+
+
+def param_count(model: nnx.Module, *, kernels_only: bool = False) -> int:
+    """Number of trainable parameters (``nnx.Param`` leaves) of ``model``.
+
+    BatchNorm running statistics (``nnx.BatchStat``) are not parameters and are not counted.
+    Works on a real model and on an abstract one from ``nnx.eval_shape`` (no memory allocated).
+
+    Args:
+      model: a Flax NNX module.
+      kernels_only: count only the leaves that ``pruneax.weights``' default predicate selects
+        (named ``kernel`` with ``ndim >= 2``: the conv and dense weights the papers count as
+        "weights"); biases and norm scales/offsets are then left out.
+
+    Returns:
+      The total number of scalar entries, a Python int.
+    """
+    state = nnx.state(model, nnx.Param)
+    total = 0
+    for name, leaf in zip(leaf_names(state), jax.tree.leaves(state), strict=True):
+        if kernels_only and not default_prunable(name, leaf):
+            continue
+        total += math.prod(leaf.shape)
+    return total

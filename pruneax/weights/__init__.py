@@ -1,0 +1,50 @@
+"""Weight-pruning transforms over parameter pytrees (no Flax dependency).
+
+Scores -> masks (layerwise, global, N:M) -> ``apply_masks``; sparsity distributions (uniform,
+ERK) and schedules (one-shot, iterative, polynomial); an optax wrapper that keeps pruned weights
+at zero; and the lottery-ticket steps (``prune_round``, ``rewind``, ``random_masks``).
+Mask trees mirror the parameter tree: bool arrays (True = kept) for prunable leaves, None
+elsewhere. Leaves are named by key path (``"dense/kernel"``) and chosen by predicate or glob.
+"""
+
+from pruneax.weights._distributions import erk_sparsities, uniform_sparsities
+from pruneax.weights._lottery import prune_round, random_masks, rewind
+from pruneax.weights._masks import (
+    SparsityReport,
+    apply_masks,
+    global_masks,
+    layerwise_masks,
+    nm_masks,
+    sparsity_report,
+)
+from pruneax.weights._optax import MaskedState, masked_optimizer, set_masks
+from pruneax.weights._paths import default_prunable, leaf_names, path_name, prunable_names
+from pruneax.weights._schedules import iterative, one_shot, polynomial
+from pruneax.weights._scores import magnitude_scores, random_scores, saliency_scores
+
+__all__ = [
+    "MaskedState",
+    "SparsityReport",
+    "apply_masks",
+    "default_prunable",
+    "erk_sparsities",
+    "global_masks",
+    "iterative",
+    "layerwise_masks",
+    "leaf_names",
+    "magnitude_scores",
+    "masked_optimizer",
+    "nm_masks",
+    "one_shot",
+    "path_name",
+    "polynomial",
+    "prunable_names",
+    "prune_round",
+    "random_masks",
+    "random_scores",
+    "rewind",
+    "saliency_scores",
+    "set_masks",
+    "sparsity_report",
+    "uniform_sparsities",
+]

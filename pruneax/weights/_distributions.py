@@ -1,0 +1,61 @@
+"""Sparsity distributions over layers: uniform and Erdos-Renyi-Kernel (ERK)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from pruneax.weights import _paths
+from pruneax.weights._masks import _check_fraction
+from pruneax.weights._paths import Selector
+
+
+def _shapes(params, prunable):
+    names = _paths.prunable_names(params, prunable)
+    flat = {
+        _paths.path_name(p): np.shape(w) for p, w in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
+    return {n: flat[n] for n in names}
+
+
+def uniform_sparsities(
+    params: Any, sparsity: float, *, prunable: Selector = None
+) -> dict[str, float]:
+    """``{name: sparsity}`` for every prunable leaf."""
+    sparsity = _check_fraction(sparsity, "sparsity")
+    return dict.fromkeys(_shapes(params, prunable), sparsity)
+
+
+def erk_sparsities(
+    params: Any, sparsity: float, *, prunable: Selector = None, power: float = 1.0
+) -> dict[str, float]:
+    """Erdos-Renyi-Kernel: layer density proportional to ``(sum(shape) / prod(shape))**power``.
+
+    Densities ``eps * raw_l`` with ``eps`` chosen so that the total density is ``1 - sparsity``;
+    a layer whose density would exceed 1 is made dense and ``eps`` is recomputed over the rest
+    (as in RigL's reference implementation). For a dense kernel ``[in, out]`` this is
+    ``(in + out) / (in * out)`` (Erdos-Renyi); for a conv kernel ``[h, w, in, out]``,
+    ``(h + w + in + out) / (h * w * in * out)``.
+
+    Returns:
+      ``{name: sparsity}`` for every prunable leaf; the size-weighted mean equals ``sparsity``.
+
+    References:
+      Evci et al., "Rigging the Lottery: Making All Tickets Winners", ICML 2020.
+    """
+    sparsity = _check_fraction(sparsity, "sparsity")
+    shapes = _shapes(params, prunable)
+    size = {n: int(np.prod(s)) for n, s in shapes.items()}
+    raw = {n: (sum(s) / np.prod(s)) ** power for n, s in shapes.items()}
+    dense: set[str] = set()
+    while True:
+        rest = [n for n in shapes if n not in dense]
+        budget = (1 - sparsity) * sum(size.values()) - sum(size[n] for n in dense)
+        eps = budget / sum(raw[n] * size[n] for n in rest)
+        top = max(raw[n] for n in rest)
+        if eps * top <= 1.0 or len(rest) == 1:
+            break
+        dense |= {n for n in rest if raw[n] == top}
+    return {n: 0.0 if n in dense else float(1.0 - eps * raw[n]) for n in shapes}

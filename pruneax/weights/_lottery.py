@@ -1,0 +1,125 @@
+"""Lottery-ticket steps: prune a round, rewind, random pruning at the same layerwise sparsity.
+
+The outer loop (train, evaluate, prune, rewind, repeat) lives in ``experiments/``; these are the
+pure steps it is built from. A randomly re-initialised ticket is ``apply_masks(fresh_params,
+masks)`` with ``fresh_params`` from a new initialisation key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pruneax.weights import _paths
+from pruneax.weights._masks import _check_fraction, _masked_scores, _prune_lowest
+from pruneax.weights._paths import Selector
+from pruneax.weights._scores import magnitude_scores
+
+
+def prune_round(
+    params: Any,
+    masks: Any,
+    rate: float,
+    *,
+    scope: Literal["layerwise", "global"] = "layerwise",
+    prunable: Selector = None,
+    overrides: Mapping[str, float] | None = None,
+    scores: Any = None,
+) -> Any:
+    """One round of iterative pruning: removes ``rate`` of the REMAINING weights.
+
+    Layerwise (LTH): each prunable leaf with ``r`` remaining weights loses ``round(rate * r)``
+    more, lowest scores first; ``overrides`` set other per-leaf rates (the LTH's "output layer
+    10%"). Global (open_lth): the pool of non-overridden leaves loses ``round(rate * R)`` of its
+    ``R`` remaining weights.
+
+    Args:
+      params: current (trained) parameters.
+      masks: the current mask tree, or None for the first round (everything remaining).
+      rate: fraction of the remaining weights to prune, in [0, 1).
+      scope: "layerwise" or "global".
+      prunable: which leaves are pruned (default: dense/conv kernels).
+      overrides: ``{glob: rate}`` per-leaf rates (always layerwise).
+      scores: scores to rank by (default ``magnitude_scores(params)``).
+
+    Returns:
+      the new mask tree; every weight pruned before stays pruned.
+
+    Raises:
+      ValueError: rates outside [0, 1), an unknown scope, a selection matching nothing.
+    """
+    rate = _check_fraction(rate, "rate")
+    if scope not in ("layerwise", "global"):
+        raise ValueError(f"scope must be 'layerwise' or 'global'; got {scope!r}")
+    names = _paths.prunable_names(params, prunable)
+    own = _paths.overridden(names, overrides, "rate")
+    own = {n: _check_fraction(v, f"rate of {n!r}") for n, v in own.items()}
+    scores = magnitude_scores(params) if scores is None else scores
+    scores = _masked_scores(scores, masks)
+    flat_scores = _by_name(scores)
+    flat_masks = _by_name(masks) if masks is not None else {}
+    remaining = {
+        n: int(np.sum(flat_masks[n]))
+        if flat_masks.get(n) is not None
+        else int(np.size(flat_scores[n]))
+        for n in names
+    }
+    new = {}
+    pool = [n for n in names if n not in own] if scope == "global" else []
+    for n in names:
+        if n in pool:
+            continue
+        r = own.get(n, rate)
+        pruned = int(np.size(flat_scores[n])) - remaining[n] + round(r * remaining[n])
+        new[n] = _prune_lowest(flat_scores[n], pruned)
+    if pool:
+        values = jnp.concatenate([jnp.ravel(flat_scores[n]) for n in pool])
+        total_remaining = sum(remaining[n] for n in pool)
+        pruned = values.size - total_remaining + round(rate * total_remaining)
+        keep = _prune_lowest(values, pruned)
+        sizes = [int(np.size(flat_scores[n])) for n in pool]
+        for n, part in zip(pool, jnp.split(keep, np.cumsum(sizes)[:-1]), strict=True):
+            new[n] = part.reshape(np.shape(flat_scores[n]))
+    return _paths.map_named(lambda n, _: new.get(n), params)
+
+
+def _by_name(tree):
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
+    return {_paths.path_name(p): leaf for p, leaf in flat}
+
+
+def rewind(params: Any, saved: Any, masks: Any) -> Any:
+    """Resets to ``saved`` (weights at iteration k; k = 0 is the original LTH), pruned weights 0.
+
+    Every leaf takes its saved value (biases and norms too: the whole network rewinds); prunable
+    leaves are then masked. ``params`` only fixes the structure and is checked against it.
+
+    Raises:
+      ValueError: if ``saved`` does not have the structure of ``params``.
+    """
+    if jax.tree.structure(params) != jax.tree.structure(saved):
+        raise ValueError("rewind: saved must have the structure of params")
+    return _paths.map_named(
+        lambda _, s, m: s if m is None else jnp.where(m, s, jnp.zeros((), jnp.result_type(s))),
+        saved,
+        masks,
+    )
+
+
+def random_masks(key: jax.Array, masks: Any) -> Any:
+    """Random pruning at the same layerwise sparsity: per leaf, as many weights kept as in
+    ``masks``, at uniformly random positions (the LTH's random-pruning baseline)."""
+    leaves, treedef = jax.tree.flatten(masks, is_leaf=lambda x: x is None)
+    keys = jax.random.split(key, max(1, len(leaves)))
+    out = []
+    for k, m in zip(keys, leaves, strict=False):
+        if m is None:
+            out.append(None)
+            continue
+        pruned = int(np.size(m) - np.sum(m))
+        out.append(_prune_lowest(jax.random.uniform(k, np.shape(m)), pruned))
+    return jax.tree.unflatten(treedef, out)

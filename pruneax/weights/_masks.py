@@ -1,0 +1,259 @@
+"""Scores -> masks: layerwise and global magnitude-style pruning, N:M, and applying masks.
+
+A *mask tree* has the structure of the parameter tree; a prunable leaf holds a bool array of the
+leaf's shape (True = kept), a leaf that is not prunable holds ``None``. Exact counts: a leaf of
+size ``n`` pruned to sparsity ``s`` loses exactly ``round(s * n)`` weights, the lowest scores
+first, ties broken toward the lower flat index; global pruning removes exactly
+``round(s * total)`` over the pool. Scores of weights that a previous mask already pruned are
+-inf, so they stay pruned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pruneax.weights import _paths
+from pruneax.weights._paths import Selector
+
+
+def _check_fraction(s: object, name: str) -> float:
+    if isinstance(s, bool) or not isinstance(s, int | float | np.floating | np.integer):
+        raise ValueError(f"{name} must be a float in [0, 1); got {type(s).__name__} {s!r}")
+    s = float(s)
+    if not 0.0 <= s < 1.0:
+        raise ValueError(f"{name} must be in [0, 1) (1 would remove every weight); got {s}")
+    return s
+
+
+def _prune_lowest(scores: jax.Array, count: int) -> jax.Array:
+    """Bool mask of ``scores``' shape with exactly ``count`` lowest entries False (ties: lower
+    flat index first; NaN counts as lowest)."""
+    flat = jnp.ravel(jnp.asarray(scores, jnp.float32))
+    flat = jnp.where(jnp.isnan(flat), -jnp.inf, flat)
+    order = jnp.argsort(flat, stable=True)
+    keep = jnp.ones(flat.shape, bool).at[order[:count]].set(False)
+    return keep.reshape(jnp.shape(scores))
+
+
+def _masked_scores(scores, masks):
+    """Scores with previously pruned weights at -inf."""
+    if masks is None:
+        return scores
+    return _paths.map_named(
+        lambda _, s, m: s if m is None else jnp.where(m, s, -jnp.inf), scores, masks
+    )
+
+
+def layerwise_masks(
+    scores: Any,
+    sparsity: float | Mapping[str, float],
+    *,
+    prunable: Selector = None,
+    overrides: Mapping[str, float] | None = None,
+    masks: Any = None,
+) -> Any:
+    """Prunes each prunable leaf to its own sparsity, lowest scores first.
+
+    Args:
+      scores: pytree of scores with the structure of the parameters (e.g. ``magnitude(params)``).
+      sparsity: fraction in [0, 1) pruned in every prunable leaf, or ``{name: fraction}`` for
+        every prunable leaf (e.g. from :func:`erk_sparsities`).
+      prunable: which leaves are pruned (default: dense/conv kernels; see ``_paths``).
+      overrides: ``{glob: fraction}`` per-layer exceptions, e.g. ``{"out/*": 0.1}``.
+      masks: a previous mask tree; weights it pruned stay pruned (they count toward sparsity).
+
+    Returns:
+      mask tree (bool arrays for prunable leaves, None elsewhere).
+
+    Raises:
+      ValueError: a fraction outside [0, 1), a selection or override matching nothing, or a
+        sparsity mapping that misses a prunable leaf.
+    """
+    names = _paths.prunable_names(scores, prunable)
+    if isinstance(sparsity, Mapping):
+        missing = [n for n in names if n not in sparsity]
+        if missing:
+            raise ValueError(f"sparsity mapping misses prunable leaves {missing}")
+        target = {n: sparsity[n] for n in names}
+    else:
+        target = dict.fromkeys(names, sparsity)
+    target.update(_paths.overridden(names, overrides, "sparsity"))
+    target = {n: _check_fraction(v, f"sparsity of {n!r}") for n, v in target.items()}
+    scores = _masked_scores(scores, masks)
+    chosen = set(names)
+    return _paths.map_named(
+        lambda n, s: _prune_lowest(s, round(target[n] * np.size(s))) if n in chosen else None,
+        scores,
+    )
+
+
+def global_masks(
+    scores: Any,
+    sparsity: float,
+    *,
+    prunable: Selector = None,
+    overrides: Mapping[str, float] | None = None,
+    masks: Any = None,
+) -> Any:
+    """Prunes the lowest scores over all prunable leaves pooled together.
+
+    Exactly ``round(sparsity * pool_size)`` weights of the pool are pruned. Leaves matched by
+    ``overrides`` leave the pool and are pruned layerwise at their own fraction.
+
+    Args: as :func:`layerwise_masks`, with one global ``sparsity``.
+
+    Returns:
+      mask tree.
+
+    Raises:
+      ValueError: as :func:`layerwise_masks`.
+    """
+    sparsity = _check_fraction(sparsity, "sparsity")
+    names = _paths.prunable_names(scores, prunable)
+    own = _paths.overridden(names, overrides, "sparsity")
+    own = {n: _check_fraction(v, f"sparsity of {n!r}") for n, v in own.items()}
+    pool = [n for n in names if n not in own]
+    scores = _masked_scores(scores, masks)
+    flat = dict(
+        (_paths.path_name(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(scores)[0]
+    )
+    pooled = {}
+    if pool:
+        values = jnp.concatenate([jnp.ravel(jnp.asarray(flat[n], jnp.float32)) for n in pool])
+        keep = _prune_lowest(values, round(sparsity * values.size))
+        sizes = [int(np.size(flat[n])) for n in pool]
+        for n, part in zip(pool, jnp.split(keep, np.cumsum(sizes)[:-1]), strict=True):
+            pooled[n] = part.reshape(np.shape(flat[n]))
+
+    def leaf_mask(n, s):
+        if n in pooled:
+            return pooled[n]
+        if n in own:
+            return _prune_lowest(s, round(own[n] * np.size(s)))
+        return None
+
+    return _paths.map_named(leaf_mask, scores)
+
+
+def nm_masks(scores: Any, n: int, m: int, *, prunable: Selector = None, axis: int = -2) -> Any:
+    """N:M structured sparsity: in every group of ``m`` consecutive weights along ``axis``, keep
+    the ``n`` of highest score (ties toward the lower position).
+
+    For a dense kernel ``[in, out]`` the default ``axis=-2`` groups along the input dimension,
+    the layout sparse tensor cores expect (2:4).
+
+    Raises:
+      ValueError: if not ``0 < n <= m`` or a prunable leaf's ``axis`` is not divisible by ``m``.
+    """
+    if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
+        raise ValueError(f"need ints 0 < n <= m; got n={n!r}, m={m!r}")
+    names = set(_paths.prunable_names(scores, prunable))
+
+    def leaf_mask(name, s):
+        if name not in names:
+            return None
+        s = jnp.asarray(s, jnp.float32)
+        ax = axis % s.ndim
+        if s.shape[ax] % m:
+            raise ValueError(
+                f"nm_masks: leaf {name!r} has {s.shape[ax]} entries along axis {axis} "
+                f"(shape {s.shape}), not divisible by m={m}"
+            )
+        moved = jnp.moveaxis(s, ax, -1)
+        groups = moved.reshape(*moved.shape[:-1], -1, m)
+        groups = jnp.where(jnp.isnan(groups), -jnp.inf, groups)
+        # rank within each group: 0 = highest score; stable, so ties keep the lower position
+        order = jnp.argsort(-groups, axis=-1, stable=True)
+        rank = jnp.argsort(order, axis=-1, stable=True)
+        keep = (rank < n).reshape(moved.shape)
+        return jnp.moveaxis(keep, -1, ax)
+
+    return _paths.map_named(leaf_mask, scores)
+
+
+def apply_masks(params: Any, masks: Any) -> Any:
+    """``params`` with pruned weights set to exactly zero (leaves with a None mask unchanged).
+
+    Raises:
+      ValueError: if the trees' structures or a leaf's shape differ.
+    """
+    try:
+        return _paths.map_named(lambda n, p, m: p if m is None else _masked(n, p, m), params, masks)
+    except (ValueError, TypeError) as e:
+        if "apply_masks" in str(e):
+            raise
+        raise ValueError(f"apply_masks: masks do not match the structure of params: {e}") from e
+
+
+def _masked(name, p, m):
+    if np.shape(p) != np.shape(m):
+        raise ValueError(
+            f"apply_masks: mask for {name!r} has shape {np.shape(m)}, parameter {np.shape(p)}"
+        )
+    return jnp.where(m, p, jnp.zeros((), jnp.result_type(p)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityReport:
+    """Per-leaf and total sparsity of a mask tree (prunable leaves only).
+
+    Attributes:
+      rows: ``(name, shape, kept, size)`` per prunable leaf.
+    """
+
+    rows: tuple[tuple[str, tuple[int, ...], int, int], ...]
+
+    @property
+    def kept(self) -> int:
+        return sum(r[2] for r in self.rows)
+
+    @property
+    def size(self) -> int:
+        return sum(r[3] for r in self.rows)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of prunable weights removed."""
+        return 1.0 - self.kept / self.size if self.size else 0.0
+
+    @property
+    def remaining(self) -> float:
+        """Percent of prunable weights remaining (the LTH papers' x axis)."""
+        return 100.0 * self.kept / self.size if self.size else 100.0
+
+    def table(self) -> str:
+        """A plain-text table: one line per leaf, then the total."""
+        w = max([len(r[0]) for r in self.rows] + [5])
+        lines = [f"{'leaf':<{w}}  {'shape':>18}  {'kept':>10}  {'size':>10}  sparsity"]
+        for name, shape, kept, size in self.rows:
+            lines.append(
+                f"{name:<{w}}  {shape!s:>18}  {kept:>10}  {size:>10}  {1 - kept / size:8.4f}"
+            )
+        lines.append(
+            f"{'total':<{w}}  {'':>18}  {self.kept:>10}  {self.size:>10}  {self.sparsity:8.4f}"
+        )
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": {"kept": self.kept, "size": self.size, "sparsity": self.sparsity},
+            "leaves": {
+                n: {"shape": list(s), "kept": k, "size": z, "sparsity": 1 - k / z}
+                for n, s, k, z in self.rows
+            },
+        }
+
+
+def sparsity_report(masks: Any) -> SparsityReport:
+    """Counts kept weights per prunable leaf of a mask tree."""
+    rows = []
+    for path, m in jax.tree_util.tree_flatten_with_path(masks)[0]:
+        m = np.asarray(m)
+        rows.append((_paths.path_name(path), tuple(m.shape), int(m.sum()), int(m.size)))
+    return SparsityReport(tuple(rows))

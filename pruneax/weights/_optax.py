@@ -1,0 +1,85 @@
+"""An optax wrapper that keeps pruned weights exactly zero, with the masks in its state."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pruneax.weights import _paths
+
+
+class MaskedState(NamedTuple):
+    """State of :func:`masked_optimizer`: the mask tree and the inner optimizer's state."""
+
+    masks: Any
+    inner_state: optax.OptState
+
+
+def _full(masks, like):
+    """Masks with None (or no masks at all) replaced by a scalar True, leaf by leaf."""
+    if masks is None:
+        return jax.tree.map(lambda _: jnp.ones((), bool), like)
+    return _paths.map_named(lambda _, x, m: jnp.ones((), bool) if m is None else m, like, masks)
+
+
+def _apply_full(tree, full_masks):
+    return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros((), x.dtype)), tree, full_masks)
+
+
+def _mask_moments(inner, inner_state, full_masks):
+    """Zeroes ``inner``'s per-parameter state (moments, momentum) at pruned positions."""
+    return optax.tree_utils.tree_map_params(
+        inner,
+        lambda v, m: jnp.where(m, v, jnp.zeros((), v.dtype)),
+        inner_state,
+        full_masks,
+        transform_non_params=lambda v: v,
+    )
+
+
+def masked_optimizer(
+    inner: optax.GradientTransformation, masks: Any = None
+) -> optax.GradientTransformation:
+    """Wraps ``inner`` so that pruned weights stay exactly zero through training.
+
+    Each update: gradients of pruned weights are zeroed before ``inner`` sees them; ``inner``'s
+    per-parameter state (Adam's moments, SGD's momentum) is zeroed at pruned positions; the
+    outgoing update of a pruned weight is ``-param`` when ``params`` are passed (so the weight
+    lands on exactly 0 even if it was not zero) and 0 otherwise.
+
+    Args:
+      inner: any optax transformation (e.g. ``optax.adam(1.2e-3)``).
+      masks: a mask tree for the parameters (see ``layerwise_masks``); None keeps every weight
+        until masks are installed with :func:`set_masks`.
+
+    Returns:
+      A ``GradientTransformation`` whose state is a :class:`MaskedState`. Change masks between
+      rounds with :func:`set_masks` (one optimizer object then serves every round, so a jitted
+      step that takes it as a static argument compiles once).
+    """
+
+    def init(params):
+        full = _full(masks, params)
+        return MaskedState(full, inner.init(_apply_full(params, full)))
+
+    def update(updates, state, params=None):
+        grads = _apply_full(updates, state.masks)
+        out, inner_state = inner.update(grads, state.inner_state, params)
+        inner_state = _mask_moments(inner, inner_state, state.masks)
+        if params is None:
+            out = _apply_full(out, state.masks)
+        else:
+            out = jax.tree.map(lambda u, m, p: jnp.where(m, u, -p), out, state.masks, params)
+        return out, MaskedState(state.masks, inner_state)
+
+    return optax.GradientTransformation(init, update)
+
+
+def set_masks(state: MaskedState, masks: Any, inner: optax.GradientTransformation) -> MaskedState:
+    """New masks for a :func:`masked_optimizer` state; the inner moments of newly pruned weights
+    are zeroed so no stale momentum reaches them."""
+    full = _full(masks, state.masks)
+    return MaskedState(full, _mask_moments(inner, state.inner_state, full))

@@ -1,0 +1,113 @@
+"""Which leaves of a parameter pytree are prunable, and how leaves are named.
+
+A leaf's name is its key path joined by ``/``: ``{"dense": {"kernel": w}}`` -> ``"dense/kernel"``,
+a Flax NNX ``State`` leaf ``['conv1']['kernel'].value`` -> ``"conv1/kernel"`` (the trailing
+``.value`` of a ``Variable`` is dropped). Patterns are shell globs over those names
+(``fnmatch``): ``"*kernel"``, ``"out/*"``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+Predicate = Callable[[str, Any], bool]
+Selector = Predicate | str | Sequence[str] | None
+
+
+def _key_name(key: Any) -> str | None:
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return None if key.name == "value" else key.name
+    if isinstance(key, jax.tree_util.FlattenedIndexKey):
+        return str(key.key)
+    return str(key)
+
+
+def path_name(path: Sequence[Any]) -> str:
+    """``"a/b/kernel"`` for a ``jax.tree_util`` key path."""
+    return "/".join(n for n in (_key_name(k) for k in path) if n is not None)
+
+
+def leaf_names(tree: Any) -> list[str]:
+    """Names of the leaves of ``tree`` in ``jax.tree.leaves`` order."""
+    return [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def default_prunable(name: str, leaf: Any) -> bool:
+    """Dense and convolution kernels: a leaf named ``kernel`` with at least 2 dimensions.
+
+    Biases, norm scales and embeddings-by-other-names are never pruned by default.
+    """
+    return name.rsplit("/", 1)[-1] == "kernel" and np.ndim(leaf) >= 2
+
+
+def as_predicate(prunable: Selector) -> Predicate:
+    """Turns a predicate, a glob, a list of globs, or None (the default) into a predicate."""
+    if prunable is None:
+        return default_prunable
+    if callable(prunable):
+        return prunable
+    if isinstance(prunable, str):
+        prunable = [prunable]
+    if isinstance(prunable, Sequence) and all(isinstance(p, str) for p in prunable):
+        patterns = list(prunable)
+        return lambda name, leaf: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    raise ValueError(
+        f"prunable must be a predicate (name, leaf) -> bool, a glob, a list of globs or None; "
+        f"got {prunable!r}"
+    )
+
+
+def prunable_names(params: Any, prunable: Selector = None) -> list[str]:
+    """Names of the prunable leaves of ``params``, in leaf order.
+
+    Raises:
+      ValueError: if the selection matches no leaf (the message lists the leaf names).
+    """
+    pred = as_predicate(prunable)
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    names = [path_name(p) for p, leaf in flat if pred(path_name(p), leaf)]
+    if not names:
+        all_names = [path_name(p) for p, _ in flat]
+        raise ValueError(
+            f"prunable selects no leaf of params; leaves are {all_names[:20]}"
+            + (" ..." if len(all_names) > 20 else "")
+        )
+    return names
+
+
+def overridden(
+    names: Sequence[str], overrides: Mapping[str, Any] | None, what: str
+) -> dict[str, Any]:
+    """``{name: value}`` for the names that a glob of ``overrides`` matches (first match wins).
+
+    Raises:
+      ValueError: if an override pattern matches no name.
+    """
+    out: dict[str, Any] = {}
+    for pattern, value in (overrides or {}).items():
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ValueError(
+                f"overrides pattern {pattern!r} ({what}) matches no prunable leaf; prunable "
+                f"leaves are {list(names)}"
+            )
+        for n in hits:
+            out.setdefault(n, value)
+    return out
+
+
+def map_named(fn: Callable[[str, Any], Any], tree: Any, *rest: Any) -> Any:
+    """``jax.tree.map`` that also passes each leaf's name as the first argument."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    rest_leaves = [treedef.flatten_up_to(r) for r in rest]
+    out = [fn(path_name(p), leaf, *(r[i] for r in rest_leaves)) for i, (p, leaf) in enumerate(flat)]
+    return jax.tree.unflatten(treedef, out)

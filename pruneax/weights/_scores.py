@@ -1,0 +1,41 @@
+"""Weight scores: magnitude, random, saliency (SNIP). Higher score = more worth keeping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def magnitude_scores(params: Any) -> Any:
+    """``|w|`` per weight, float32 (magnitude pruning; LTH, open_lth, jaxpruner)."""
+    return jax.tree.map(lambda w: jnp.abs(jnp.asarray(w, jnp.float32)), params)
+
+
+def random_scores(key: jax.Array, params: Any) -> Any:
+    """Uniform [0, 1) scores from an explicit key, one fresh subkey per leaf (random pruning)."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, max(1, len(leaves)))
+    return jax.tree.unflatten(
+        treedef, [jax.random.uniform(k, jnp.shape(w)) for k, w in zip(keys, leaves, strict=False)]
+    )
+
+
+def saliency_scores(params: Any, grads: Any) -> Any:
+    """``|w * g|`` per weight (SNIP's connection sensitivity at initialisation).
+
+    References:
+      Lee et al., "SNIP: Single-shot Network Pruning based on Connection Sensitivity", ICLR 2019.
+
+    Raises:
+      ValueError: if ``grads`` does not have the structure of ``params``.
+    """
+    try:
+        return jax.tree.map(
+            lambda w, g: jnp.abs(jnp.asarray(w, jnp.float32) * jnp.asarray(g, jnp.float32)),
+            params,
+            grads,
+        )
+    except ValueError as e:
+        raise ValueError(f"saliency_scores: grads must match the structure of params: {e}") from e

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -89,3 +90,34 @@ def positive_float(value: object, name: str, *, allow_zero: bool = False) -> flo
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}; got {v}")
     return v
+
+
+def concrete_or_none(x: object):
+    """``x`` as a NumPy array if its value is known at trace time, else None (a tracer)."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def index_range(idx: object, n: int, name: str) -> None:
+    """Raises if concrete indices fall outside [0, n) (traced ones are checked by the caller's
+    documented out-of-range rule)."""
+    v = concrete_or_none(idx)
+    if v is not None and v.size and (v.min() < 0 or v.max() >= n):
+        raise ValueError(f"{name} must lie in [0, {n}); got values from {v.min()} to {v.max()}")
+
+
+def prng_key(key: object, name: str = "key") -> None:
+    """Checks a typed PRNG key (shape ()) or a raw uint32[2] key."""
+    dtype = jnp.result_type(key) if hasattr(key, "dtype") else None
+    shape = jnp.shape(key) if dtype is not None else None
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    if typed and shape == ():
+        return
+    if not typed and dtype == jnp.uint32 and shape == (2,):
+        return
+    raise ValueError(
+        f"{name} must be a jax.random key (jax.random.key(seed), shape ()) or a raw uint32[2] "
+        f"key (jax.random.PRNGKey(seed)); got dtype {dtype} shape {shape}"
+    )

@@ -29,11 +29,18 @@ def coverage_matrix(
     (vision rows), all inputs L2-normalised with the norm clamped at 1e-8. Column j holds how
     well token j covers each target. The coverage of a set S is ``sum_r max_{j in S} C[r, j]``.
 
-    Args and Raises: as :func:`coverage`.
+    Args:
+      x, text, x_vision, alpha, tau_tv, tau_vv: as :func:`coverage`.
+
+    Returns:
+      float32 [m + n, n] (m = 0 without text); rows and columns of non-finite tokens are 0.
+
+    Raises:
+      ValueError: as :func:`coverage`.
     """
     _, _, m = _coverage_shapes(x, text, x_vision)
     alpha, tau_tv, tau_vv = _coverage_params(alpha, tau_tv, tau_vv)
-    return _matrix(x, text if m else None, x_vision, alpha, tau_tv, tau_vv)[0]
+    return _matrix_jit(x, text if m else None, x_vision, alpha, tau_tv, tau_vv)
 
 
 def coverage(
@@ -111,8 +118,10 @@ def _coverage_params(alpha, tau_tv, tau_vv):
 
 
 def _masked_softmax(logits, col_valid, row_valid):
+    """Row softmax over the valid columns; rows that are invalid, or have no valid column, are 0."""
     logits = jnp.where(col_valid[None, :], logits, -jnp.inf)
-    return jnp.where(row_valid[:, None], jax.nn.softmax(logits, axis=-1), 0.0)
+    keep = row_valid[:, None] & jnp.any(col_valid)
+    return jnp.where(keep, jax.nn.softmax(jnp.where(keep, logits, 0.0), axis=-1), 0.0)
 
 
 def _matrix(x, text, x_vision, alpha, tau_tv, tau_vv):
@@ -131,6 +140,11 @@ def _matrix(x, text, x_vision, alpha, tau_tv, tau_vv):
         logits = jnp.matmul(l2_normalize(z), l2_normalize(x).T, precision=_HIGHEST) / tau_tv
         rows.insert(0, _masked_softmax(logits, valid, text_valid) / z.shape[0])
     return jnp.concatenate(rows, axis=0), valid
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _matrix_jit(x, text, x_vision, alpha, tau_tv, tau_vv):
+    return _matrix(x, text, x_vision, alpha, tau_tv, tau_vv)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))

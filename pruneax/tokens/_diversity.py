@@ -87,7 +87,7 @@ def _maxmin_one(x, k):
 
 def _pivot(pivot: object, n: int):
     """Validates ``pivot``: an index (int or integer scalar array) or [N] scores."""
-    if isinstance(pivot, bool):
+    if pivot is None or isinstance(pivot, bool):
         raise ValueError(f"pivot must be an int index or [N] scores; got {pivot!r}")
     if isinstance(pivot, int | np.integer):
         if not 0 <= int(pivot) < n:
@@ -96,6 +96,7 @@ def _pivot(pivot: object, n: int):
     shape = jnp.shape(pivot)
     dtype = jnp.result_type(pivot)
     if shape == () and jnp.issubdtype(dtype, jnp.integer):
+        _checks.index_range(pivot, n, "pivot index")
         return pivot
     if shape == (n,) and (
         jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
@@ -108,8 +109,8 @@ def _pivot(pivot: object, n: int):
 
 
 def _pivot_index(pivot, valid):
-    if pivot.ndim == 0:
-        return pivot.astype(jnp.int32)
+    if pivot.ndim == 0:  # a traced index outside [0, N) is clipped into range
+        return jnp.clip(pivot, 0, valid.shape[0] - 1).astype(jnp.int32)
     return pick(jnp.asarray(pivot, jnp.float32), jnp.ones_like(valid), valid)
 
 
@@ -130,8 +131,9 @@ def kcenter(
     Args:
       x: [N, D] token features, any real dtype; computed in float32.
       k: number of tokens to keep, 1 <= k <= N.
-      pivot: the first token: an int index in [0, N) (an integer scalar array is used as is),
-        or [N] scores whose argmax is taken (e.g. CLS attention, as in ToDRE).
+      pivot: the first token: an int index in [0, N) (an integer scalar array too; one only
+        known at run time is clipped into range), or [N] scores whose argmax is taken (e.g.
+        CLS attention, as in ToDRE).
       metric: ``"cosine"`` (1 - cosine similarity, default) or ``"l2"`` (Euclidean).
 
     Returns:

@@ -46,6 +46,9 @@ def feather(
     published stage-1 union of the top ``t = int(0.3 N)`` and the grid, whose size varies with
     the scores; here the budget is fixed, so shapes stay static.
 
+    Grid tokens are kept by position whatever their score (NaN included); among the others a
+    NaN score ranks last.
+
     Args:
       scores: [N] criterion, usually :func:`query_key_attention` (last query, no RoPE).
       k: number of tokens to keep, 1 <= k <= N.

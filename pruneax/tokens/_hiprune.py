@@ -12,8 +12,25 @@ from pruneax.tokens._numerics import priority_topk, rank_key
 
 
 def hiprune_anchors(k: int, alpha: float) -> int:
-    """HiPrune's anchor count: Python ``round(k * alpha / 5)`` (1, 3, 4 for k = 64, 128, 192)."""
-    return round(k * alpha / 5)
+    """HiPrune's anchor count: Python ``round(k * alpha / 5)`` (1, 3, 4 for k = 64, 128, 192).
+
+    Args:
+      k: the token budget, a Python int >= 1.
+      alpha: the fraction of the budget for anchors and their buffers, in [0, 1].
+
+    Returns:
+      the number of anchors, a Python int in [0, k].
+
+    Raises:
+      ValueError: if ``k`` is not a positive int or ``alpha`` is outside [0, 1].
+    """
+    k = _checks.static_int(k, "k")
+    if k < 1:
+        raise ValueError(f"k must be >= 1; got {k}")
+    alpha = _checks.positive_float(alpha, "alpha", allow_zero=True)
+    if alpha > 1:
+        raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
+    return min(round(k * alpha / 5), k)
 
 
 def hiprune(
@@ -33,7 +50,8 @@ def hiprune(
        do not wrap across rows and out-of-grid neighbours are dropped.
     3. Registers: the remaining budget by ``deep_scores`` (layer -2), excluding 1 and 2.
 
-    With ``alpha = 0.1`` there is no anchor for ``k <= 25`` (``round(k * alpha / 5) == 0``)
+    Anchors are chosen by score (NaN ranks last); buffers are kept by position whatever their
+    scores. With ``alpha = 0.1`` there is no anchor for ``k <= 25`` (``round(k * alpha / 5) == 0``)
     and HiPrune reduces to top-k by ``deep_scores``. Exactly ``k`` unique indices come back.
     If anchors and buffers alone exceed ``k`` (only possible for ``alpha`` near 1 and small
     ``k``), anchors are kept first, then the buffers with the best deep scores.
@@ -60,11 +78,8 @@ def hiprune(
     (nd,) = _checks.real_array(deep_scores, "deep_scores", 1, "[N]")
     _checks.same_length(n, nd, "deep_scores", (nd,), "the length of shallow_scores,")
     grid = _checks.grid_shape(grid, n)
-    alpha = _checks.positive_float(alpha, "alpha", allow_zero=True)
-    if alpha > 1:
-        raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
     k = _checks.budget(k, n)
-    return _hiprune(shallow_scores, deep_scores, k, grid, min(hiprune_anchors(k, alpha), k))
+    return _hiprune(shallow_scores, deep_scores, k, grid, hiprune_anchors(k, alpha))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))

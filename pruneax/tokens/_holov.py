@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pruneax.tokens import _checks
+from pruneax.tokens._batching import cache_batched
 from pruneax.tokens._numerics import features, priority_topk, rank_key
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -20,9 +21,22 @@ _EPS = 1e-6
 def holov_chunks(n: int, num_chunks: int) -> np.ndarray:
     """Chunk sizes of HoloV's split of ``n`` raster tokens: the FIRST ``n % C`` chunks get one more.
 
+    Args:
+      n: number of tokens, a Python int >= 1.
+      num_chunks: number of chunks C, a Python int in [1, n].
+
     Returns:
       int [num_chunks] sizes summing to ``n`` (a static NumPy array).
+
+    Raises:
+      ValueError: if ``n`` or ``num_chunks`` is not an int or ``num_chunks`` is outside [1, n].
     """
+    n = _checks.static_int(n, "n")
+    num_chunks = _checks.static_int(num_chunks, "num_chunks")
+    if n < 1 or not 1 <= num_chunks <= n:
+        raise ValueError(
+            f"need n >= 1 and 1 <= num_chunks <= n; got n={n}, num_chunks={num_chunks}"
+        )
     base, rem = divmod(n, num_chunks)
     return np.array([base + (i < rem) for i in range(num_chunks)], dtype=np.int32)
 
@@ -75,6 +89,11 @@ def holov(
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _holov(scores, x, k, num_chunks):
+    one = functools.partial(_holov_one, k=k, num_chunks=num_chunks)
+    return cache_batched(one, x.shape[0] * x.shape[1] * 4)(scores, x)
+
+
+def _holov_one(scores, x, k, num_chunks):
     n = x.shape[0]
     sizes = holov_chunks(n, num_chunks)
     width = int(sizes.max())
@@ -87,7 +106,10 @@ def _holov(scores, x, k, num_chunks):
 
     f, _ = features(x)
     f = f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + _EPS)
-    fc = jnp.take(f, table, axis=0, mode="fill", fill_value=0)  # [C, width, D]
+    if n % num_chunks == 0:  # even chunks: a free reshape instead of a gather
+        fc = f.reshape(num_chunks, width, f.shape[-1])
+    else:
+        fc = jnp.take(f, table, axis=0, mode="fill", fill_value=0)  # [C, width, D]
     sim = jnp.einsum("cid,cjd->cij", fc, fc, precision=_HIGHEST)
     both = real[:, :, None] & real[:, None, :]
     sim = jnp.where(both & ~jnp.eye(width, dtype=bool), sim, 0.0)
@@ -116,5 +138,6 @@ def _holov(scores, x, k, num_chunks):
     order = jnp.lexsort((-rank_key(a), chunk_of))  # by chunk, then attention descending
     rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
     rank_in_chunk = rank - jnp.asarray(starts, jnp.int32)[chunk_of]
-    chosen = rank_in_chunk < cap[chunk_of]
+    # A NaN attention never takes a chunk's budget (it would when a chunk is kept whole).
+    chosen = (rank_in_chunk < cap[chunk_of]) & ~jnp.isnan(a)
     return priority_topk(chosen.astype(jnp.int32), a, k)

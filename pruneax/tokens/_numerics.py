@@ -1,7 +1,8 @@
 """Float32 numerics shared by the selectors: normalisation, NaN policy, the greedy pick.
 
 NaN policy (the same for every selector):
-- a score that is NaN ranks below every other score, -inf included;
+- a score that is NaN ranks below every other score, -inf included (tokens kept by POSITION -
+  FEATHER's grid, HiPrune's anchor neighbours, protected tokens - are kept whatever their score);
 - a token whose feature row holds a NaN or an infinity is *invalid*: its row is zeroed before
   any similarity is computed (so it cannot poison the others), and a greedy selector picks it
   only when no valid token is left, lowest index first.

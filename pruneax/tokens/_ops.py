@@ -38,27 +38,40 @@ def gather(x: jax.typing.ArrayLike, idx: jax.typing.ArrayLike, *, axis: int = 0)
       ``x`` with ``k`` entries along ``axis``.
 
     Raises:
-      ValueError: if ``idx`` is not a rank-1 integer array or ``axis`` is out of range.
+      ValueError: if ``idx`` is not a rank-1 integer array, ``axis`` is out of range, or
+        concrete indices fall outside the axis (indices only known at run time that do give 0).
     """
     shape = jnp.shape(x)
     if jnp.ndim(idx) != 1 or not jnp.issubdtype(jnp.result_type(idx), jnp.integer):
         raise ValueError(f"idx must be a rank-1 integer array; got shape {jnp.shape(idx)}")
+    axis = _checks.static_int(axis, "axis")
     if not -len(shape) <= axis < len(shape):
         raise ValueError(f"axis must be in [{-len(shape)}, {len(shape)}) for x of shape {shape}")
+    _checks.index_range(idx, shape[axis], "idx")
     return jnp.take(x, idx, axis=axis, mode="fill", fill_value=0)
 
 
 def keep_mask(idx: jax.typing.ArrayLike, n: int) -> jax.Array:
     """Boolean [n] mask, True at the kept indices.
 
+    Args:
+      idx: int [k] kept indices in [0, n).
+      n: the number of tokens.
+
+    Returns:
+      bool [n].
+
     Raises:
-      ValueError: if ``idx`` is not a rank-1 integer array or ``n`` is not a positive int.
+      ValueError: if ``idx`` is not a rank-1 integer array, ``n`` is not a positive int, or
+        concrete indices fall outside [0, n) (indices only known at run time that do are
+        ignored).
     """
     n = _checks.static_int(n, "n")
     if n < 1 or jnp.ndim(idx) != 1 or not jnp.issubdtype(jnp.result_type(idx), jnp.integer):
         raise ValueError(
             f"need n >= 1 and a rank-1 integer idx; got n={n}, idx shape {jnp.shape(idx)}"
         )
+    _checks.index_range(idx, n, "idx")
     return jnp.zeros((n,), bool).at[idx].set(True, mode="drop")
 
 
@@ -113,7 +126,13 @@ def _protected(n: int, protected: Sequence[int]) -> np.ndarray:
 def unprotected_positions(n: int, protected: Sequence[int] = (0,)) -> np.ndarray:
     """The positions a selector chooses among: ``[0, n)`` minus ``protected``, ascending.
 
-    A static NumPy int32 array (shapes stay static under jit).
+    Args:
+      n: the full sequence length.
+      protected: positions that are always kept.
+
+    Returns:
+      a static NumPy int32 array of ``n - len(protected)`` positions (shapes stay static
+      under jit).
 
     Raises:
       ValueError: if ``protected`` is not distinct ints in [0, n) leaving a token.

@@ -83,10 +83,11 @@ def _tome(x, metric, size, r, p):
     scores = jnp.matmul(m[a_pos], m[b_pos].T, precision=jax.lax.Precision.HIGHEST)
     # Protected tokens are untouched: those in A have no edges, those in B receive none
     # (ToMe masks its class token's row and its distillation token's column the same way).
-    scores = jnp.where((a_pos < p)[:, None] | (b_pos < p)[None, :], -jnp.inf, scores)
+    scores = jnp.where((b_pos < p)[None, :], -jnp.inf, scores)
     node_max = jnp.max(rank_key(scores), axis=-1)
     node_idx = jnp.argmax(rank_key(scores), axis=-1)
-    order = jnp.argsort(-node_max, stable=True)
+    # Most similar edges first; protected A rows always last, whatever the scores (NaN too).
+    order = jnp.lexsort((-node_max, a_pos < p))
     src = order[:r]  # A rows merged away
     src_pos = a_pos[src]
     dst_pos = b_pos[node_idx[src]]
@@ -100,4 +101,8 @@ def _tome(x, metric, size, r, p):
     xf = jnp.asarray(x, jnp.float32)
     total = jax.ops.segment_sum(xf * size[:, None], dest, num_segments=n - r)
     new_size = jax.ops.segment_sum(size, dest, num_segments=n - r)
-    return (total / new_size[:, None]).astype(dtype), new_size, dest
+    # Rows that received no merge are returned untouched (not x * size / size).
+    survivors = jnp.nonzero(~gone, size=n - r)[0]
+    received = jax.ops.segment_sum(gone.astype(jnp.int32), dest, num_segments=n - r) > 0
+    merged = jnp.where(received[:, None], total / new_size[:, None], xf[survivors])
+    return merged.astype(dtype), new_size, dest

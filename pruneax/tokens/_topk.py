@@ -53,8 +53,9 @@ def random(key: jax.Array, n: int, k: int) -> jax.Array:
       int32 [k]: unique indices, sorted ascending.
 
     Raises:
-      ValueError: if ``n`` or ``k`` is not an int in range.
+      ValueError: if ``key`` is not a PRNG key or ``n``, ``k`` are not ints in range.
     """
+    _checks.prng_key(key)
     n = _checks.static_int(n, "n")
     if n < 1:
         raise ValueError(f"n must be >= 1; got {n}")
@@ -70,6 +71,9 @@ def budget(n: int, ratio: float) -> int:
     """The number of tokens kept from ``n`` at keep ratio ``ratio``: Python ``round(ratio * n)``.
 
     This is DivPrune's rule (``int(round(0.098 * 576)) == 56``); Python's round is half-to-even.
+
+    Returns:
+      the budget ``k``, a Python int in [1, n].
 
     Raises:
       ValueError: if the result is outside [1, n] or ``ratio`` is not in (0, 1].

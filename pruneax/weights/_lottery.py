@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pruneax.weights import _paths
-from pruneax.weights._masks import _check_fraction, _masked_scores, _prune_lowest
+from pruneax.weights._masks import _check_fraction, _kept_by_name, _prune_lowest, apply_masks
 from pruneax.weights._paths import Selector
 from pruneax.weights._scores import magnitude_scores
 
@@ -59,37 +59,32 @@ def prune_round(
     own = _paths.overridden(names, overrides, "rate")
     own = {n: _check_fraction(v, f"rate of {n!r}") for n, v in own.items()}
     scores = magnitude_scores(params) if scores is None else scores
-    scores = _masked_scores(scores, masks)
-    flat_scores = _by_name(scores)
-    flat_masks = _by_name(masks) if masks is not None else {}
-    remaining = {
-        n: int(np.sum(flat_masks[n]))
-        if flat_masks.get(n) is not None
-        else int(np.size(flat_scores[n]))
-        for n in names
+    flat_scores = {
+        _paths.path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(scores)[0]
     }
+    prev = _kept_by_name(masks)
+    size = {n: int(np.size(flat_scores[n])) for n in names}
+    remaining = {n: int(np.sum(prev[n])) if n in prev else size[n] for n in names}
     new = {}
     pool = [n for n in names if n not in own] if scope == "global" else []
     for n in names:
-        if n in pool:
-            continue
-        r = own.get(n, rate)
-        pruned = int(np.size(flat_scores[n])) - remaining[n] + round(r * remaining[n])
-        new[n] = _prune_lowest(flat_scores[n], pruned)
+        if n not in pool:
+            pruned = size[n] - remaining[n] + round(own.get(n, rate) * remaining[n])
+            new[n] = _prune_lowest(flat_scores[n], pruned, prev.get(n))
     if pool:
-        values = jnp.concatenate([jnp.ravel(flat_scores[n]) for n in pool])
+        values = jnp.concatenate(
+            [jnp.ravel(jnp.asarray(flat_scores[n], jnp.float32)) for n in pool]
+        )
+        kept = jnp.concatenate(
+            [jnp.ravel(prev[n]) if n in prev else jnp.ones(size[n], bool) for n in pool]
+        )
         total_remaining = sum(remaining[n] for n in pool)
         pruned = values.size - total_remaining + round(rate * total_remaining)
-        keep = _prune_lowest(values, pruned)
-        sizes = [int(np.size(flat_scores[n])) for n in pool]
-        for n, part in zip(pool, jnp.split(keep, np.cumsum(sizes)[:-1]), strict=True):
+        keep = _prune_lowest(values, pruned, kept)
+        bounds = np.cumsum([size[n] for n in pool])[:-1]
+        for n, part in zip(pool, jnp.split(keep, bounds), strict=True):
             new[n] = part.reshape(np.shape(flat_scores[n]))
     return _paths.map_named(lambda n, _: new.get(n), params)
-
-
-def _by_name(tree):
-    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
-    return {_paths.path_name(p): leaf for p, leaf in flat}
 
 
 def rewind(params: Any, saved: Any, masks: Any) -> Any:
@@ -103,11 +98,7 @@ def rewind(params: Any, saved: Any, masks: Any) -> Any:
     """
     if jax.tree.structure(params) != jax.tree.structure(saved):
         raise ValueError("rewind: saved must have the structure of params")
-    return _paths.map_named(
-        lambda _, s, m: s if m is None else jnp.where(m, s, jnp.zeros((), jnp.result_type(s))),
-        saved,
-        masks,
-    )
+    return apply_masks(saved, masks)
 
 
 def random_masks(key: jax.Array, masks: Any) -> Any:

@@ -31,23 +31,33 @@ def _check_fraction(s: object, name: str) -> float:
     return s
 
 
-def _prune_lowest(scores: jax.Array, count: int) -> jax.Array:
-    """Bool mask of ``scores``' shape with exactly ``count`` lowest entries False (ties: lower
-    flat index first; NaN counts as lowest)."""
+def _prune_lowest(scores: jax.Array, count: int, kept: jax.Array | None = None) -> jax.Array:
+    """Bool mask of ``scores``' shape, False at the pruned entries.
+
+    Entries already pruned (``kept`` False) stay pruned and count toward ``count``; then the
+    lowest scores are pruned (NaN lowest; ties toward the lower flat index) until at least
+    ``count`` entries are pruned.
+    """
+    shape = jnp.shape(scores)
     flat = jnp.ravel(jnp.asarray(scores, jnp.float32))
     flat = jnp.where(jnp.isnan(flat), -jnp.inf, flat)
-    order = jnp.argsort(flat, stable=True)
-    keep = jnp.ones(flat.shape, bool).at[order[:count]].set(False)
-    return keep.reshape(jnp.shape(scores))
+    if kept is None:
+        order = jnp.argsort(flat, stable=True)
+        count = jnp.asarray(count)
+    else:
+        prev = jnp.ravel(~jnp.asarray(kept, bool))
+        order = jnp.lexsort((flat, ~prev))  # previously pruned first, then by score
+        count = jnp.maximum(count, jnp.sum(prev))
+    rank = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
+    return (rank >= count).reshape(shape)
 
 
-def _masked_scores(scores, masks):
-    """Scores with previously pruned weights at -inf."""
+def _kept_by_name(masks) -> dict[str, Any]:
+    """``{name: bool array}`` for the prunable leaves of a mask tree (None: no masks)."""
     if masks is None:
-        return scores
-    return _paths.map_named(
-        lambda _, s, m: s if m is None else jnp.where(m, s, -jnp.inf), scores, masks
-    )
+        return {}
+    flat = jax.tree_util.tree_flatten_with_path(masks, is_leaf=lambda x: x is None)[0]
+    return {_paths.path_name(p): m for p, m in flat if m is not None}
 
 
 def layerwise_masks(
@@ -80,15 +90,16 @@ def layerwise_masks(
         missing = [n for n in names if n not in sparsity]
         if missing:
             raise ValueError(f"sparsity mapping misses prunable leaves {missing}")
-        target = {n: sparsity[n] for n in names}
+        target = {n: _check_fraction(sparsity[n], f"sparsity of {n!r}") for n in names}
     else:
-        target = dict.fromkeys(names, sparsity)
-    target.update(_paths.overridden(names, overrides, "sparsity"))
-    target = {n: _check_fraction(v, f"sparsity of {n!r}") for n, v in target.items()}
-    scores = _masked_scores(scores, masks)
-    chosen = set(names)
+        target = dict.fromkeys(names, _check_fraction(sparsity, "sparsity"))
+    for n, v in _paths.overridden(names, overrides, "sparsity").items():
+        target[n] = _check_fraction(v, f"sparsity of {n!r}")
+    prev = _kept_by_name(masks)
     return _paths.map_named(
-        lambda n, s: _prune_lowest(s, round(target[n] * np.size(s))) if n in chosen else None,
+        lambda n, s: (
+            _prune_lowest(s, round(target[n] * np.size(s)), prev.get(n)) if n in target else None
+        ),
         scores,
     )
 
@@ -119,14 +130,22 @@ def global_masks(
     own = _paths.overridden(names, overrides, "sparsity")
     own = {n: _check_fraction(v, f"sparsity of {n!r}") for n, v in own.items()}
     pool = [n for n in names if n not in own]
-    scores = _masked_scores(scores, masks)
-    flat = dict(
-        (_paths.path_name(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(scores)[0]
-    )
+    prev = _kept_by_name(masks)
+    flat = {
+        _paths.path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(scores)[0]
+    }
     pooled = {}
     if pool:
         values = jnp.concatenate([jnp.ravel(jnp.asarray(flat[n], jnp.float32)) for n in pool])
-        keep = _prune_lowest(values, round(sparsity * values.size))
+        kept = None
+        if prev:
+            kept = jnp.concatenate(
+                [
+                    jnp.ravel(prev[n]) if n in prev else jnp.ones(np.size(flat[n]), bool)
+                    for n in pool
+                ]
+            )
+        keep = _prune_lowest(values, round(sparsity * values.size), kept)
         sizes = [int(np.size(flat[n])) for n in pool]
         for n, part in zip(pool, jnp.split(keep, np.cumsum(sizes)[:-1]), strict=True):
             pooled[n] = part.reshape(np.shape(flat[n]))
@@ -135,7 +154,7 @@ def global_masks(
         if n in pooled:
             return pooled[n]
         if n in own:
-            return _prune_lowest(s, round(own[n] * np.size(s)))
+            return _prune_lowest(s, round(own[n] * np.size(s)), prev.get(n))
         return None
 
     return _paths.map_named(leaf_mask, scores)

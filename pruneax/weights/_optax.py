@@ -19,10 +19,15 @@ class MaskedState(NamedTuple):
 
 
 def _full(masks, like):
-    """Masks with None (or no masks at all) replaced by a scalar True, leaf by leaf."""
+    """Full-shape bool masks for every leaf of ``like`` (True where no mask or no masks), so
+    the optimizer state keeps one structure and shape whatever masks are installed."""
     if masks is None:
-        return jax.tree.map(lambda _: jnp.ones((), bool), like)
-    return _paths.map_named(lambda _, x, m: jnp.ones((), bool) if m is None else m, like, masks)
+        return jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), like)
+    return _paths.map_named(
+        lambda _, x, m: jnp.ones(jnp.shape(x), bool) if m is None else jnp.asarray(m, bool),
+        like,
+        masks,
+    )
 
 
 def _apply_full(tree, full_masks):

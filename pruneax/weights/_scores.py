@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def magnitude_scores(params: Any) -> Any:
@@ -32,10 +33,17 @@ def saliency_scores(params: Any, grads: Any) -> Any:
       ValueError: if ``grads`` does not have the structure of ``params``.
     """
     try:
-        return jax.tree.map(
-            lambda w, g: jnp.abs(jnp.asarray(w, jnp.float32) * jnp.asarray(g, jnp.float32)),
-            params,
-            grads,
-        )
+        return jax.tree.map(_saliency, params, grads)
     except ValueError as e:
+        if "saliency_scores" in str(e):
+            raise
         raise ValueError(f"saliency_scores: grads must match the structure of params: {e}") from e
+
+
+def _saliency(w, g):
+    if np.shape(w) != np.shape(g):
+        raise ValueError(
+            f"saliency_scores: a gradient of shape {np.shape(g)} for a weight of shape "
+            f"{np.shape(w)}"
+        )
+    return jnp.abs(jnp.asarray(w, jnp.float32) * jnp.asarray(g, jnp.float32))

@@ -1,0 +1,1527 @@
+"""Selection benchmark: every ``pruneax.tokens`` selector, jitted and vmapped, against NumPy and
+against this machine's limit for its algorithm.
+
+Run from the repository root with the virtual environment active:
+
+    python -m benchmarks.selection                  # full run (< 15 min on 2 idle CPU cores)
+    python -m benchmarks.selection --quick          # smoke run, tiny shapes (< 20 s)
+    python -m benchmarks.selection --shapes llava15-d1024 --batches 1,64 --selectors kcenter
+
+The default leaves out batch 64 at the LLaVA-NeXT shape (N=2880): one such call takes minutes.
+Writes a markdown report to ``--out`` (default ``results/benchmarks/selection.md``), prints it,
+and writes every number (raw repeat times included) next to it as ``<out>.json``.
+
+What is measured, per selector, shape and batch B:
+
+- JAX: ``jax.jit(jax.vmap(selector))`` over B examples, compiled ahead of time (compilation is
+  the warm-up and is excluded; the first run is also discarded when it is short), then timed
+  with ``block_until_ready``; repeats are adaptive (about ``--target-s`` seconds per cell, at
+  least ``--min-reps``, fewer for runs over 10 s); reported: median batch time / B = time per
+  image. The compiled program is also searched for an N x N array.
+- NumPy: a plain NumPy implementation of the same algorithm (``tests/oracles.py`` when it
+  provides one, else a minimal one in this file; the report says which and whether its picks
+  match), one example, BLAS limited to one thread (``--numpy-threads``), at batch 1 only.
+- The machine's limits, measured in the same run: float32 matmul rate (a large square product,
+  each shape's Gram product ``[N, D] x [D, N]`` and HoloV's chunk products), read bandwidth
+  (a jitted repeated gemv, and a repeated sum, at working sets in L2, L3 and DRAM and at every
+  phase's own working set) and the dispatch floor (a trivial jitted call).
+
+Cost model (per image, float32): each selector is a list of phases with FLOPs, bytes re-read and
+a working set; a phase costs ``max(FLOPs / matmul rate, bytes / read bandwidth at its working
+set)`` and the limit is the dispatch floor / B plus the phases' sum; "binds" names the largest
+term. The working set is one example's: the limit assumes an implementation that keeps one
+example's working set in cache, whereas a plain ``vmap`` of a greedy loop streams the whole
+batch's working sets every step (the JSON gives the level that would need, too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import gc
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import pruneax.tokens as T
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = Path("results/benchmarks/selection.md")
+F32 = 4  # bytes per float32
+TEXT_TOKENS = 16  # m, content words of the question (MMTok with text)
+ALPHA, TAU_TV, TAU_VV = 0.5, 0.02, 0.2  # MMTok's LLaVA settings
+HOLOV_CHUNKS = 16
+_HIGHEST = jax.lax.Precision.HIGHEST
+FEATHER_STRIDE = 3
+
+# ---------------------------------------------------------------------------------------------
+# Shapes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    name: str
+    n: int
+    d: int
+    k: int
+    grid: tuple[int, int]
+    batches: tuple[int, ...]
+    note: str
+
+
+SHAPES: dict[str, Shape] = {
+    s.name: s
+    for s in [
+        Shape("llava15-d1024", 576, 1024, 64, (24, 24), (1, 16, 64), "LLaVA-1.5, vision width"),
+        Shape("llava15-d4096", 576, 4096, 64, (24, 24), (1, 16, 64), "LLaVA-1.5-7B, LLM width"),
+        Shape(
+            "llavanext-d4096",
+            2880,
+            4096,
+            320,
+            (48, 60),
+            (1, 16),
+            "LLaVA-NeXT (5 x 576 AnyRes), LLM width; batch 64 left out by default (time)",
+        ),
+        Shape("llava15-d1024-k192", 576, 1024, 192, (24, 24), (1, 16), "k x 3, for k scaling"),
+    ]
+}
+# --quick only checks that everything runs: no backend optimisation, about 30% less compile time
+QUICK_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+QUICK_SHAPES: dict[str, Shape] = {
+    "tiny": Shape("tiny", 64, 32, 8, (8, 8), (1, 2), "smoke test"),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Cost model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One phase of a selector: FLOPs, bytes read from memory, working set (all per example)."""
+
+    name: str
+    flops: float
+    bytes: float
+    working_set: float
+    matmul: str = "gram"  # which measured matmul rate applies: "gram" or "chunk"
+
+
+def _cost_topk(s: Shape) -> list[Phase]:
+    return [Phase("rank + top-k", 0.0, 2 * s.n * F32, s.n * F32)]
+
+
+def _cost_random(s: Shape) -> list[Phase]:
+    return [Phase("permutation", 0.0, 2 * s.n * F32, 2 * s.n * F32)]
+
+
+def _cost_maxmin(s: Shape) -> list[Phase]:
+    n, d, k = s.n, s.d, s.k
+    gram = n * n * F32
+    return [
+        Phase("Gram matmul", 2.0 * n * n * d, n * d * F32 + gram, n * d * F32 + gram),
+        Phase("nearest-other pass", 2.0 * n * n, gram, gram),
+        Phase("greedy rows", 2.0 * k * n, 3 * k * n * F32, gram),
+    ]
+
+
+def _cost_matvec_greedy(s: Shape) -> list[Phase]:
+    n, d, k = s.n, s.d, s.k
+    return [
+        Phase("row norms", 2.0 * n * d, n * d * F32, n * d * F32),
+        Phase("greedy matvecs", 2.0 * k * n * d, k * n * d * F32, n * d * F32),
+    ]
+
+
+def _cost_coverage(m: int) -> Callable[[Shape], list[Phase]]:
+    def cost(s: Shape) -> list[Phase]:
+        n, d, k = s.n, s.d, s.k
+        c = (m + n) * n * F32
+        return [
+            Phase(
+                "similarity matmuls",
+                2.0 * (m + n) * n * d,
+                (n + m) * d * F32 + c,
+                n * d * F32 + c,
+            ),
+            Phase("greedy gains", 3.0 * k * (m + n) * n, k * c, c),
+        ]
+
+    return cost
+
+
+def _cost_hiprune(s: Shape) -> list[Phase]:
+    return [Phase("rank + top-k", 0.0, 4 * s.n * F32, 2 * s.n * F32)]
+
+
+def _cost_holov(s: Shape) -> list[Phase]:
+    n, d = s.n, s.d
+    w = math.ceil(n / HOLOV_CHUNKS)
+    return [
+        Phase("chunk Grams", 2.0 * n * w * d, n * d * F32 + n * w * F32, n * d * F32, "chunk"),
+        Phase("rank + top-k", 0.0, 3 * n * F32, 2 * n * F32),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy baselines (fallbacks when tests/oracles.py lacks a function)
+# ---------------------------------------------------------------------------------------------
+
+
+def _np_l2n(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.sqrt(np.sum(x * x, axis=-1, keepdims=True)), np.float32(1e-8))
+
+
+def _np_softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _np_top(scores: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-np.asarray(scores, np.float32), kind="stable")[:k]
+
+
+def own_topk(scores, k):
+    return np.sort(_np_top(scores, k)).astype(np.int32)
+
+
+def own_maxmin_diversity(x, k):
+    xn = _np_l2n(x)
+    dist = 1.0 - xn @ xn.T
+    n = dist.shape[0]
+    second = np.partition(dist, 1, axis=0)[1]
+    avail = np.ones(n, bool)
+    c = int(np.argmax(second))
+    sel, mind = [c], dist[c].copy()
+    avail[c] = False
+    for _ in range(k - 1):
+        c = int(np.argmax(np.where(avail, mind, -np.inf)))
+        sel.append(c)
+        avail[c] = False
+        mind = np.minimum(mind, dist[c])
+    return np.sort(np.asarray(sel, np.int32))
+
+
+def own_kcenter(x, k, pivot_index, metric="cosine"):
+    xn = _np_l2n(x)
+    p = int(np.argmax(pivot_index)) if np.ndim(pivot_index) else int(pivot_index)
+    avail = np.ones(len(xn), bool)
+    avail[p] = False
+    sel, mind = [p], 1.0 - xn @ xn[p]
+    for _ in range(k - 1):
+        c = int(np.argmax(np.where(avail, mind, -np.inf)))
+        sel.append(c)
+        avail[c] = False
+        mind = np.minimum(mind, 1.0 - xn @ xn[c])
+    return np.sort(np.asarray(sel, np.int32))
+
+
+def own_maxsum_diversity(x, k, pivot_index):
+    xn = _np_l2n(x)
+    p = int(np.argmax(pivot_index)) if np.ndim(pivot_index) else int(pivot_index)
+    s = xn @ xn[p]
+    s[p] = np.inf
+    sel = [p]
+    for _ in range(k - 1):
+        c = int(np.argmin(s))
+        sel.append(c)
+        s += xn @ xn[c]
+        s[c] = np.inf
+    return np.sort(np.asarray(sel, np.int32))
+
+
+def own_coverage(x, k, text=None, x_vision=None, alpha=0.5, tau_tv=0.01, tau_vv=0.2):
+    xn = _np_l2n(x)
+    n = len(xn)
+    v = xn if x_vision is None else _np_l2n(x_vision)
+    rows = [alpha * _np_softmax(v @ v.T / tau_vv) / n]
+    if text is not None and len(text):
+        rows.insert(0, _np_softmax(_np_l2n(text) @ xn.T / tau_tv) / len(text))
+    c = np.concatenate(rows).astype(np.float32)
+    best = np.zeros(len(c), np.float32)
+    avail = np.ones(n, bool)
+    sel = []
+    for _ in range(k):
+        gain = np.maximum(c - best[:, None], 0.0).sum(axis=0)
+        j = int(np.argmax(np.where(avail, gain, -np.inf)))
+        sel.append(j)
+        avail[j] = False
+        best = np.maximum(best, c[:, j])
+    return np.sort(np.asarray(sel, np.int32))
+
+
+def _priority_top(levels: np.ndarray, key: np.ndarray, k: int) -> np.ndarray:
+    order = np.lexsort((np.arange(len(key)), -np.asarray(key, np.float32), -levels))
+    return np.sort(order[:k]).astype(np.int32)
+
+
+def own_hiprune(shallow, deep, k, grid, alpha=0.1):
+    rows, cols = grid
+    n = rows * cols
+    levels = np.zeros(n, np.int64)
+    anchors = _np_top(shallow, min(round(k * alpha / 5), k))
+    for a in anchors:
+        r, c = divmod(int(a), cols)
+        for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+            if 0 <= rr < rows and 0 <= cc < cols:
+                levels[rr * cols + cc] = 1
+    levels[anchors] = 2
+    return _priority_top(levels, deep, k)
+
+
+def own_feather(scores, k, grid, stride=3):
+    rows, cols = grid
+    levels = np.zeros(rows * cols, np.int64)
+    levels[np.arange(rows * cols).reshape(rows, cols)[::stride, ::stride].reshape(-1)] = 1
+    return _priority_top(levels, scores, k)
+
+
+def own_holov(scores, x, k, num_chunks=16):
+    a = np.asarray(scores, np.float32)
+    x = np.asarray(x, np.float32)
+    n = len(a)
+    base, rem = divmod(n, num_chunks)
+    sizes = np.array([base + (i < rem) for i in range(num_chunks)])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    cs = np.zeros(num_chunks, np.float32)
+    for p, (lo, m) in enumerate(zip(starts, sizes, strict=True)):
+        f = x[lo : lo + m]
+        f = f / (np.sqrt((f * f).sum(-1, keepdims=True)) + 1e-6)
+        sim = f @ f.T
+        np.fill_diagonal(sim, 0.0)
+        mean = sim.sum(-1) / (m - 1)
+        var = ((sim - mean[:, None]) ** 2).sum(-1) / (m - 1)
+        a_s = 1e3 * a[lo : lo + m]
+        scale = np.abs(a_s).mean() / (np.abs(var).mean() + 1e-6)
+        cs[p] = (a_s + 0.09 * var * scale).mean()
+    w = cs / (cs.sum() + 1e-6)
+    alloc = np.floor(w * k).astype(np.int64)
+    alloc[_np_top(w, max(0, k - int(alloc.sum())))] += 1
+    chosen = np.zeros(n, np.int64)
+    for lo, m, c in zip(starts, sizes, np.minimum(alloc, sizes), strict=True):
+        chosen[lo + _np_top(a[lo : lo + m], int(c))] = 1
+    return _priority_top(chosen, a, k)
+
+
+def own_random(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    return np.sort(rng.permutation(n)[:k]).astype(np.int32)
+
+
+def load_oracles() -> Any | None:
+    """``tests/oracles.py`` as a module, or None when it is absent or does not import."""
+    path = REPO_ROOT / "tests" / "oracles.py"
+    if not path.exists():
+        return None
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    try:
+        spec = importlib.util.spec_from_file_location("_pruneax_bench_oracles", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as e:  # a broken oracle file must not break the benchmark
+        print(f"[selection] tests/oracles.py does not import ({e!r}); using own NumPy baselines")
+        return None
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# Selectors
+# ---------------------------------------------------------------------------------------------
+
+# A NumPy caller gets (shape, one example as a dict of NumPy arrays, the function) and runs it.
+NpCaller = Callable[[Shape, dict[str, np.ndarray], Callable[..., np.ndarray]], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Selector:
+    name: str
+    inputs: tuple[str, ...]  # batched inputs, in the order the JAX function takes them
+    make: Callable[[Shape], Callable[..., jax.Array]]  # one-example JAX function
+    cost: Callable[[Shape], list[Phase]]
+    greedy: bool
+    needs_nn: bool  # whether the method itself needs an N x N matrix
+    oracle: str | None  # name in tests/oracles.py
+    own: Callable[..., np.ndarray]
+    np_call: NpCaller
+    note: str = ""
+
+
+def _coverage_fn(s: Shape, with_text: bool) -> Callable[..., jax.Array]:
+    kw = {"alpha": ALPHA, "tau_tv": TAU_TV, "tau_vv": TAU_VV}
+    if with_text:
+        return lambda x, text: T.coverage(x, s.k, text=text, **kw)
+    return lambda x: T.coverage(x, s.k, **kw)
+
+
+def _np_feather(s: Shape, e: dict, f: Callable[..., np.ndarray]) -> np.ndarray:
+    if f is own_feather:
+        return f(e["scores"], s.k, s.grid, FEATHER_STRIDE)
+    return f(e["scores"], s.grid, FEATHER_STRIDE, int(0.3 * s.n))  # the published union
+
+
+_SELECTOR_LIST = [
+    Selector(
+        name="topk",
+        inputs=("scores",),
+        make=lambda s: lambda scores: T.topk(scores, s.k),
+        cost=_cost_topk,
+        greedy=False,
+        needs_nn=False,
+        oracle="np_topk",
+        own=own_topk,
+        np_call=lambda s, e, f: f(e["scores"], s.k),
+    ),
+    Selector(
+        name="random",
+        inputs=("key",),
+        make=lambda s: lambda key: T.random(key, s.n, s.k),
+        cost=_cost_random,
+        greedy=False,
+        needs_nn=False,
+        oracle=None,
+        own=own_random,
+        np_call=lambda s, e, f: f(e["rng"], s.n, s.k),
+        note="NumPy: Generator.permutation[:k] (different picks by construction)",
+    ),
+    Selector(
+        name="maxmin_diversity",
+        inputs=("x",),
+        make=lambda s: lambda x: T.maxmin_diversity(x, s.k),
+        cost=_cost_maxmin,
+        greedy=True,
+        needs_nn=True,
+        oracle="np_maxmin_diversity",
+        own=own_maxmin_diversity,
+        np_call=lambda s, e, f: f(e["x"], s.k),
+    ),
+    Selector(
+        name="kcenter",
+        inputs=("x", "scores"),
+        make=lambda s: lambda x, scores: T.kcenter(x, s.k, pivot=scores),
+        cost=_cost_matvec_greedy,
+        greedy=True,
+        needs_nn=False,
+        oracle="np_kcenter",
+        own=own_kcenter,
+        np_call=lambda s, e, f: f(e["x"], s.k, e["scores"], "cosine"),
+        note="cosine, pivot = argmax of a score array",
+    ),
+    Selector(
+        name="maxsum_diversity",
+        inputs=("x", "scores"),
+        make=lambda s: lambda x, scores: T.maxsum_diversity(x, s.k, pivot=scores),
+        cost=_cost_matvec_greedy,
+        greedy=True,
+        needs_nn=False,
+        oracle="np_maxsum_diversity",
+        own=own_maxsum_diversity,
+        np_call=lambda s, e, f: f(e["x"], s.k, e["scores"]),
+        note="pivot = argmax of a score array",
+    ),
+    Selector(
+        name="coverage",
+        inputs=("x",),
+        make=lambda s: _coverage_fn(s, with_text=False),
+        cost=_cost_coverage(0),
+        greedy=True,
+        needs_nn=True,
+        oracle="np_coverage",
+        own=own_coverage,
+        np_call=lambda s, e, f: f(e["x"], s.k, None, None, ALPHA, TAU_TV, TAU_VV),
+        note="vision only, x_vision = x",
+    ),
+    Selector(
+        name="coverage_text",
+        inputs=("x", "text"),
+        make=lambda s: _coverage_fn(s, with_text=True),
+        cost=_cost_coverage(TEXT_TOKENS),
+        greedy=True,
+        needs_nn=True,
+        oracle="np_coverage",
+        own=own_coverage,
+        np_call=lambda s, e, f: f(e["x"], s.k, e["text"], None, ALPHA, TAU_TV, TAU_VV),
+        note=f"text m = {TEXT_TOKENS}, x_vision = x",
+    ),
+    Selector(
+        name="hiprune",
+        inputs=("shallow", "deep"),
+        make=lambda s: lambda shallow, deep: T.hiprune(shallow, deep, s.k, grid=s.grid),
+        cost=_cost_hiprune,
+        greedy=False,
+        needs_nn=False,
+        oracle="np_hiprune",
+        own=own_hiprune,
+        np_call=lambda s, e, f: f(e["shallow"], e["deep"], s.k, s.grid),
+    ),
+    Selector(
+        name="feather",
+        inputs=("scores",),
+        make=lambda s: lambda scores: T.feather(scores, s.k, grid=s.grid, stride=FEATHER_STRIDE),
+        cost=_cost_topk,
+        greedy=False,
+        needs_nn=False,
+        oracle="np_feather_published_union",
+        own=own_feather,
+        np_call=_np_feather,
+        note="NumPy oracle: the published stage-1 union (top int(0.3 N) | grid), variable size",
+    ),
+    Selector(
+        name="holov",
+        inputs=("scores", "x"),
+        make=lambda s: lambda scores, x: T.holov(scores, x, s.k, num_chunks=HOLOV_CHUNKS),
+        cost=_cost_holov,
+        greedy=False,
+        needs_nn=False,
+        oracle="np_holov",
+        own=own_holov,
+        np_call=lambda s, e, f: f(e["scores"], e["x"], s.k, HOLOV_CHUNKS),
+    ),
+]
+SELECTORS: dict[str, Selector] = {sel.name: sel for sel in _SELECTOR_LIST}
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    target_s: float = 0.5  # aim for about this much timed work per cell
+    min_reps: int = 3
+    max_reps: int = 50
+    warmup_below_s: float = 1.0  # the first run is discarded when shorter than this
+    slow_s: float = 10.0  # a cell whose run takes longer than this gets only ``slow_reps`` runs
+    slow_reps: int = 2
+    max_cell_s: float = 45.0  # ... and never more runs than fit in this (at least one)
+
+
+def _once(call: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(call())
+    return time.perf_counter() - t0
+
+
+def time_calls(call: Callable[[], Any], timing: Timing) -> list[float]:
+    """Seconds of repeated ``call()``: adaptive count, first (warm-up) run dropped when short."""
+    t = _once(call)
+    times = [] if t < timing.warmup_below_s else [t]
+    if not times:
+        times.append(_once(call))
+    reps = min(timing.max_reps, max(timing.min_reps, math.ceil(timing.target_s / times[0])))
+    if times[0] >= timing.slow_s:
+        reps = min(reps, timing.slow_reps, max(1, int(timing.max_cell_s // times[0])))
+    while len(times) < reps:
+        times.append(_once(call))
+    return times
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine description and limits
+# ---------------------------------------------------------------------------------------------
+
+
+def _cache_bytes(level: int, default: int) -> int:
+    for index in range(8):
+        base = Path(f"/sys/devices/system/cpu/cpu0/cache/index{index}")
+        try:
+            if int((base / "level").read_text()) != level:
+                continue
+            if (base / "type").read_text().strip() == "Instruction":
+                continue
+            size = (base / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
+        return int(size.rstrip("KMG")) * mult
+    return default
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def _blas_info() -> list[dict[str, Any]]:
+    try:
+        from threadpoolctl import threadpool_info
+
+        return [
+            {k: v for k, v in d.items() if k in ("internal_api", "num_threads", "version")}
+            for d in threadpool_info()
+        ]
+    except Exception:
+        return []
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "l2_bytes_per_core": _cache_bytes(2, 1 << 20),
+        "l3_bytes": _cache_bytes(3, 32 << 20),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": getattr(jax.lib, "__version__", None) or _dist_version("jaxlib"),
+        "numpy": np.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "numpy_blas": _blas_info(),
+    }
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _jit(fn: Callable, copts: dict[str, Any] | None) -> Callable:
+    return jax.jit(fn, compiler_options=copts) if copts else jax.jit(fn)
+
+
+def _best_time(call: Callable[[], Any], reps: int) -> float:
+    jax.block_until_ready(call())
+    return min(_once(call) for _ in range(reps))
+
+
+def measure_dispatch(copts: dict[str, Any] | None = None) -> float:
+    f = _jit(lambda v: v + 1, copts)
+    v = jnp.zeros((1,), jnp.float32)
+    jax.block_until_ready(f(v))
+    return statistics.median(_once(lambda: f(v)) for _ in range(200))
+
+
+def measure_loop_step(n: int, k: int, reps: int, copts: dict[str, Any] | None = None) -> float:
+    """Seconds per step of a jitted ``fori_loop`` whose body is a greedy step's bare minimum.
+
+    Body: masked argmax over N, a min-update of an [N] vector, a mask update. Not part of the
+    limit (it is XLA's cost, not the algorithm's); reported so that a greedy selector's distance
+    from its limit can be split into work and per-step overhead.
+    """
+
+    def f(v):
+        def body(i, carry):
+            mind, avail = carry
+            c = jnp.argmax(jnp.where(avail, mind, -jnp.inf))
+            return jnp.minimum(mind, mind[c] * 0.5 + v), avail.at[c].set(False)
+
+        return jax.lax.fori_loop(0, k, body, (v, jnp.ones((n,), bool)))[0]
+
+    f = _jit(f, copts)
+    v = jnp.asarray(np.random.default_rng(0).random(n, dtype=np.float32))
+    return _best_time(lambda: f(v), reps) / k
+
+
+def measure_matmul(
+    m: int,
+    kdim: int,
+    n: int,
+    reps: int,
+    *,
+    batch: int = 1,
+    total_flops: float = 2e9,
+    copts: dict[str, Any] | None = None,
+) -> float:
+    """GFLOP/s of a jitted float32 [batch, m, kdim] x [batch, kdim, n] product (best of ``reps``).
+
+    The product runs ``iters`` times in a loop inside one jitted call (each depending on the
+    last), so small products are not measured against the dispatch floor.
+    """
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((batch, m, kdim), dtype=np.float32))
+    b = jnp.asarray(rng.standard_normal((batch, kdim, n), dtype=np.float32))
+    flops = 2.0 * batch * m * kdim * n
+    iters = max(1, int(total_flops // flops))
+
+    def f(a, b):
+        def body(i, acc):
+            prod = jnp.einsum("cmk,ckn->cmn", a + acc[0, 0, 0] * 1e-30, b, precision=_HIGHEST)
+            return acc + prod
+
+        return jax.lax.fori_loop(0, iters, body, jnp.zeros((batch, m, n), jnp.float32))
+
+    f = _jit(f, copts)
+
+    return iters * flops / _best_time(lambda: f(a, b), reps) / 1e9
+
+
+def measure_matmul_numpy(
+    m: int, kdim: int, n: int, *, batch: int = 1, threads: int | None, seconds: float
+) -> float:
+    """GFLOP/s of NumPy's (BLAS) float32 [batch, m, kdim] x [batch, kdim, n], best single run."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((batch, m, kdim), dtype=np.float32)
+    b = rng.standard_normal((batch, kdim, n), dtype=np.float32)
+    if batch == 1:
+        a, b = a[0], b[0]
+    with _blas_threads(threads):
+        np.matmul(a, b)
+        best, stop = math.inf, time.perf_counter() + seconds
+        while True:
+            t0 = time.perf_counter()
+            np.matmul(a, b)
+            t1 = time.perf_counter()
+            best = min(best, t1 - t0)
+            if t1 > stop:
+                break
+    return 2.0 * batch * m * kdim * n / best / 1e9
+
+
+def measure_read_bandwidth(
+    nbytes: int,
+    total_bytes: float,
+    reps: int,
+    *,
+    with_sum: bool = True,
+    copts: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """GB/s reading a float32 working set of ``nbytes`` over and over (jitted, one stream).
+
+    ``sum``: a reduction of the whole array per iteration; ``gemv``: a matrix-vector product
+    ``[nbytes / 4096, 1024] x [1024]`` per iteration (the greedy selectors' inner operation).
+    Each iteration depends on the previous one, so XLA cannot hoist it out of the loop.
+    """
+    iters = max(1, int(total_bytes // nbytes))
+    cols = 1024
+    rows = max(1, nbytes // (F32 * cols))
+    nbytes = rows * cols * F32
+    x = jnp.ones((rows * cols,), jnp.float32)
+    xm = x.reshape(rows, cols)
+    v = jnp.ones((cols,), jnp.float32)
+
+    def rsum(x):
+        body = lambda i, acc: acc + jnp.sum(x + acc * 1e-30)
+        return jax.lax.fori_loop(0, iters, body, jnp.float32(0))
+
+    def gemv(xm, v):
+        body = lambda i, acc: acc + jnp.matmul(xm, v + acc[0] * 1e-30)
+        return jax.lax.fori_loop(0, iters, body, jnp.zeros((rows,), jnp.float32))
+
+    rsum, gemv = _jit(rsum, copts), _jit(gemv, copts)
+
+    out = {
+        "bytes": nbytes,
+        "sum": iters * nbytes / _best_time(lambda: rsum(x), reps) / 1e9 if with_sum else None,
+        "gemv": iters * nbytes / _best_time(lambda: gemv(xm, v), reps) / 1e9,
+    }
+    out["best"] = max(v for v in (out["sum"], out["gemv"]) if v is not None)
+    return out
+
+
+def measure_allcore_bandwidth(nbytes: int, seconds: float) -> float | None:
+    """Aggregate GB/s of one NumPy gemv stream per core (BLAS limited to 1 thread each)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    threads = os.cpu_count() or 1
+    cols = 1024
+    rows = max(1, nbytes // (F32 * cols))
+    mats = [np.ones((rows, cols), np.float32) for _ in range(threads)]
+    v = np.ones(cols, np.float32)
+    counts = [0] * threads
+    with threadpool_limits(1):
+        for m in mats:
+            m @ v  # warm
+        stop = time.perf_counter() + seconds
+
+        def work(i: int) -> None:
+            c = 0
+            while time.perf_counter() < stop:
+                mats[i] @ v
+                c += 1
+            counts[i] = c
+
+        t0 = time.perf_counter()
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        elapsed = time.perf_counter() - t0
+    return sum(counts) * rows * cols * F32 / elapsed / 1e9
+
+
+def _matmul_key(s: Shape, kind: str) -> str:
+    if kind == "gram":
+        return f"Gram {s.n}x{s.d}x{s.n}"
+    w = math.ceil(s.n / HOLOV_CHUNKS)
+    return f"{HOLOV_CHUNKS} chunks {w}x{s.d}x{w}"
+
+
+def _ws_key(nbytes: float) -> str:
+    """Working sets are probed rounded to 4 KiB (the key of ``limits["bandwidth_at"]``)."""
+    return str(max(1, round(nbytes / 4096)) * 4096)
+
+
+def measure_limits(
+    shapes: Sequence[Shape],
+    machine: dict[str, Any],
+    quick: bool,
+    copts: dict[str, Any] | None = None,
+    selectors: Sequence[Selector] = (),
+) -> dict:
+    l2, l3 = machine["l2_bytes_per_core"], machine["l3_bytes"]
+    reps = 2 if quick else 5
+    square = 256 if quick else 2048
+    flops = 5e7 if quick else 2e9
+    limits: dict[str, Any] = {"dispatch_s": measure_dispatch(copts)}
+    limits["loop_step_s"] = {
+        f"N={n}, k={k}": measure_loop_step(n, k, reps, copts)
+        for n, k in sorted({(s.n, s.k) for s in shapes})
+    }
+    seconds = 0.02 if quick else 0.3
+
+    def rate(m: int, kdim: int, n: int, batch: int = 1) -> dict[str, float]:
+        # XLA, and NumPy's BLAS with one thread and with its default threads: the machine
+        # can do what the best of them does.
+        out = {
+            "xla": measure_matmul(m, kdim, n, reps, batch=batch, total_flops=flops, copts=copts),
+            "numpy_1": measure_matmul_numpy(m, kdim, n, batch=batch, threads=1, seconds=seconds),
+            "numpy_all": measure_matmul_numpy(
+                m, kdim, n, batch=batch, threads=None, seconds=seconds
+            ),
+        }
+        out["best"] = max(out.values())
+        return out
+
+    rates = {f"square {square}": rate(square, square, square)}
+    for s in shapes:
+        w = math.ceil(s.n / HOLOV_CHUNKS)
+        for kind, (c, m) in (("gram", (1, s.n)), ("chunk", (HOLOV_CHUNKS, w))):
+            key = _matmul_key(s, kind)
+            if key not in rates:
+                rates[key] = rate(m, s.d, m, batch=c)
+    limits["matmul_gflops"] = rates
+    sizes = {
+        "L2": l2 // 2,
+        "L3": min(l3 // 4, 8 << 20),
+        "DRAM": (64 << 20) if quick else max(512 << 20, 16 * l3),
+    }
+    total = (64 << 20) if quick else (1 << 30)
+    limits["bandwidth"] = {}
+    for level, nbytes in sizes.items():
+        bw = measure_read_bandwidth(
+            nbytes, max(total, 2 * nbytes), reps, with_sum=not quick, copts=copts
+        )
+        bw["allcore_numpy"] = measure_allcore_bandwidth(nbytes, 0.05 if quick else 0.3)
+        limits["bandwidth"][level] = bw
+        gc.collect()
+    # Each phase's own working set beyond L2 (the cache boundaries are not sharp: a 45 MiB
+    # working set still hits a 32 MiB L3 in part), probed with the same repeated gemv.
+    sets = sorted(
+        {
+            int(_ws_key(ph.working_set))
+            for s in shapes
+            for sel in selectors
+            for ph in sel.cost(s)
+            if ph.working_set > l2
+        }
+    )
+    limits["bandwidth_at"] = {}
+    for nbytes in sets:
+        bw = measure_read_bandwidth(
+            nbytes, max(total, 2 * nbytes), reps, with_sum=False, copts=copts
+        )
+        limits["bandwidth_at"][str(nbytes)] = bw["gemv"]
+        gc.collect()
+    return limits
+
+
+def level_for(working_set: float, machine: dict[str, Any]) -> str:
+    if working_set <= machine["l2_bytes_per_core"]:
+        return "L2"
+    if working_set <= machine["l3_bytes"]:
+        return "L3"
+    return "DRAM"
+
+
+def read_bandwidth(limits: dict[str, Any], working_set: float, level: str) -> float:
+    """GB/s for re-reading ``working_set`` bytes: the best probe at that size or larger.
+
+    Read bandwidth cannot grow with the working set, so a probe at a larger size that ran
+    faster (the probes are noisy on a shared machine) still bounds what this size can reach.
+    """
+    probes = [(float(b), v) for b, v in limits.get("bandwidth_at", {}).items()]
+    probes += [(bw["bytes"], bw["best"]) for bw in limits["bandwidth"].values()]
+    ws = float(_ws_key(working_set))
+    at_or_above = [v for b, v in probes if b >= ws]
+    if not any(b == ws for b, _ in probes):  # not probed: its cache level's probe and above
+        lvl = limits["bandwidth"][level]["bytes"]
+        at_or_above = [v for b, v in probes if b >= lvl]
+    return max(at_or_above)
+
+
+def limit_for(
+    sel: Selector, s: Shape, batch: int, machine: dict, limits: dict, allcore: bool = False
+) -> dict[str, Any]:
+    """Per-image lower bound on time: dispatch / B + sum over phases of max(FLOP, byte) time."""
+    rates = limits["matmul_gflops"]
+    # The best rate measured, so the limit stays a lower bound when a probe runs slow.
+    peak = max(v["best"] for key, v in rates.items() if key.startswith("square"))
+    rate = {kind: max(peak, rates[_matmul_key(s, kind)]["best"]) for kind in ("gram", "chunk")}
+    terms = [("dispatch", limits["dispatch_s"] / batch)]
+    phases = []
+    for ph in sel.cost(s):
+        level = level_for(ph.working_set, machine)
+        bw = limits["bandwidth"][level]
+        gbs = read_bandwidth(limits, ph.working_set, level)
+        if allcore:
+            gbs = max(gbs, bw.get("allcore_numpy") or 0.0)
+        t_flop = ph.flops / (rate[ph.matmul] * 1e9)
+        t_byte = ph.bytes / (gbs * 1e9)
+        bound = "FLOPs" if t_flop >= t_byte else f"{level} bytes"
+        terms.append((f"{bound} ({ph.name})", max(t_flop, t_byte)))
+        phases.append(
+            {
+                "name": ph.name,
+                "flops": ph.flops,
+                "bytes": ph.bytes,
+                "working_set": ph.working_set,
+                "level": level,
+                "level_batch_vmap": level_for(ph.working_set * batch, machine),
+                "read_gbs": gbs,
+                "flop_s": t_flop,
+                "byte_s": t_byte,
+                "binds": bound,
+            }
+        )
+    total = sum(t for _, t in terms)
+    return {
+        "limit_s": total,
+        "binds": max(terms, key=lambda t: t[1])[0],
+        "phases": phases,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+
+def _nn_in_hlo(hlo: str, n: int) -> bool:
+    """Whether the compiled program holds an array with two dimensions of size ``n``."""
+    for dims in re.findall(r"\b[a-z]+[0-9]*\[([0-9,]+)\]", hlo):
+        if [int(v) for v in dims.split(",") if v].count(n) >= 2:
+            return True
+    return False
+
+
+def make_inputs(s: Shape, batch: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "x": rng.standard_normal((batch, s.n, s.d), dtype=np.float32),
+        "scores": rng.random((batch, s.n), dtype=np.float32),
+        "shallow": rng.random((batch, s.n), dtype=np.float32),
+        "deep": rng.random((batch, s.n), dtype=np.float32),
+        "text": rng.standard_normal((batch, TEXT_TOKENS, s.d), dtype=np.float32),
+    }
+
+
+def _device_args(sel: Selector, data: dict[str, np.ndarray], batch: int, seed: int) -> list:
+    args = []
+    for name in sel.inputs:
+        if name == "key":
+            args.append(jax.random.split(jax.random.key(seed), batch))
+        else:
+            args.append(jnp.asarray(data[name][:batch]))
+    return args
+
+
+def _numpy_fn(sel: Selector, oracles: Any | None) -> tuple[Callable[..., np.ndarray], str]:
+    if sel.oracle and oracles is not None and hasattr(oracles, sel.oracle):
+        return getattr(oracles, sel.oracle), f"tests/oracles.py:{sel.oracle}"
+    return sel.own, f"benchmarks/selection.py:{sel.own.__name__}"
+
+
+def _blas_threads(n: int | None):
+    """A context limiting NumPy's BLAS to ``n`` threads (no-op when None or no threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        n = None
+    return contextlib.nullcontext() if n is None else threadpool_limits(n)
+
+
+def run_numpy(
+    sel: Selector,
+    s: Shape,
+    example: dict[str, Any],
+    oracles: Any | None,
+    timing: Timing,
+    threads: int | None = 1,
+) -> tuple[dict[str, Any], np.ndarray]:
+    with _blas_threads(threads):
+        return _run_numpy(sel, s, example, oracles, timing)
+
+
+def _run_numpy(
+    sel: Selector, s: Shape, example: dict[str, Any], oracles: Any | None, timing: Timing
+) -> tuple[dict[str, Any], np.ndarray]:
+    fn, source = _numpy_fn(sel, oracles)
+    call = lambda: sel.np_call(s, example, fn)
+    try:
+        t0 = time.perf_counter()
+        picks = call()
+        first = time.perf_counter() - t0
+    except Exception as e:
+        if fn is sel.own:
+            raise
+        print(f"[selection] {source} failed on {s.name} ({e!r}); using the own NumPy version")
+        fn, source = sel.own, f"benchmarks/selection.py:{sel.own.__name__} (oracle failed)"
+        call = lambda: sel.np_call(s, example, fn)
+        t0 = time.perf_counter()
+        picks = call()
+        first = time.perf_counter() - t0
+    # Slow baselines: the first call counts (NumPy has no compilation to warm up), and one
+    # more run below 5 s; otherwise adaptive.
+    if first >= 5.0:
+        times = [first]
+    elif first >= 1.0:
+        times = [first, _once(call)]
+    else:
+        times = time_calls(call, dataclasses.replace(timing, max_reps=min(timing.max_reps, 20)))
+    return {"source": source, "times_s": times, "per_image_s": statistics.median(times)}, picks
+
+
+def run_cell(
+    sel: Selector,
+    s: Shape,
+    batch: int,
+    data: dict[str, np.ndarray],
+    timing: Timing,
+    seed: int,
+    copts: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], np.ndarray]:
+    args = _device_args(sel, data, batch, seed)
+    fn = jax.jit(jax.vmap(sel.make(s)))
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args).compile(compiler_options=copts)
+    compile_s = time.perf_counter() - t0
+    hlo = compiled.as_text() or ""
+    last: list[jax.Array] = []
+
+    def call() -> jax.Array:
+        last[:] = [compiled(*args)]
+        return last[0]
+
+    times = time_calls(call, timing)
+    picks = np.asarray(last[0])  # the last timed run's output (no extra run of a slow cell)
+    med = statistics.median(times)
+    row = {
+        "batch_time_s": med,
+        "per_image_s": med / batch,
+        "min_batch_time_s": min(times),
+        "times_s": times,
+        "reps": len(times),
+        "compile_s": compile_s,
+        "nn_in_hlo": _nn_in_hlo(hlo, s.n),
+    }
+    return row, picks
+
+
+def _parse_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+@dataclasses.dataclass
+class Config:
+    quick: bool = False
+    shapes: list[str] | None = None
+    batches: list[int] | None = None
+    selectors: list[str] | None = None
+    out: Path = DEFAULT_OUT
+    json_out: Path | None = None
+    timing: Timing = dataclasses.field(default_factory=Timing)
+    numpy: bool = True
+    oracles: bool = True  # use tests/oracles.py where it has the function
+    numpy_threads: int | None = 1  # BLAS threads of the NumPy baselines (None: NumPy's default)
+    seed: int = 0
+    # XLA options for every compilation; --quick turns the backend optimiser off (compile time)
+    compiler_options: dict[str, Any] | None = None
+
+
+def run(config: Config) -> dict[str, Any]:
+    """Runs the benchmark and returns every number (what the JSON holds)."""
+    t_start = time.perf_counter()
+    table = QUICK_SHAPES if config.quick else SHAPES
+    all_shapes = {**SHAPES, **QUICK_SHAPES}
+    shape_names = config.shapes or list(table)
+    unknown = [n for n in shape_names if n not in all_shapes]
+    if unknown:
+        raise ValueError(f"unknown shapes {unknown}; known: {sorted(all_shapes)}")
+    shapes = [all_shapes[n] for n in shape_names]
+    sel_names = config.selectors or list(SELECTORS)
+    unknown = [n for n in sel_names if n not in SELECTORS]
+    if unknown:
+        raise ValueError(f"unknown selectors {unknown}; known: {sorted(SELECTORS)}")
+    selectors = [SELECTORS[n] for n in sel_names]
+    oracles = load_oracles() if config.numpy and config.oracles else None
+
+    machine = machine_info()
+    load_start = _loadavg()
+    print(f"[selection] {machine['cpu']}, {machine['cores']} cores, jax {machine['jax']}")
+    print("[selection] measuring machine limits ...", flush=True)
+    copts = config.compiler_options
+    limits = measure_limits(shapes, machine, config.quick, copts, selectors)
+
+    rows: list[dict[str, Any]] = []
+    for s in shapes:
+        batches = config.batches or list(s.batches)
+        data = make_inputs(s, max(batches), config.seed)
+        example = {k: v[0] for k, v in data.items()}
+        example["rng"] = np.random.default_rng(config.seed)
+        for sel in selectors:
+            jax_picks = None
+            for b in sorted(batches):
+                label = f"{sel.name} {s.name} B={b}"
+                print(f"[selection] {label} ...", end=" ", flush=True)
+                cell, picks = run_cell(sel, s, b, data, config.timing, config.seed, copts)
+                if jax_picks is None:
+                    jax_picks = picks[0]
+                lim = limit_for(sel, s, b, machine, limits)
+                lim_all = limit_for(sel, s, b, machine, limits, allcore=True)
+                row = {
+                    "selector": sel.name,
+                    "shape": s.name,
+                    "n": s.n,
+                    "d": s.d,
+                    "k": s.k,
+                    "batch": b,
+                    "greedy": sel.greedy,
+                    "needs_nn": sel.needs_nn,
+                    "note": sel.note,
+                    **cell,
+                    **lim,
+                    "achieved_over_limit": cell["per_image_s"] / lim["limit_s"],
+                    "limit_allcore_s": lim_all["limit_s"],
+                    "achieved_over_limit_allcore": cell["per_image_s"] / lim_all["limit_s"],
+                }
+                rows.append(row)
+                print(
+                    f"{_fmt_s(cell['per_image_s'])}/img ({cell['reps']} reps), "
+                    f"limit {_fmt_s(lim['limit_s'])}",
+                    flush=True,
+                )
+            if config.numpy:
+                print(f"[selection] {sel.name} {s.name} NumPy ...", end=" ", flush=True)
+                nrow, np_picks = run_numpy(
+                    sel, s, example, oracles, config.timing, config.numpy_threads
+                )
+                if sel.name != "random" and jax_picks is not None:
+                    common = np.intersect1d(np.asarray(np_picks), jax_picks).size
+                    nrow["agree"] = common / s.k
+                    nrow["numpy_picks"] = int(np.asarray(np_picks).size)
+                print(f"{_fmt_s(nrow['per_image_s'])}/img", flush=True)
+                for row in rows:
+                    if (row["selector"], row["shape"]) == (sel.name, s.name):
+                        row["numpy"] = nrow
+                        row["numpy_over_jax"] = nrow["per_image_s"] / row["per_image_s"]
+            gc.collect()
+        del data, example
+        gc.collect()
+
+    result = {
+        "command": "python -m benchmarks.selection " + " ".join(config_argv(config)),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        "loadavg_start": load_start,
+        "loadavg_end": _loadavg(),
+        "limits": limits,
+        "shapes": [dataclasses.asdict(s) for s in shapes],
+        "selectors": {
+            s.name: {"greedy": s.greedy, "needs_nn": s.needs_nn, "note": s.note} for s in selectors
+        },
+        "timing": dataclasses.asdict(config.timing),
+        "compiler_options": copts,
+        "numpy_threads": config.numpy_threads,
+        "rows": rows,
+        "scaling": scaling(rows, shapes),
+    }
+    result["wall_s"] = time.perf_counter() - t_start
+    return result
+
+
+def config_argv(config: Config) -> list[str]:
+    argv = []
+    if config.quick:
+        argv.append("--quick")
+    if config.shapes:
+        argv += ["--shapes", ",".join(config.shapes)]
+    if config.batches:
+        argv += ["--batches", ",".join(map(str, config.batches))]
+    if config.selectors:
+        argv += ["--selectors", ",".join(config.selectors)]
+    if not config.numpy:
+        argv.append("--no-numpy")
+    if not config.oracles:
+        argv.append("--own-numpy")
+    if config.numpy_threads != 1:
+        argv += ["--numpy-threads", str(config.numpy_threads or 0)]
+    return argv
+
+
+# ---------------------------------------------------------------------------------------------
+# Scaling and report
+# ---------------------------------------------------------------------------------------------
+
+
+def scaling(rows: list[dict[str, Any]], shapes: Sequence[Shape]) -> list[dict[str, Any]]:
+    """How per-image cost grows: batch (largest vs 1) per shape, and between pairs of shapes."""
+    by = {(r["selector"], r["shape"], r["batch"]): r for r in rows}
+    out = []
+    for sel in dict.fromkeys(r["selector"] for r in rows):
+        for s in shapes:
+            bs = sorted(b for (n, sh, b) in by if n == sel and sh == s.name)
+            if len(bs) >= 2 and bs[0] == 1:
+                lo, hi = by[(sel, s.name, 1)], by[(sel, s.name, bs[-1])]
+                out.append(
+                    {
+                        "selector": sel,
+                        "what": f"batch 1 -> {bs[-1]} ({s.name})",
+                        "measured": hi["per_image_s"] / lo["per_image_s"],
+                        "model": hi["limit_s"] / lo["limit_s"],
+                        "exponent": None,
+                    }
+                )
+        for a in shapes:
+            for b in shapes:
+                if a is b:
+                    continue
+                diff = [f for f in ("n", "d", "k") if getattr(a, f) != getattr(b, f)]
+                if not diff or len(diff) > 2 or any(getattr(b, f) < getattr(a, f) for f in diff):
+                    continue
+                if (sel, a.name, 1) not in by or (sel, b.name, 1) not in by:
+                    continue
+                ra, rb = by[(sel, a.name, 1)], by[(sel, b.name, 1)]
+                factor = {f: getattr(b, f) / getattr(a, f) for f in diff}
+                what = ", ".join(f"{f.upper()} x{factor[f]:g}" for f in diff)
+                measured = rb["per_image_s"] / ra["per_image_s"]
+                grow = math.log(next(iter(factor.values())))
+                out.append(
+                    {
+                        "selector": sel,
+                        "what": f"{what} ({a.name} -> {b.name}, B=1)",
+                        "measured": measured,
+                        "model": rb["limit_s"] / ra["limit_s"],
+                        "exponent": (
+                            math.log(measured) / grow if len(set(factor.values())) == 1 else None
+                        ),
+                    }
+                )
+    return out
+
+
+def _fmt_s(t: float | None) -> str:
+    if t is None or not math.isfinite(t):
+        return "-"
+    if t < 1e-3:
+        return f"{t * 1e6:.3g} us"
+    if t < 1.0:
+        return f"{t * 1e3:.3g} ms"
+    return f"{t:.3g} s"
+
+
+def _fmt_x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if b >= size:
+            return f"{b / size:.3g} {unit}"
+    return f"{b:.0f} B"
+
+
+def _shape_table(srows: list[dict[str, Any]]) -> list[str]:
+    batches = sorted({r["batch"] for r in srows})
+    b0, b1 = batches[0], batches[-1]
+    header = ["selector", *(f"B={b}" for b in batches)]
+    if b1 != b0:
+        header.append(f"B={b1}/B={b0}")
+    header += ["NumPy", f"NumPy/JAX (B={b0})", f"limit (B={b1})", "binds", f"JAX/limit B={b0}"]
+    if b1 != b0:
+        header.append(f"JAX/limit B={b1}")
+    header.append("NxN in HLO")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for sel in dict.fromkeys(r["selector"] for r in srows):
+        by_b = {r["batch"]: r for r in srows if r["selector"] == sel}
+        first, last = by_b[min(by_b)], by_b[max(by_b)]
+        npr = first.get("numpy")
+        nn = last["nn_in_hlo"]
+        nn_txt = ("yes" if nn else "no") + (
+            " (needed)" if last["needs_nn"] else (" (NOT NEEDED)" if nn else "")
+        )
+        cells = [sel + (" *" if last["greedy"] else "")]
+        cells += [_fmt_s(by_b[b]["per_image_s"]) if b in by_b else "-" for b in batches]
+        if b1 != b0:
+            cells.append(_fmt_x(last["per_image_s"] / first["per_image_s"]))
+        cells += [
+            _fmt_s(npr["per_image_s"]) if npr else "-",
+            _fmt_x(first.get("numpy_over_jax")),
+            _fmt_s(last["limit_s"]),
+            last["binds"],
+            _fmt_x(first["achieved_over_limit"]),
+        ]
+        if b1 != b0:
+            cells.append(_fmt_x(last["achieved_over_limit"]))
+        cells.append(nn_txt)
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, "", "`*` greedy selector."]
+
+
+def report(result: dict[str, Any]) -> str:
+    m, lim = result["machine"], result["limits"]
+    blas = ", ".join(
+        f"{b.get('internal_api')} {b.get('num_threads')} threads" for b in m["numpy_blas"]
+    )
+    lines = [
+        "# pruneax.tokens selection benchmark",
+        "",
+        f"Command: `{result['command']}` ({result['date']}, {result['wall_s']:.0f} s wall).",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; L2 {_fmt_bytes(m['l2_bytes_per_core'])} per "
+        f"core, L3 {_fmt_bytes(m['l3_bytes'])} shared",
+        f"- JAX {m['jax']} (jaxlib {m['jaxlib']}, backend {m['backend']}), NumPy {m['numpy']} "
+        f"(BLAS: {blas or 'unknown'}; the NumPy baselines ran with "
+        f"{result['numpy_threads'] or 'default'} BLAS thread(s))",
+        f"- Load average at start / end: {result['loadavg_start']} / {result['loadavg_end']} "
+        "(other work on the machine makes timings noisy)",
+        f"- Dispatch floor (trivial jitted call): {_fmt_s(lim['dispatch_s'])}",
+        "- Greedy step floor (XLA while loop, body = masked argmax + min-update over N; "
+        "not in the limits): "
+        + ", ".join(f"{key}: {_fmt_s(v)} per step" for key, v in lim["loop_step_s"].items()),
+        "",
+        "Matmul rate (float32 GFLOP/s, best of a few; XLA jitted, NumPy's BLAS with 1 and with its "
+        "default threads; the model uses the best, and never less than the square's best):",
+        "",
+        "| product | XLA | NumPy 1 thread | NumPy default threads | used |",
+        "|---|---|---|---|---|",
+    ]
+    peak = max(v["best"] for k, v in lim["matmul_gflops"].items() if k.startswith("square"))
+    lines += [
+        f"| {k} | {v['xla']:.1f} | {v['numpy_1']:.1f} | {v['numpy_all']:.1f} | "
+        f"{max(v['best'], peak):.1f} |"
+        for k, v in lim["matmul_gflops"].items()
+    ]
+    lines += [
+        "",
+        "Read bandwidth by cache level (GB/s; one jitted stream re-reading the working set: "
+        "a repeated sum and a repeated gemv, the better one is used; all cores: one NumPy gemv "
+        "thread per core, for reference only):",
+        "",
+        "| level | working set | sum | gemv | used | all cores |",
+        "|---|---|---|---|---|---|",
+    ]
+    for level, bw in lim["bandwidth"].items():
+        lines.append(
+            f"| {level} | {_fmt_bytes(bw['bytes'])} | {_fmt_x(bw['sum'])} | "
+            f"{_fmt_x(bw['gemv'])} | {_fmt_x(bw['best'])} | {_fmt_x(bw.get('allcore_numpy'))} |"
+        )
+    if lim.get("bandwidth_at"):
+        lines += [
+            "",
+            "Read bandwidth at each phase's own working set beyond L2 (repeated gemv). The model "
+            "uses, for a working set, the best probe at that size or larger (bandwidth cannot "
+            "grow with the working set; the probes are noisy), so a working set just above a "
+            "cache size, which still partly hits it, is not charged the DRAM rate:",
+            "",
+            "| working set | GB/s |",
+            "|---|---|",
+        ]
+        lines += [f"| {_fmt_bytes(int(b))} | {v:.1f} |" for b, v in lim["bandwidth_at"].items()]
+    rows = result["rows"]
+    for shape in result["shapes"]:
+        srows = [r for r in rows if r["shape"] == shape["name"]]
+        if not srows:
+            continue
+        lines += [
+            "",
+            f"## {shape['name']}: N={shape['n']}, D={shape['d']}, k={shape['k']}, "
+            f"grid {shape['grid'][0]}x{shape['grid'][1]} ({shape['note']})",
+            "",
+            "Time per image (median batch time / B). NumPy: one example, BLAS threads as above; "
+            "NumPy/JAX > 1 means JAX is faster. Limit: per image at the largest batch "
+            "(dispatch / B + phases). Target for greedy selectors: JAX/limit <= 1.5 and no "
+            "per-image slowdown with batch.",
+            "",
+            *_shape_table(srows),
+        ]
+    lines += [
+        "",
+        "## How cost grows",
+        "",
+        "Ratio of per-image time (measured) next to the ratio of the model's limits (model); "
+        "exponent = log(measured ratio) / log(size ratio) when one size changes.",
+        "",
+        "| selector | change | measured | model | exponent |",
+        "|---|---|---|---|---|",
+    ]
+    for sc in result["scaling"]:
+        exp = "-" if sc["exponent"] is None else f"{sc['exponent']:.2f}"
+        lines.append(
+            f"| {sc['selector']} | {sc['what']} | {sc['measured']:.3g} | {sc['model']:.3g} | "
+            f"{exp} |"
+        )
+    sources: dict[str, tuple[str, float | None]] = {}
+    for r in rows:
+        if r.get("numpy"):
+            agree = r["numpy"].get("agree")
+            _, before = sources.get(r["selector"], ("", None))
+            if before is not None and agree is not None:
+                agree = min(agree, before)
+            sources[r["selector"]] = (r["numpy"]["source"], agree)
+    lines += [
+        "",
+        "## Notes",
+        "",
+        "- Inputs: Gaussian features [B, N, D] float32, uniform scores in [0, 1); coverage uses "
+        f"x_vision = x, alpha={ALPHA}, tau_tv={TAU_TV}, tau_vv={TAU_VV}; HiPrune alpha 0.1; "
+        f"FEATHER stride {FEATHER_STRIDE}; HoloV {HOLOV_CHUNKS} chunks. Greedy loops run a fixed "
+        "k steps, so their cost does not depend on the values.",
+        "- Cost model phases (per image): DivPrune = Gram matmul 2N^2D + one N^2 pass + k row "
+        "reads; k-center / max-sum = row norms + k matrix-vector products (k N D 4 bytes "
+        "re-read); coverage = similarity matmuls 2(m+n)nD + k passes over C ((m+n) n 4 bytes); "
+        "HoloV = 16 chunk Grams; top-k, random, HiPrune, FEATHER = a few passes over N "
+        "scores (dispatch-bound). A phase costs max(FLOPs / matmul rate, bytes / read bandwidth "
+        "at its per-example working set); the matmul rate is the better of the square and the "
+        "phase's own product. The level named in 'binds' is where one example's working set "
+        "fits; the JSON also gives where the whole batch's working set fits "
+        "(`level_batch_vmap`: what a plain vmap of a greedy loop streams each step) and a "
+        "limit with all-core bandwidth (`limit_allcore_s`).",
+        "- Repeats: adaptive to about the target time per cell, at least "
+        f"{result['timing']['min_reps']}; a cell whose run takes over "
+        f"{result['timing']['slow_s']:g} s gets {result['timing']['slow_reps']} runs, or one "
+        f"when two would take over {result['timing']['max_cell_s']:g} s (see `reps`). NumPy: "
+        "one run when it takes over 5 s, two over 1 s. Timings are medians; the machine limits "
+        "are best-of (they bound what the machine can do).",
+        "- NumPy baselines (source; overlap of its picks with pruneax's on example 0, the "
+        "lowest over the shapes):",
+    ]
+    for name, (src, agree) in sources.items():
+        lines.append(f"  - {name}: {src}" + ("" if agree is None else f", overlap {agree:.2f}"))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer | np.floating):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def parse_args(argv: Sequence[str] | None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny shapes, batch 1 and 2 (< 20 s)")
+    p.add_argument("--shapes", help=f"comma list of {sorted({**SHAPES, **QUICK_SHAPES})}")
+    p.add_argument("--batches", help="comma list of batch sizes (overrides every shape's)")
+    p.add_argument("--selectors", help=f"comma list of {list(SELECTORS)}")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report path")
+    p.add_argument("--json", type=Path, default=None, help="JSON path (default: --out as .json)")
+    p.add_argument("--target-s", type=float, default=None, help="timed seconds per cell")
+    p.add_argument("--min-reps", type=int, default=None)
+    p.add_argument("--max-reps", type=int, default=None)
+    p.add_argument("--no-numpy", action="store_true", help="skip the NumPy baselines")
+    p.add_argument(
+        "--own-numpy",
+        action="store_true",
+        help="use this file's NumPy baselines even where tests/oracles.py has one",
+    )
+    p.add_argument(
+        "--numpy-threads",
+        type=int,
+        default=1,
+        help="BLAS threads for the NumPy baselines (default 1; 0 = NumPy's default)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    timing = Timing(target_s=0.05, min_reps=2, max_reps=5) if a.quick else Timing()
+    timing = dataclasses.replace(
+        timing,
+        **{
+            k: v
+            for k, v in (
+                ("target_s", a.target_s),
+                ("min_reps", a.min_reps),
+                ("max_reps", a.max_reps),
+            )
+            if v is not None
+        },
+    )
+    batches = _parse_list(a.batches)
+    return Config(
+        quick=a.quick,
+        shapes=_parse_list(a.shapes),
+        batches=[int(b) for b in batches] if batches else None,
+        selectors=_parse_list(a.selectors),
+        out=a.out,
+        json_out=a.json,
+        timing=timing,
+        numpy=not a.no_numpy,
+        oracles=not a.own_numpy,
+        numpy_threads=a.numpy_threads or None,
+        seed=a.seed,
+        compiler_options=QUICK_COMPILER_OPTIONS if a.quick else None,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    result = run(config)
+    text = report(result)
+    print(text)
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    json_out = Path(config.json_out) if config.json_out else out.with_suffix(".json")
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=1, default=_json_default))
+    print(f"[selection] wrote {out} and {json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

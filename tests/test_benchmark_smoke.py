@@ -1,0 +1,52 @@
+"""Smoke test of the selection benchmark: ``python -m benchmarks.selection --quick``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+
+from benchmarks import selection
+
+
+def test_quick_benchmark_writes_a_row_per_selector(tmp_path):
+    out = tmp_path / "selection.md"
+    assert selection.main(["--quick", "--out", str(out)]) == 0
+
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = result["rows"]
+    assert {r["selector"] for r in rows} == set(selection.SELECTORS)
+    for name in selection.SELECTORS:
+        mine = [r for r in rows if r["selector"] == name]
+        assert sorted(r["batch"] for r in mine) == [1, 2], name
+        for r in mine:
+            assert r["per_image_s"] > 0 and r["batch_time_s"] > 0, r
+            assert all(t > 0 for t in r["times_s"]), r
+            assert r["limit_s"] > 0 and r["achieved_over_limit"] > 0, r
+            assert r["numpy"]["per_image_s"] > 0, r
+    for level in ("L2", "L3", "DRAM"):
+        assert result["limits"]["bandwidth"][level]["best"] > 0
+    assert all(v["best"] > 0 for v in result["limits"]["matmul_gflops"].values())
+    # The NumPy picks of the deterministic selectors match pruneax's on the first example.
+    for r in rows:
+        if r["selector"] != "random" and r["batch"] == 1:
+            assert r["numpy"]["agree"] == 1.0, r["selector"]
+    assert "| kcenter * |" in out.read_text()
+
+
+def test_own_numpy_baselines_match_pruneax():
+    """The benchmark's fallback NumPy versions pick what pruneax picks (a tiny example)."""
+    shape = selection.QUICK_SHAPES["tiny"]
+    data = selection.make_inputs(shape, 1, seed=1)
+    example = {name: v[0] for name, v in data.items()}
+    for sel in selection.SELECTORS.values():
+        if sel.name == "random":
+            continue
+        args = [data[name][0] for name in sel.inputs]
+        expected = np.asarray(sel.make(shape)(*args))
+        got = np.asarray(sel.np_call(shape, example, sel.own))
+        np.testing.assert_array_equal(got, expected, err_msg=sel.name)

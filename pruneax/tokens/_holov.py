@@ -10,7 +10,7 @@ import numpy as np
 
 from pruneax.tokens import _checks
 from pruneax.tokens._batching import cache_batched
-from pruneax.tokens._numerics import features, priority_topk, rank_key
+from pruneax.tokens._numerics import priority_topk, rank_key
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 _ATTN_SCALE = 1e3  # published constants
@@ -104,15 +104,25 @@ def _holov_one(scores, x, k, num_chunks):
     real = jnp.asarray(table < n)
     size = jnp.asarray(sizes, jnp.float32)[:, None]
 
-    f, _ = features(x)
-    f = f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + _EPS)
-    if n % num_chunks == 0:  # even chunks: a free reshape instead of a gather
-        fc = f.reshape(num_chunks, width, f.shape[-1])
-    else:
-        fc = jnp.take(f, table, axis=0, mode="fill", fill_value=0)  # [C, width, D]
-    sim = jnp.einsum("cid,cjd->cij", fc, fc, precision=_HIGHEST)
-    both = real[:, :, None] & real[:, None, :]
+    # Similarities of the raw rows divided by the norm outer product: the same as normalising
+    # first (f / (|f| + 1e-6)), without writing a normalised copy of x (a batch of LLaVA images
+    # is 150 MB: each extra pass over it costs more than the arithmetic).
+    x = jnp.asarray(x, jnp.float32)
+    sq = jnp.sum(x * x, axis=-1)
+    valid = jnp.isfinite(sq)  # non-finite rows count as zero vectors
+    norm = jnp.where(valid, jnp.sqrt(sq) + _EPS, 1.0)
+    chunked = lambda v, fill: (
+        v.reshape(num_chunks, width, *v.shape[1:])
+        if n % num_chunks == 0
+        else jnp.take(v, table, axis=0, mode="fill", fill_value=fill)
+    )
+    xc = chunked(x, 0)  # [C, width, D]
+    nc = chunked(norm, 1)
+    sim = jnp.einsum("cid,cjd->cij", xc, xc, precision=_HIGHEST) / (nc[:, :, None] * nc[:, None, :])
+    ok = real & chunked(valid, False)
+    both = ok[:, :, None] & ok[:, None, :]
     sim = jnp.where(both & ~jnp.eye(width, dtype=bool), sim, 0.0)
+    both = real[:, :, None] & real[:, None, :]
     mean = jnp.sum(sim, axis=-1) / (size - 1)
     var = jnp.sum(jnp.where(both, jnp.square(sim - mean[:, :, None]), 0.0), axis=-1) / (size - 1)
 

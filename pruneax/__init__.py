@@ -1,9 +1,11 @@
 """pruneax: neural-network pruning in JAX.
 
 - ``pruneax.tokens``: token-pruning transforms (selection, scoring, merging).
+- ``pruneax.weights``: weight-pruning transforms over parameter pytrees.
+- ``pruneax.models`` (Flax NNX) and ``pruneax.data`` (dataset readers): import them explicitly.
 """
 
-from pruneax import tokens
+from pruneax import tokens, weights
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "tokens"]
+__all__ = ["__version__", "tokens", "weights"]

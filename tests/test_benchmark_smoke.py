@@ -50,3 +50,13 @@ def test_own_numpy_baselines_match_pruneax():
         expected = np.asarray(sel.make(shape)(*args))
         got = np.asarray(sel.np_call(shape, example, sel.own))
         np.testing.assert_array_equal(got, expected, err_msg=sel.name)
+
+
+def test_weights_benchmark_quick(tmp_path):
+    from benchmarks import weights as wb
+
+    out = wb.main(["--quick", "--out", str(tmp_path / "weights.md")])
+    assert (tmp_path / "weights.md").read_text().count("|") > 10
+    (step,) = out["steps"]
+    assert step["pruned_stay_zero"] and step["dense_ms_per_step"] > 0 < step["ratio"]
+    assert abs(out["masks"]["sparsity_got"] - 0.8) < 1e-6 and out["masks"]["seconds_median"] > 0

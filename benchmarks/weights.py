@@ -98,7 +98,7 @@ def _step_case(name, model, x, y, tx, steps, repeats, sparsity=0.8):
     }
 
 
-def step_benchmark(quick: bool) -> list[dict]:
+def step_benchmark(quick: bool, convnets: bool = False) -> list[dict]:
     rng = np.random.default_rng(0)
     cases = []
     rngs = nnx.Rngs(0)
@@ -113,21 +113,25 @@ def step_benchmark(quick: bool) -> list[dict]:
         x = jnp.asarray(rng.random((60, 28, 28, 1), np.float32))
         y = jnp.asarray(rng.integers(0, 10, 60), jnp.int32)
         cases.append(("LeNet-300-100, MNIST batch 60, adam", models.LeNet300100(rngs=rngs), x, y))
+    if convnets:
         xc = jnp.asarray(rng.random((60, 32, 32, 3), np.float32))
         yc = jnp.asarray(rng.integers(0, 10, 60), jnp.int32)
         cases.append(("Conv-4, CIFAR batch 60, adam", models.ConvNet("conv4", rngs=rngs), xc, yc))
     out = []
     for name, model, xb, yb in cases:
         print(f"[weights] training step: {name}", flush=True)
-        out.append(_step_case(name, model, xb, yb, optax.adam(1e-3), steps, repeats))
-    if not quick:
+        conv = "Conv" in name
+        out.append(
+            _step_case(name, model, xb, yb, optax.adam(1e-3), 20 if conv else steps, repeats)
+        )
+    if convnets:
         xr = jnp.asarray(rng.random((128, 32, 32, 3), np.float32))
         yr = jnp.asarray(rng.integers(0, 10, 128), jnp.int32)
         model = models.ResNet20(rngs=rngs)
         model.train()
         name = "ResNet-20, CIFAR batch 128, sgd momentum"
         print(f"[weights] training step: {name}", flush=True)
-        out.append(_step_case(name, model, xr, yr, optax.sgd(0.1, momentum=0.9), 20, 7))
+        out.append(_step_case(name, model, xr, yr, optax.sgd(0.1, momentum=0.9), 4, 5))
     return out
 
 
@@ -158,11 +162,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="results/benchmarks/weights.md")
+    parser.add_argument(
+        "--convnets", action="store_true", help="also Conv-4 and ResNet-20 (slow on CPU)"
+    )
     args = parser.parse_args(argv)
     machine = (
         f"{platform.processor() or platform.machine()}, jax {jax.__version__}, {jax.devices()}"
     )
-    steps = step_benchmark(args.quick)
+    steps = step_benchmark(args.quick, args.convnets)
     mask = mask_benchmark(args.quick)
     lines = [
         "# Weight-pruning benchmark",

@@ -448,8 +448,9 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             )
             state["next_masks"] = _masks_to_dict(next_masks)
         ckpt.save(j, _to_numpy(state), {"config": _config_json(cfg), "results": results})
-    out = _write_outputs(cfg, workdir, results)
-    return out
+        if cfg.rounds > 3:  # long runs: results so far are readable while it goes on
+            _write_outputs(cfg, workdir, results, partial=True)
+    return _write_outputs(cfg, workdir, results)
 
 
 def _restore_like(like, restored):
@@ -472,13 +473,17 @@ def _config_json(cfg: Config) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- outputs
 
 
-def _write_outputs(cfg: Config, workdir: pathlib.Path, results: list[dict]) -> dict[str, Any]:
+def _write_outputs(
+    cfg: Config, workdir: pathlib.Path, results: list[dict], partial: bool = False
+) -> dict[str, Any]:
+    """results.json / .csv / .png (``partial``: to ``results_partial.*`` while running)."""
     out = {
         "config": _config_json(cfg),
         "machine": _machine(),
         "results": results,
     }
-    (workdir / "results.json").write_text(json.dumps(out, indent=1))
+    stem = "results_partial" if partial else "results"
+    (workdir / f"{stem}.json").write_text(json.dumps(out, indent=1))
     fields = [
         "seed",
         "kind",
@@ -489,11 +494,13 @@ def _write_outputs(cfg: Config, workdir: pathlib.Path, results: list[dict]) -> d
         "early_stop_test_acc",
         "early_stop_val_loss",
     ]
-    with open(workdir / "results.csv", "w", newline="") as f:
+    with open(workdir / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(results)
-    _plot(cfg, workdir / "lottery_ticket.png", results)
+    _plot(
+        cfg, workdir / ("lottery_ticket_partial.png" if partial else "lottery_ticket.png"), results
+    )
     return out
 
 

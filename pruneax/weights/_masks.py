@@ -31,25 +31,47 @@ def _check_fraction(s: object, name: str) -> float:
     return s
 
 
+def _order_key(scores: jax.Array) -> jax.Array:
+    """uint32 keys with the order of the float32 scores (NaN lowest, like -inf; -0 == +0)."""
+    f = jnp.ravel(jnp.asarray(scores, jnp.float32))
+    f = jnp.where(jnp.isnan(f), -jnp.inf, f) + 0.0  # + 0.0 turns -0.0 into +0.0
+    bits = jax.lax.bitcast_convert_type(f, jnp.uint32)
+    negative = (bits >> 31) == 1
+    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _kth_smallest(u: jax.Array, eligible: jax.Array, need: jax.Array) -> jax.Array:
+    """The ``need``-th smallest key among ``eligible`` entries (need >= 1), by radix select:
+    32 counting passes instead of a sort (global masks over 1e8 weights: ~1 s, not ~90 s)."""
+
+    def bit_step(b, ans):
+        bit = jnp.uint32(31) - b.astype(jnp.uint32)
+        low_half_max = ans | ((jnp.uint32(1) << bit) - jnp.uint32(1))
+        count = jnp.sum((u <= low_half_max) & eligible, dtype=jnp.int32)
+        return jnp.where(count >= need, ans, ans | (jnp.uint32(1) << bit))
+
+    return jax.lax.fori_loop(0, 32, bit_step, jnp.uint32(0))
+
+
 def _prune_lowest(scores: jax.Array, count: int, kept: jax.Array | None = None) -> jax.Array:
     """Bool mask of ``scores``' shape, False at the pruned entries.
 
     Entries already pruned (``kept`` False) stay pruned and count toward ``count``; then the
-    lowest scores are pruned (NaN lowest; ties toward the lower flat index) until at least
-    ``count`` entries are pruned.
+    lowest scores are pruned (NaN lowest; ties toward the lower flat index) until exactly
+    ``max(count, already pruned)`` entries are pruned.
     """
     shape = jnp.shape(scores)
-    flat = jnp.ravel(jnp.asarray(scores, jnp.float32))
-    flat = jnp.where(jnp.isnan(flat), -jnp.inf, flat)
-    if kept is None:
-        order = jnp.argsort(flat, stable=True)
-        count = jnp.asarray(count)
-    else:
-        prev = jnp.ravel(~jnp.asarray(kept, bool))
-        order = jnp.lexsort((flat, ~prev))  # previously pruned first, then by score
-        count = jnp.maximum(count, jnp.sum(prev))
-    rank = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
-    return (rank >= count).reshape(shape)
+    u = _order_key(scores)
+    prev = jnp.zeros(u.shape, bool) if kept is None else jnp.ravel(~jnp.asarray(kept, bool))
+    fresh = ~prev
+    need = jnp.asarray(count, jnp.int32) - jnp.sum(prev, dtype=jnp.int32)
+    t = _kth_smallest(u, fresh, jnp.maximum(need, 1))
+    below = fresh & (u < t)
+    at = fresh & (u == t)
+    extra = need - jnp.sum(below, dtype=jnp.int32)
+    tie = at & (jnp.cumsum(at, dtype=jnp.int32) <= extra)  # ties: lower flat index first
+    pruned = prev | ((below | tie) & (need > 0))
+    return (~pruned).reshape(shape)
 
 
 def _kept_by_name(masks) -> dict[str, Any]:

@@ -50,8 +50,9 @@ def masked_optimizer(
 ) -> optax.GradientTransformation:
     """Wraps ``inner`` so that pruned weights stay exactly zero through training.
 
-    Each update: gradients of pruned weights are zeroed before ``inner`` sees them; ``inner``'s
-    per-parameter state (Adam's moments, SGD's momentum) is zeroed at pruned positions; the
+    Each update: gradients of pruned weights are zeroed before ``inner`` sees them, so
+    ``inner``'s per-parameter state (Adam's moments, SGD's momentum), zeroed at pruned positions
+    by ``init`` and :func:`set_masks`, stays zero there for elementwise optimizers; the
     outgoing update of a pruned weight is ``-param`` when ``params`` are passed (so the weight
     lands on exactly 0 even if it was not zero) and 0 otherwise.
 
@@ -72,8 +73,10 @@ def masked_optimizer(
 
     def update(updates, state, params=None):
         grads = _apply_full(updates, state.masks)
+        # The gradients of pruned weights are 0, so the moments of an elementwise optimizer
+        # (Adam's mu/nu, SGD's trace), zeroed when the masks were installed, stay exactly 0:
+        # no per-step pass over the optimizer state is needed.
         out, inner_state = inner.update(grads, state.inner_state, params)
-        inner_state = _mask_moments(inner, inner_state, state.masks)
         if params is None:
             out = _apply_full(out, state.masks)
         else:

@@ -564,13 +564,75 @@ def _plot(cfg: Config, path: pathlib.Path, results: list[dict]) -> None:
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- summaries
+
+
+def summarize(workdirs: list[str], out: str) -> str:
+    """Merges the results of several runs (e.g. one per seed; partial results are used when a
+    run has not finished) into ``OUT.md`` (a table: mean over seeds per sparsity level) and
+    ``OUT.png``; returns the markdown."""
+    rows, cfg = [], None
+    for d in workdirs:
+        d = pathlib.Path(d)
+        path = d / "results.json" if (d / "results.json").exists() else d / "results_partial.json"
+        data = json.loads(path.read_text())
+        cfg = cfg or Config(**{k: _tuples(v) for k, v in data["config"].items()})
+        rows += data["results"]
+    seeds = sorted({r["seed"] for r in rows})
+    rounds = sorted({r["round"] for r in rows})
+    lines = [
+        f"{cfg.model} on {cfg.dataset}, {cfg.iterations} iterations per run, rate {cfg.rate} "
+        f"({cfg.scope}, overrides {dict(cfg.overrides)}), rewind to {cfg.rewind_iteration}; "
+        f"seeds {seeds}; mean (min-max) over seeds that reached the level.",
+        "",
+        "| round | % remaining | IMP test acc @ES | reinit | random prune | IMP ES iter | "
+        "reinit ES iter | random ES iter |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def cell(kind, r, field, fmt):
+        v = [x[field] for x in rows if x["kind"] == kind and x["round"] == r]
+        if not v:
+            return "-"
+        if len(v) == 1:
+            return fmt.format(v[0])
+        return f"{fmt.format(np.mean(v))} ({fmt.format(min(v))}-{fmt.format(max(v))})"
+
+    for r in rounds:
+        rem = next(x["remaining"] for x in rows if x["round"] == r)
+        acc = [
+            cell(k, r, "early_stop_test_acc", "{:.4f}") for k in ("imp", "reinit", "random_prune")
+        ]
+        it = [
+            cell(k, r, "early_stop_iteration", "{:.0f}") for k in ("imp", "reinit", "random_prune")
+        ]
+        lines.append(f"| {r} | {rem:.1f} | " + " | ".join(acc + it) + " |")
+    text = "\n".join(lines) + "\n"
+    out_path = pathlib.Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.with_suffix(".md").write_text(text)
+    _plot(cfg, out_path.with_suffix(".png"), rows)
+    return text
+
+
+def _tuples(v):
+    """JSON lists back to the tuples a frozen Config holds."""
+    if isinstance(v, list):
+        return tuple(_tuples(x) for x in v)
+    return v
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--workdir", help="results, plots and checkpoints go here")
+    parser.add_argument(
+        "--summarize", nargs="+", metavar="WORKDIR", help="merge finished runs into --out"
+    )
+    parser.add_argument("--out", help="with --summarize: output path stem (.md and .png)")
     parser.add_argument("--data_dir", default=None, help="dataset dir (or PRUNEAX_DATA_DIR)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     parser.add_argument("--rounds", type=int, help="override the number of pruning rounds")
@@ -578,6 +640,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rewind_iteration", type=int, help="override the rewind point")
     parser.add_argument("--model", help="override the model (lenet300100, conv2/4/6, resnet20)")
     args = parser.parse_args(argv)
+    if args.summarize:
+        if not args.out:
+            parser.error("--summarize needs --out")
+        print(summarize(args.summarize, args.out))
+        return {}
+    if not args.workdir:
+        parser.error("--workdir is required")
     cfg = PRESETS[args.preset]
     overrides = {
         k: v

@@ -108,3 +108,13 @@ def test_plot_values_match_results(reference):
     for i, row in enumerate(curve):
         new_min = i == 0 or row[1] < running[i - 1]
         assert (row[3] is not None) == (new_min or i == len(curve) - 1)
+
+
+def test_summarize_merges_runs(reference, tmp_path):
+    workdir, out = reference
+    text = lt.summarize([str(workdir)], str(tmp_path / "summary"))
+    table = [line for line in text.splitlines() if line.startswith("| ")][2:]
+    assert len(table) == 3  # rounds 0, 1, 2
+    dense = next(r for r in out["results"] if r["kind"] == "imp" and r["round"] == 0)
+    assert f"{dense['early_stop_test_acc']:.4f}" in table[0]
+    assert (tmp_path / "summary.png").stat().st_size > 0

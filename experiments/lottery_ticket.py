@@ -84,6 +84,27 @@ PRESETS: dict[str, Config] = {
         overrides=(("conv*", 0.1), ("out/*", 0.1)),
         rewind_iteration=0,
     ),
+    # open_lth's ResNet-20 ("Stabilizing the LTH"): SGD 0.1, momentum 0.9, weight decay 1e-4,
+    # batch 128, 160 epochs (62.5K iterations) with lr x0.1 at epochs 80 and 120, global
+    # magnitude pruning of 20% per level, augmentation; rewinding to iteration 500 (compare
+    # with --rewind_iteration 0, where the paper finds IMP no better than random pruning).
+    "gpu_resnet20": Config(
+        model="resnet20",
+        dataset="cifar10",
+        optimizer="sgd",
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        lr_milestones=(31_250, 46_875),
+        batch_size=128,
+        iterations=62_500,
+        eval_every=500,
+        augment=True,
+        rounds=10,
+        overrides=(),
+        scope="global",
+        rewind_iteration=500,
+    ),
 }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
 
 from pruneax.weights import _paths
@@ -14,9 +13,7 @@ from pruneax.weights._paths import Selector
 
 def _shapes(params, prunable):
     names = _paths.prunable_names(params, prunable)
-    flat = {
-        _paths.path_name(p): np.shape(w) for p, w in jax.tree_util.tree_flatten_with_path(params)[0]
-    }
+    flat = {n: np.shape(w) for n, w in _paths.by_name(params).items()}
     return {n: flat[n] for n in names}
 
 

@@ -11,11 +11,16 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pruneax.weights import _paths
-from pruneax.weights._masks import _check_fraction, _kept_by_name, _prune_lowest, apply_masks
+from pruneax.weights._masks import (
+    _check_fraction,
+    _kept_by_name,
+    _prune_lowest,
+    _prune_pool,
+    apply_masks,
+)
 from pruneax.weights._paths import Selector
 from pruneax.weights._scores import magnitude_scores
 
@@ -59,9 +64,7 @@ def prune_round(
     own = _paths.overridden(names, overrides, "rate")
     own = {n: _check_fraction(v, f"rate of {n!r}") for n, v in own.items()}
     scores = magnitude_scores(params) if scores is None else scores
-    flat_scores = {
-        _paths.path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(scores)[0]
-    }
+    flat_scores = _paths.by_name(scores)
     prev = _kept_by_name(masks)
     size = {n: int(np.size(flat_scores[n])) for n in names}
     remaining = {n: int(np.sum(prev[n])) if n in prev else size[n] for n in names}
@@ -72,18 +75,9 @@ def prune_round(
             pruned = size[n] - remaining[n] + round(own.get(n, rate) * remaining[n])
             new[n] = _prune_lowest(flat_scores[n], pruned, prev.get(n))
     if pool:
-        values = jnp.concatenate(
-            [jnp.ravel(jnp.asarray(flat_scores[n], jnp.float32)) for n in pool]
-        )
-        kept = jnp.concatenate(
-            [jnp.ravel(prev[n]) if n in prev else jnp.ones(size[n], bool) for n in pool]
-        )
         total_remaining = sum(remaining[n] for n in pool)
-        pruned = values.size - total_remaining + round(rate * total_remaining)
-        keep = _prune_lowest(values, pruned, kept)
-        bounds = np.cumsum([size[n] for n in pool])[:-1]
-        for n, part in zip(pool, jnp.split(keep, bounds), strict=True):
-            new[n] = part.reshape(np.shape(flat_scores[n]))
+        pruned = sum(size[n] for n in pool) - total_remaining + round(rate * total_remaining)
+        new.update(_prune_pool(flat_scores, pool, pruned, prev))
     return _paths.map_named(lambda n, _: new.get(n), params)
 
 

@@ -78,8 +78,22 @@ def _kept_by_name(masks) -> dict[str, Any]:
     """``{name: bool array}`` for the prunable leaves of a mask tree (None: no masks)."""
     if masks is None:
         return {}
-    flat = jax.tree_util.tree_flatten_with_path(masks, is_leaf=lambda x: x is None)[0]
-    return {_paths.path_name(p): m for p, m in flat if m is not None}
+    return {n: m for n, m in _paths.by_name(masks).items() if m is not None}
+
+
+def _prune_pool(flat: dict[str, Any], pool: list[str], count: int, prev: dict[str, Any]):
+    """Prunes ``count`` weights over the leaves ``pool`` taken together (previously pruned ones
+    included and kept pruned); returns ``{name: bool mask}`` for those leaves."""
+    values = jnp.concatenate([jnp.ravel(jnp.asarray(flat[n], jnp.float32)) for n in pool])
+    kept = None
+    if prev:
+        kept = jnp.concatenate(
+            [jnp.ravel(prev[n]) if n in prev else jnp.ones(np.size(flat[n]), bool) for n in pool]
+        )
+    keep = _prune_lowest(values, count, kept)
+    bounds = np.cumsum([np.size(flat[n]) for n in pool])[:-1]
+    parts = jnp.split(keep, bounds)
+    return {n: part.reshape(np.shape(flat[n])) for n, part in zip(pool, parts, strict=True)}
 
 
 def layerwise_masks(
@@ -153,24 +167,11 @@ def global_masks(
     own = {n: _check_fraction(v, f"sparsity of {n!r}") for n, v in own.items()}
     pool = [n for n in names if n not in own]
     prev = _kept_by_name(masks)
-    flat = {
-        _paths.path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(scores)[0]
-    }
+    flat = _paths.by_name(scores)
     pooled = {}
     if pool:
-        values = jnp.concatenate([jnp.ravel(jnp.asarray(flat[n], jnp.float32)) for n in pool])
-        kept = None
-        if prev:
-            kept = jnp.concatenate(
-                [
-                    jnp.ravel(prev[n]) if n in prev else jnp.ones(np.size(flat[n]), bool)
-                    for n in pool
-                ]
-            )
-        keep = _prune_lowest(values, round(sparsity * values.size), kept)
-        sizes = [int(np.size(flat[n])) for n in pool]
-        for n, part in zip(pool, jnp.split(keep, np.cumsum(sizes)[:-1]), strict=True):
-            pooled[n] = part.reshape(np.shape(flat[n]))
+        size = sum(int(np.size(flat[n])) for n in pool)
+        pooled = _prune_pool(flat, pool, round(sparsity * size), prev)
 
     def leaf_mask(n, s):
         if n in pooled:

@@ -41,6 +41,12 @@ def leaf_names(tree: Any) -> list[str]:
     return [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def by_name(tree: Any) -> dict[str, Any]:
+    """``{name: leaf}`` in leaf order (None leaves of a mask tree included)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
+    return {path_name(p): leaf for p, leaf in flat}
+
+
 def default_prunable(name: str, leaf: Any) -> bool:
     """Dense and convolution kernels: a leaf named ``kernel`` with at least 2 dimensions.
 

@@ -3,6 +3,7 @@
 Commands:
   python -m experiments.lottery_ticket --preset tiny --workdir /tmp/lt          # smoke, digits
   python -m experiments.lottery_ticket --preset cpu --data_dir ../shared/data --workdir runs/lt
+  python -m experiments.lottery_ticket --preset cpu_rewind --data_dir ../shared/data --workdir runs/lt_rw
   python -m experiments.lottery_ticket --preset gpu --data_dir ../shared/data --workdir runs/lt_gpu
 
 Each IMP round trains the masked network, records test accuracy at the end and at the
@@ -73,6 +74,21 @@ PRESETS: dict[str, Config] = {
     # Frankle & Carbin, LeNet-300-100 on MNIST: Adam 1.2e-3, batch 60, 50K iterations,
     # 20% per round layerwise (output layer 10%), evaluated every 100 iterations.
     "cpu": Config(dataset="mnist", rounds=15),
+    # Scaled-down rewinding ("Stabilizing the LTH") for CPU: LeNet-300-100 on MNIST at a high
+    # SGD learning rate (0.1, momentum 0.9, x0.1 at 7K of 10K iterations), where the LTH paper
+    # reports iteration-0 tickets degrading for larger nets. Rewinds to iteration 500; run again
+    # with --rewind_iteration 0 and compare (same seed = the same dense run).
+    "cpu_rewind": Config(
+        dataset="mnist",
+        optimizer="sgd",
+        learning_rate=0.1,
+        momentum=0.9,
+        lr_milestones=(7_000,),
+        iterations=10_000,
+        rounds=10,
+        rewind_iteration=500,
+        baselines=("random_prune",),
+    ),
     # Conv-4 on CIFAR-10 (LTH: Adam 3e-4, batch 60, 25K iterations, conv 10% / fc 20% per round),
     # with rewinding to iteration 0 and to an early iteration compared in separate runs.
     "gpu": Config(

@@ -1,0 +1,190 @@
+"""Static token-pruning plans and ``apply_stage`` on synthetic streams (no model needed)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pruneax.models._vit_plan import METHODS, PruneStage, PruningPlan, apply_stage
+
+B, P, GRID, D, H = 2, 1, (4, 5), 8, 3
+N = GRID[0] * GRID[1]
+T_ = P + N
+
+
+def _inputs(seed=0, p=P, n=N):
+    rng = np.random.default_rng(seed)
+    t = p + n
+    x = rng.normal(size=(B, t, D)).astype(np.float32)
+    logits = rng.normal(size=(B, H, t, t)).astype(np.float32) * 2
+    attn = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    keys = rng.normal(size=(B, H, t, D // 2)).astype(np.float32)
+    size = np.ones((B, t), np.float32)
+    ids = np.broadcast_to(np.arange(n, dtype=np.int32), (B, n))
+    return x, attn, keys, size, ids
+
+
+def _run(stage, seed=0, p=P, aux_layers=None, key=None):
+    x, attn, keys, size, ids = _inputs(seed, p)
+    layers = aux_layers if aux_layers is not None else (stage.layer - 1,)
+    aux = {i: {"attn": jnp.asarray(attn), "keys": jnp.asarray(keys)} for i in layers}
+    out = apply_stage(
+        stage,
+        jnp.asarray(x),
+        size=jnp.asarray(size),
+        aux=aux,
+        patch_ids=jnp.asarray(ids),
+        num_prefix=p,
+        grid=GRID,
+        key=jax.random.key(0) if key is None else key,
+    )
+    return (x, attn, keys), tuple(np.asarray(o) for o in out)
+
+
+def _stage(method, keep=6, layer=3):
+    return PruneStage(layer=layer, keep=keep, method=method)
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"tome", "evit"}))
+def test_selection_contract(method):
+    stage = _stage(method, keep=6)
+    (x, _, _), (x_new, size_new, src) = _run(stage, aux_layers=(1, 2))
+    assert x_new.shape == (B, P + 6, D) and size_new.shape == (B, P + 6) and src.shape == (B, 6)
+    np.testing.assert_array_equal(x_new[:, :P], x[:, :P])  # prefix untouched
+    for b in range(B):
+        assert np.all(np.diff(src[b]) > 0) and src[b].min() >= 0 and src[b].max() < N
+        np.testing.assert_array_equal(x_new[b, P:], x[b, P + src[b]])
+    np.testing.assert_array_equal(size_new, 1.0)
+
+
+def test_topk_is_head_averaged_cls_attention():
+    (_x, attn, _), (_, _, src) = _run(_stage("topk", keep=5))
+    for b in range(B):
+        score = attn[b].mean(0)[0, P:]
+        np.testing.assert_array_equal(src[b], np.sort(np.argsort(-score, kind="stable")[:5]))
+
+
+def test_topk_without_prefix_uses_received_attention():
+    (_x, attn, _), (_, _, src) = _run(_stage("topk", keep=5), p=0)
+    for b in range(B):
+        score = attn[b].mean(0).mean(0)
+        np.testing.assert_array_equal(src[b], np.sort(np.argsort(-score, kind="stable")[:5]))
+
+
+def test_evit_fuses_the_rest_with_raw_cls_attention():
+    (x, attn, _), (x_new, size_new, src) = _run(_stage("evit", keep=0.5))
+    k = 10
+    assert x_new.shape == (B, P + k + 1, D)
+    assert np.all(src[:, -1] == -1)
+    for b in range(B):
+        a = attn[b].mean(0)[0, P:]
+        top = np.sort(np.argsort(-a, kind="stable")[:k])
+        np.testing.assert_array_equal(src[b, :-1], top)
+        rest = np.setdiff1d(np.arange(N), top)
+        np.testing.assert_allclose(x_new[b, -1], (a[rest, None] * x[b, P + rest]).sum(0), atol=1e-5)
+        assert size_new[b, -1] == len(rest)
+
+
+def test_tome_merges_by_size_weighted_mean_and_reports_representatives():
+    (x, _, _), (x_new, size_new, src) = _run(_stage("tome", keep=12))
+    assert x_new.shape == (B, P + 12, D) and src.shape == (B, 12)
+    np.testing.assert_allclose(size_new.sum(1), T_)
+    for b in range(B):
+        assert np.all(np.diff(src[b]) > 0)
+        untouched = size_new[b, P:] == 1
+        np.testing.assert_allclose(x_new[b, P:][untouched], x[b, P + src[b][untouched]])
+        # a merged row is the mean of its representative (odd position in the full stream) and
+        # the tokens merged into it; the representative is one of them
+        assert np.all((src[b][~untouched] + P) % 2 == 1)
+
+
+def test_tome_refuses_more_than_one_bipartite_step():
+    with pytest.raises(ValueError, match="at most 10"):
+        _run(_stage("tome", keep=5))
+
+
+def test_merging_plan_reaches_target_in_bipartite_steps():
+    plan = PruningPlan.merging(3, 0.1, num_patches=N, num_prefix=P)
+    counts = [s.keep for s in plan.stages]
+    assert [s.layer for s in plan.stages] == list(range(3, 3 + len(counts)))
+    assert counts[-1] == 2 and all(a > b for a, b in zip([N, *counts], counts, strict=False))
+    assert plan.uses_size and plan.wants(2) == (False, True)
+
+
+def test_random_depends_on_key_and_needs_one():
+    _, (_, _, a) = _run(_stage("random"), key=jax.random.key(1))
+    _, (_, _, b) = _run(_stage("random"), key=jax.random.key(2))
+    assert not np.array_equal(a, b)
+    x, _attn, _keys, size, ids = _inputs()
+    with pytest.raises(ValueError, match="PRNG key"):
+        apply_stage(
+            _stage("random"), jnp.asarray(x), size=jnp.asarray(size), aux={},
+            patch_ids=jnp.asarray(ids), num_prefix=P, grid=GRID, key=None,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["hiprune", "feather"])
+def test_grid_methods_need_the_full_grid(method):
+    x, attn, _keys, size, ids = _inputs()
+    x, size = x[:, :-3], size[:, :-3]
+    a = {i: {"attn": jnp.asarray(attn[:, :, :-3, :-3])} for i in (1, 2)}
+    with pytest.raises(ValueError, match="full 4x5 patch grid"):
+        apply_stage(
+            _stage(method), jnp.asarray(x), size=jnp.asarray(size), aux=a,
+            patch_ids=jnp.asarray(ids[:, :-3]), num_prefix=P, grid=GRID, key=None,
+        )  # fmt: skip
+
+
+def test_missing_attention_is_reported():
+    x, _attn, _keys, size, ids = _inputs()
+    with pytest.raises(ValueError, match="needs block 2's attention"):
+        apply_stage(
+            _stage("topk"), jnp.asarray(x), size=jnp.asarray(size), aux={},
+            patch_ids=jnp.asarray(ids), num_prefix=P, grid=GRID, key=None,
+        )  # fmt: skip
+
+
+def test_plan_wants_and_counts():
+    plan = PruningPlan(
+        (
+            PruneStage(layer=5, keep=8, method="hiprune", shallow_layer=3),
+            PruneStage(layer=7, keep=0.5, method="evit"),
+        )
+    )
+    assert plan.wants(6) == (True, False)
+    assert plan.wants(3) == (True, False) and plan.wants(4) == (True, False)
+    assert plan.wants(2) == (False, False) and plan.wants(5) == (False, False)
+    assert plan.token_counts(N) == (8, 5)
+    assert plan.stage_at(5).method == "hiprune" and plan.stage_at(4) is None
+    plan.validate(num_layers=8, num_patches=N)
+    with pytest.raises(ValueError, match="has 7 blocks"):
+        plan.validate(num_layers=7, num_patches=N)
+    assert hash(plan) == hash(PruningPlan(plan.stages))  # static under jit
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(layer=0, keep=3), "layer must be an int >= 1"),
+        (dict(layer=2, keep=0.0), r"ratio must be in \(0, 1\]"),
+        (dict(layer=2, keep=1.5), r"ratio must be in \(0, 1\]"),
+        (dict(layer=2, keep=0), "count must be >= 1"),
+        (dict(layer=2, keep="3"), "keep must be an int or a float"),
+        (dict(layer=2, keep=3, method="nope"), "method must be one of"),
+        (dict(layer=2, keep=3, shallow_layer=1), "shallow_layer only applies"),
+    ],
+)
+def test_stage_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PruneStage(**kwargs)
+
+
+def test_plan_errors():
+    with pytest.raises(ValueError, match="strictly increase"):
+        PruningPlan((PruneStage(3, 4), PruneStage(3, 2)))
+    with pytest.raises(ValueError, match="shallow_layer"):
+        PruningPlan((PruneStage(4, 4, "hiprune", shallow_layer=4),))
+    with pytest.raises(ValueError, match="must be the first stage"):
+        PruningPlan((PruneStage(2, 8), PruneStage(4, 4, "feather")))
+    with pytest.raises(ValueError, match="keeps 30 of the 20"):
+        PruningPlan.at(2, 30).validate(num_layers=4, num_patches=N)

@@ -3,7 +3,8 @@
 Commands:
   python -m experiments.lottery_ticket --preset tiny --workdir /tmp/lt          # smoke, digits
   python -m experiments.lottery_ticket --preset cpu --data_dir ../shared/data --workdir runs/lt
-  python -m experiments.lottery_ticket --preset cpu_rewind --data_dir ../shared/data --workdir runs/lt_rw
+  python -m experiments.lottery_ticket --preset cpu_rewind --data_dir ../shared/data \
+      --workdir runs/lt_rw
   python -m experiments.lottery_ticket --preset gpu --data_dir ../shared/data --workdir runs/lt_gpu
 
 Each IMP round trains the masked network, records test accuracy at the end and at the

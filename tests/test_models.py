@@ -27,11 +27,19 @@ from pruneax.weights import leaf_names, prunable_names
 PUBLIC = [
     "CONVNET_VARIANTS",
     "RESNET_VARIANTS",
+    "VIT_VARIANTS",
     "CifarResNet",
     "ConvNet",
     "LeNet300100",
+    "PruneStage",
+    "PruningPlan",
     "ResNet20",
+    "ViT",
+    "ViTConfig",
+    "ViTOutput",
+    "load_vit",
     "param_count",
+    "vit_config",
 ]
 
 FACTORIES: dict[str, Callable[[], nnx.Module]] = {

@@ -4,23 +4,40 @@
 - ``ConvNet(variant)``: the LTH paper's Conv-2 / Conv-4 / Conv-6 (``CONVNET_VARIANTS``).
 - ``CifarResNet(variant)`` / ``ResNet20``: CIFAR ResNets as open_lth builds them
   (``RESNET_VARIANTS``).
+- ``ViT(config)`` / ``ViTConfig`` / ``vit_config(name)``: Vision Transformer (ViT, DeiT, CLIP
+  image tower, registers) with static token-pruning plans (``PruningPlan`` of ``PruneStage``s);
+  returns a ``ViTOutput``. Sizes in ``VIT_VARIANTS`` (``"Ti/16"``, ``"S/16"``, ``"B/16"``,
+  ``"mnist/4"``, ``"cifar/4"``).
+- ``load_vit(path)``: a ``ViT`` from a Hugging Face ``save_pretrained`` directory
+  (``config.json`` + safetensors) of ViT, DeiT or CLIP; no torch needed.
 - ``param_count``: parameters of a model (all, or only the prunable kernels).
 
 Every prunable weight is a leaf named ``kernel`` (conv and dense), so ``pruneax.weights``'
 default predicate selects exactly them; the classifier is the attribute ``out`` (glob
-``"out/*"``).
+``"out/*"``) in the CNNs and ``head`` (glob ``"head/*"``) in the ViT.
 """
 
 from pruneax.models._common import param_count
 from pruneax.models._convnets import CONVNET_VARIANTS, ConvNet, LeNet300100
+from pruneax.models._hf import load_vit
 from pruneax.models._resnet import RESNET_VARIANTS, CifarResNet, ResNet20
+from pruneax.models._vit import VIT_VARIANTS, ViT, ViTConfig, ViTOutput, vit_config
+from pruneax.models._vit_plan import PruneStage, PruningPlan
 
 __all__ = [
     "CONVNET_VARIANTS",
     "RESNET_VARIANTS",
+    "VIT_VARIANTS",
     "CifarResNet",
     "ConvNet",
     "LeNet300100",
+    "PruneStage",
+    "PruningPlan",
     "ResNet20",
+    "ViT",
+    "ViTConfig",
+    "ViTOutput",
+    "load_vit",
     "param_count",
+    "vit_config",
 ]

@@ -1,0 +1,756 @@
+"""ViT token pruning: train a ViT once, then compare every token-pruning method without retraining.
+
+Commands:
+  python -m experiments.vit_token_pruning --preset tiny --workdir /tmp/vtp            # smoke
+  python -m experiments.vit_token_pruning --preset cpu --data_dir ../shared/data --workdir runs/vtp
+  python -m experiments.vit_token_pruning --preset gpu --data_dir ../shared/data \
+      --workdir runs/vtp_gpu
+
+1. Train a ViT (AdamW, warmup + cosine) with an orbax checkpoint every ``ckpt_every`` steps; a
+   killed run resumes from the last one.
+2. Evaluate, training-free, every method at every keep ratio and pruning layer (one stage at
+   that layer; ToMe merges over consecutive layers until it reaches the ratio, at most one
+   bipartite step per block).
+3. Fine-tune the best two methods briefly with pruning in the loop, at ``finetune_ratio``, and
+   evaluate them again, so training-free and fine-tuned accuracy stand side by side.
+4. Throughput (images/s, jitted, batch ``throughput_batch``, median of ``throughput_repeats``)
+   of each method at each ratio next to the FLOPs-ideal speed-up.
+
+Outputs in ``--workdir``: ``results.json``, ``results.md`` (tables), ``accuracy.png``,
+``speedup.png``, ``kept_patches.png``. Progress is printed; evaluations done before an
+interruption are kept in ``progress.json`` and not repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import sys
+import time
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from pruneax import data as pdata
+from pruneax import models
+from pruneax.models import PruningPlan
+
+METHODS = (
+    "random",
+    "topk",
+    "evit",
+    "tome",
+    "divprune",
+    "kcenter",
+    "maxsum",
+    "coverage",
+    "hiprune",
+    "feather",
+    "holov",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One run. ``vit`` overrides fields of the ``variant`` (e.g. ``(("num_layers", 4),)``)."""
+
+    variant: str = "mnist/4"
+    vit: tuple[tuple[str, Any], ...] = ()
+    dataset: str = "mnist"  # mnist | cifar10 | digits
+    # training
+    iterations: int = 3000
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 200
+    augment: bool = False  # random crop (pad 4) + horizontal flip (CIFAR)
+    ckpt_every: int = 500
+    log_every: int = 100
+    # training-free evaluation
+    methods: tuple[str, ...] = METHODS
+    keep_ratios: tuple[float, ...] = (0.7, 0.5, 0.3, 0.1)
+    prune_layers: tuple[int, ...] = (3,)
+    eval_size: int = 10_000  # test images evaluated per setting (the first ones)
+    eval_batch: int = 64  # = throughput_batch: one compilation per plan serves both
+    # fine-tuning with pruning in the loop
+    finetune_top: int = 2
+    finetune_ratio: float = 0.3
+    finetune_steps: int = 300
+    finetune_lr: float = 1e-4
+    # throughput
+    throughput_batch: int = 64
+    throughput_repeats: int = 7
+    throughput_iters: int = 10
+    seed: int = 0
+
+
+PRESETS: dict[str, Config] = {
+    # Smoke test: digits (8x8, patch 2 -> 16 tokens), a 4-block ViT, seconds on CPU.
+    "tiny": Config(
+        variant="mnist/4",
+        vit=(
+            ("image_size", 8),
+            ("patch_size", 2),
+            ("hidden_size", 32),
+            ("num_layers", 4),
+            ("num_heads", 2),
+            ("mlp_dim", 64),
+        ),
+        dataset="digits",
+        iterations=500,
+        batch_size=64,
+        learning_rate=3e-3,
+        warmup=50,
+        ckpt_every=100,
+        log_every=50,
+        keep_ratios=(0.5,),
+        prune_layers=(2,),
+        eval_size=200,
+        finetune_steps=10,
+        finetune_ratio=0.5,
+        throughput_repeats=2,
+        throughput_iters=2,
+    ),
+    # A small ViT (patch 4 -> 49 tokens, 6 blocks) on MNIST.
+    "cpu": Config(
+        variant="mnist/4",
+        dataset="mnist",
+        iterations=3000,
+        prune_layers=(2, 3),
+    ),
+    # ViT-Ti width at patch 4 (64 tokens, 12 blocks) on CIFAR-10 (JPEG set), for a lent GPU.
+    "gpu": Config(
+        variant="cifar/4",
+        dataset="cifar10",
+        iterations=30_000,
+        batch_size=256,
+        learning_rate=1e-3,
+        warmup=1_000,
+        augment=True,
+        ckpt_every=2_000,
+        log_every=500,
+        prune_layers=(3, 6),
+        finetune_steps=2_000,
+        throughput_batch=64,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _prepare(cfg: Config, data_dir: str | None) -> tuple[Config, dict[str, np.ndarray]]:
+    dataset = cfg.dataset
+    if dataset != "digits" and data_dir is None and not os.environ.get("PRUNEAX_DATA_DIR"):
+        print(
+            f"[vit_token_pruning] no --data_dir and no $PRUNEAX_DATA_DIR: using scikit-learn's "
+            f"bundled digits instead of {dataset} (8x8 images, patch 2)",
+            flush=True,
+        )
+        dataset = "digits"
+        vit = dict(cfg.vit) | {"image_size": 8, "patch_size": 2}
+        cfg = dataclasses.replace(cfg, dataset="digits", vit=tuple(sorted(vit.items())))
+    ds = pdata.load_dataset(dataset, data_dir)
+    prep = lambda x: np.asarray(x, np.float32)[..., None] if np.ndim(x) == 3 else x
+    x_train = prep(np.asarray(ds.train_images, np.float32) / ds.pixel_max)
+    x_test = prep(np.asarray(ds.test_images, np.float32) / ds.pixel_max)
+    mean, std = x_train.mean((0, 1, 2)), x_train.std((0, 1, 2))
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    arrays = {
+        "x_train": x_train.astype(np.float32),
+        "y_train": np.asarray(ds.train_labels, np.int32),
+        "x_test": x_test.astype(np.float32),
+        "y_test": np.asarray(ds.test_labels, np.int32),
+    }
+    return cfg, arrays
+
+
+def _vit_config(cfg: Config, arrays: dict[str, np.ndarray]) -> models.ViTConfig:
+    h, w, c = arrays["x_train"].shape[1:]
+    overrides = dict(cfg.vit)
+    overrides.setdefault("image_size", h if h == w else (h, w))
+    overrides.setdefault("num_channels", c)
+    overrides.setdefault("num_classes", int(arrays["y_train"].max()) + 1)
+    return models.vit_config(cfg.variant, **overrides)
+
+
+def _augment(key: jax.Array, x: jax.Array) -> jax.Array:
+    """Random crop after 4-pixel zero padding and a random horizontal flip, per image."""
+    b, h, w, _ = x.shape
+    k1, k2, k3 = jax.random.split(key, 3)
+    padded = jnp.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    dy = jax.random.randint(k1, (b,), 0, 9)
+    dx = jax.random.randint(k2, (b,), 0, 9)
+    crop = jax.vmap(lambda im, i, j: jax.lax.dynamic_slice(im, (i, j, 0), (h, w, x.shape[3])))
+    x = crop(padded, dy, dx)
+    flip = jax.random.bernoulli(k3, 0.5, (b,))
+    return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+
+
+# ----------------------------------------------------------------------------- model + training
+
+
+class Runner:
+    """Jitted train / eval / throughput functions of one model architecture."""
+
+    def __init__(self, cfg: Config, vit_cfg: models.ViTConfig):
+        self.cfg = cfg
+        self.vit_cfg = vit_cfg
+        model = models.ViT(vit_cfg, rngs=nnx.Rngs(cfg.seed))
+        self.graphdef, self.params0, self.rest = nnx.split(model, nnx.Param, ...)
+
+    def model(self, params) -> models.ViT:
+        return nnx.merge(self.graphdef, params, self.rest)
+
+    def optimizer(self, lr: float, steps: int, warmup: int) -> optax.GradientTransformation:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(steps, 2))
+        decay = lambda p: jax.tree.map(lambda v: jnp.ndim(v) >= 2, p)
+        return optax.chain(
+            optax.clip_by_global_norm(1.0),
+            optax.adamw(schedule, weight_decay=self.cfg.weight_decay, mask=decay),
+        )
+
+    @functools.partial(jax.jit, static_argnames=("self", "tx", "plan", "augment"))
+    def train_step(self, params, opt_state, x, y, key, *, tx, plan, augment):
+        k_aug, k_plan = jax.random.split(key)
+        if augment:
+            x = _augment(k_aug, x)
+
+        def loss_fn(p):
+            logits = self.model(p)(x, plan=plan, key=k_plan).logits
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    @functools.partial(jax.jit, static_argnames=("self", "plan"))
+    def predict(self, params, x, key, *, plan):
+        out = self.model(params)(x, plan=plan, key=key)
+        kept = out.kept[-1] if out.kept else None
+        return jnp.argmax(out.logits, -1), kept
+
+    def accuracy(self, params, x, y, plan, batch: int, seed: int = 0) -> float:
+        correct = 0
+        for i in range(0, len(x), batch):
+            key = jax.random.fold_in(jax.random.key(seed), i)
+            xb, yb = x[i : i + batch], y[i : i + batch]
+            valid = len(xb)
+            if valid < batch:  # pad the last batch: one compiled shape per plan
+                xb = jnp.concatenate([xb, jnp.zeros((batch - valid, *xb.shape[1:]), xb.dtype)])
+            pred, _ = self.predict(params, xb, key, plan=plan)
+            correct += int(jnp.sum(pred[:valid] == yb))
+        return correct / len(x)
+
+    def train(
+        self, params, data, *, steps, lr, warmup, plan, ckpt, tag, augment
+    ) -> tuple[Any, list[tuple[int, float]]]:
+        """Trains ``steps`` steps from ``params`` (or resumes from ``ckpt``); returns params."""
+        cfg = self.cfg
+        tx = self.optimizer(lr, steps, warmup)
+        opt_state = tx.init(params)
+        start, losses = 0, []
+        restored = ckpt.latest((params, opt_state)) if ckpt is not None else None
+        if restored is not None:
+            start, (params, opt_state), meta = restored
+            losses = [tuple(v) for v in meta["losses"]]
+            print(f"[vit_token_pruning] {tag}: resuming at step {start}/{steps}", flush=True)
+        x_train, y_train = data["x_train"], data["y_train"]
+        n = len(x_train)
+        per_epoch = n // cfg.batch_size
+        t0, window = time.perf_counter(), []
+        for step in range(start, steps):
+            epoch, i = divmod(step, per_epoch)
+            order = np.random.default_rng((cfg.seed, zlib.crc32(tag.encode()), epoch)).permutation(
+                n
+            )
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            key = jax.random.fold_in(jax.random.key(cfg.seed + 1), step)
+            params, opt_state, loss = self.train_step(
+                params, opt_state, x_train[idx], y_train[idx], key,
+                tx=tx, plan=plan, augment=augment,
+            )  # fmt: skip
+            window.append(loss)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == steps:
+                mean = float(jnp.mean(jnp.stack(window)))
+                losses.append((done, mean))
+                window = []
+                rate = (done - start) / (time.perf_counter() - t0)
+                print(
+                    f"  [{tag}] step {done:6d}/{steps}  loss {mean:.4f}  ({rate:.1f} steps/s)",
+                    flush=True,
+                )
+            if ckpt is not None and (done % cfg.ckpt_every == 0 or done == steps):
+                ckpt.save(done, (params, opt_state), {"losses": losses})
+        return params, losses
+
+    def throughput(self, params, x, plan) -> float:
+        """Median images/s of the jitted forward pass over ``throughput_repeats`` timings."""
+        cfg = self.cfg
+        key = jax.random.key(0)
+        jax.block_until_ready(self.predict(params, x, key, plan=plan))  # compile
+        times = []
+        for _ in range(cfg.throughput_repeats):
+            t = time.perf_counter()
+            for _ in range(cfg.throughput_iters):
+                out = self.predict(params, x, key, plan=plan)
+            jax.block_until_ready(out)
+            times.append((time.perf_counter() - t) / cfg.throughput_iters)
+        return len(x) / float(np.median(times))
+
+
+class _Checkpoints:
+    """orbax: the (params, optimizer state) leaves at a step, plus JSON metadata."""
+
+    def __init__(self, directory: pathlib.Path, max_to_keep: int = 2):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
+        self.manager = ocp.CheckpointManager(
+            directory.resolve(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
+        )
+
+    def latest(self, like):
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        got = self.manager.restore(
+            step,
+            args=self.ocp.args.Composite(
+                state=self.ocp.args.StandardRestore(), meta=self.ocp.args.JsonRestore()
+            ),
+        )
+        leaves, treedef = jax.tree.flatten(like)
+        stored = got["state"]["leaves"]
+        if len(stored) != len(leaves):
+            raise ValueError("checkpoint does not match the model; use a new --workdir")
+        restored = [jnp.asarray(stored[f"{i:05d}"]) for i in range(len(leaves))]
+        return step, jax.tree.unflatten(treedef, restored), got["meta"]
+
+    def save(self, step: int, state, meta: dict) -> None:
+        leaves = {f"{i:05d}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(state))}
+        self.manager.save(
+            step,
+            args=self.ocp.args.Composite(
+                state=self.ocp.args.StandardSave({"leaves": leaves}),
+                meta=self.ocp.args.JsonSave(meta),
+            ),
+        )
+        self.manager.wait_until_finished()
+
+
+# ----------------------------------------------------------------------------- plans and FLOPs
+
+
+def make_plan(method: str, layer: int, ratio: float, vit_cfg: models.ViTConfig) -> PruningPlan:
+    """One stage at ``layer`` keeping ``ratio`` of the patches (ToMe: merged over blocks)."""
+    model_np = _num_patches(vit_cfg)
+    prefix = _num_prefix(vit_cfg)
+    if method == "tome":
+        plan = PruningPlan.merging(layer, ratio, num_patches=model_np, num_prefix=prefix)
+    else:
+        plan = PruningPlan.at(layer, ratio, method)
+    plan.validate(vit_cfg.num_layers, model_np)
+    return plan
+
+
+def _num_patches(c: models.ViTConfig) -> int:
+    h, w = (c.image_size, c.image_size) if isinstance(c.image_size, int) else c.image_size
+    return (h // c.patch_size) * (w // c.patch_size)
+
+
+def _num_prefix(c: models.ViTConfig) -> int:
+    return int(c.class_token) + int(c.distillation_token) + c.num_registers
+
+
+def block_tokens(plan: PruningPlan | None, c: models.ViTConfig) -> list[int]:
+    """Tokens (prefix included) entering each block under ``plan``."""
+    n = _num_patches(c)
+    p = _num_prefix(c)
+    counts = plan.token_counts(n) if plan is not None else ()
+    out, cur = [], n
+    stages = {s.layer: k for s, k in zip(plan.stages, counts, strict=True)} if plan else {}
+    for i in range(c.num_layers):
+        cur = stages.get(i, cur)
+        out.append(p + cur)
+    return out
+
+
+def flops(plan: PruningPlan | None, c: models.ViTConfig) -> float:
+    """Forward multiply-adds x 2 of the blocks (patch embedding and head are the same for all)."""
+    d, m = c.hidden_size, c.mlp_dim
+    total = 0.0
+    for t in block_tokens(plan, c):
+        total += 2 * (4 * t * d * d + 2 * t * t * d + 2 * t * d * m)
+    return total
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def _config_json(cfg: Config) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) -> dict[str, Any]:
+    """Runs (or resumes) the experiment; returns the results dict also written to results.json."""
+    if cfg.ckpt_every % cfg.log_every:
+        raise ValueError(
+            f"ckpt_every ({cfg.ckpt_every}) must be a multiple of log_every ({cfg.log_every}) "
+            "so that a resumed run logs the same losses"
+        )
+    unknown = set(cfg.methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"methods must be among {METHODS}; got unknown {sorted(unknown)}")
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg, arrays = _prepare(cfg, data_dir)
+    vit_cfg = _vit_config(cfg, arrays)
+    data = {k: jnp.asarray(v) for k, v in arrays.items()}
+    x_eval, y_eval = data["x_test"][: cfg.eval_size], data["y_test"][: cfg.eval_size]
+    runner = Runner(cfg, vit_cfg)
+
+    progress_path = workdir / "progress.json"
+    progress: dict[str, Any] = {}
+    if progress_path.exists():
+        progress = json.loads(progress_path.read_text())
+        if progress.get("config") != _config_json(cfg):
+            raise ValueError(
+                f"workdir {workdir} holds a run of a different config; use a new --workdir"
+            )
+    progress.setdefault("config", _config_json(cfg))
+    progress.setdefault("evals", {})
+    progress.setdefault("finetune", {})
+
+    def save_progress():
+        tmp = progress_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(progress, indent=1))
+        tmp.replace(progress_path)
+
+    # 1. train
+    print(f"[vit_token_pruning] ViT {vit_cfg}", flush=True)
+    params, losses = runner.train(
+        runner.params0, data, steps=cfg.iterations, lr=cfg.learning_rate, warmup=cfg.warmup,
+        plan=None, ckpt=_Checkpoints(workdir / "checkpoints" / "train"), tag="train",
+        augment=cfg.augment,
+    )  # fmt: skip
+
+    # 2. training-free evaluation
+    evals = progress["evals"]
+    settings = [("dense", 0, 1.0)] + [
+        (m, layer, r) for layer in cfg.prune_layers for r in cfg.keep_ratios for m in cfg.methods
+    ]
+    for j, (method, layer, ratio) in enumerate(settings):
+        name = f"{method}@L{layer}:{ratio}"
+        if name in evals:
+            continue
+        try:
+            plan = None if method == "dense" else make_plan(method, layer, ratio, vit_cfg)
+        except ValueError as e:
+            evals[name] = {"method": method, "layer": layer, "ratio": ratio, "skipped": str(e)}
+            print(f"[vit_token_pruning] {name}: skipped ({e})", flush=True)
+            continue
+        t = time.perf_counter()
+        acc = runner.accuracy(params, x_eval, y_eval, plan, cfg.eval_batch, cfg.seed)
+        evals[name] = {
+            "method": method,
+            "layer": layer,
+            "ratio": ratio,
+            "accuracy": acc,
+            "block_tokens": block_tokens(plan, vit_cfg),
+            "flops_ratio": flops(plan, vit_cfg) / flops(None, vit_cfg),
+        }
+        print(
+            f"[vit_token_pruning] eval {j + 1}/{len(settings)} {name}: acc {acc:.4f} "
+            f"({time.perf_counter() - t:.1f}s)",
+            flush=True,
+        )
+        save_progress()
+
+    # 3. fine-tune the best two methods (mean training-free accuracy over all settings)
+    ranked = _rank_methods(evals, cfg)
+    layer = cfg.prune_layers[0]
+    for method in ranked[: cfg.finetune_top]:
+        name = f"{method}@L{layer}:{cfg.finetune_ratio}"
+        if name in progress["finetune"]:
+            continue
+        plan = make_plan(method, layer, cfg.finetune_ratio, vit_cfg)
+        tag = f"finetune {name}"
+        ft_params, ft_losses = runner.train(
+            params, data, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
+            warmup=max(1, cfg.finetune_steps // 10), plan=plan,
+            ckpt=_Checkpoints(workdir / "checkpoints" / f"ft_{method}", max_to_keep=1),
+            tag=tag, augment=cfg.augment,
+        )  # fmt: skip
+        before = runner.accuracy(params, x_eval, y_eval, plan, cfg.eval_batch, cfg.seed)
+        after = runner.accuracy(ft_params, x_eval, y_eval, plan, cfg.eval_batch, cfg.seed)
+        dense_after = runner.accuracy(ft_params, x_eval, y_eval, None, cfg.eval_batch, cfg.seed)
+        progress["finetune"][name] = {
+            "method": method,
+            "layer": layer,
+            "ratio": cfg.finetune_ratio,
+            "steps": cfg.finetune_steps,
+            "accuracy_training_free": before,
+            "accuracy_finetuned": after,
+            "accuracy_finetuned_unpruned": dense_after,
+            "losses": ft_losses,
+        }
+        print(f"[vit_token_pruning] {tag}: acc {before:.4f} -> {after:.4f}", flush=True)
+        save_progress()
+
+    # 4. throughput (measured in one go, side by side, after everything else)
+    x_tp = data["x_test"][: cfg.throughput_batch]
+    dense_ips = runner.throughput(params, x_tp, None)
+    throughput = {"dense": {"images_per_s": dense_ips}}
+    print(f"[vit_token_pruning] throughput dense: {dense_ips:.0f} img/s", flush=True)
+    for name, e in evals.items():
+        if e["method"] == "dense" or "skipped" in e:
+            continue
+        plan = make_plan(e["method"], e["layer"], e["ratio"], vit_cfg)
+        ips = runner.throughput(params, x_tp, plan)
+        throughput[name] = {
+            "images_per_s": ips,
+            "speedup": ips / dense_ips,
+            "ideal_speedup": 1.0 / e["flops_ratio"],
+        }
+        throughput[name]["efficiency"] = (
+            throughput[name]["speedup"] / throughput[name]["ideal_speedup"]
+        )
+    print(f"[vit_token_pruning] throughput measured for {len(throughput)} settings", flush=True)
+
+    results = {
+        "config": _config_json(cfg),
+        "vit": dataclasses.asdict(vit_cfg),
+        "machine": _machine(),
+        "train_losses": losses,
+        "evals": evals,
+        "finetune": progress["finetune"],
+        "throughput": throughput,
+    }
+    (workdir / "results.json").write_text(json.dumps(results, indent=1))
+    (workdir / "results.md").write_text(_tables(results))
+    _plot_accuracy(results, workdir / "accuracy.png")
+    _plot_speedup(results, workdir / "speedup.png")
+    _plot_kept(runner, params, arrays, vit_cfg, cfg, workdir / "kept_patches.png")
+    print(f"[vit_token_pruning] wrote {workdir}/results.json, results.md and plots", flush=True)
+    return results
+
+
+def _rank_methods(evals: dict[str, Any], cfg: Config) -> list[str]:
+    means = {}
+    for m in cfg.methods:
+        if m == "random":
+            continue
+        accs = [e["accuracy"] for e in evals.values() if e["method"] == m and "accuracy" in e]
+        if accs:
+            means[m] = float(np.mean(accs))
+    return sorted(means, key=lambda m: -means[m])
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _tables(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    evals, tp = results["evals"], results["throughput"]
+    dense = evals["dense@L0:1.0"]["accuracy"]
+    lines = [f"Dense test accuracy: {dense:.4f} (first {cfg['eval_size']} test images)", ""]
+    for layer in cfg["prune_layers"]:
+        ratios = cfg["keep_ratios"]
+        lines += [
+            f"### Training-free accuracy, pruning before block {layer}",
+            "",
+            "| method | " + " | ".join(f"keep {r}" for r in ratios) + " |",
+            "|---" * (len(ratios) + 1) + "|",
+        ]
+        for m in cfg["methods"]:
+            cells = []
+            for r in ratios:
+                e = evals.get(f"{m}@L{layer}:{r}", {})
+                cells.append(f"{e['accuracy']:.4f}" if "accuracy" in e else "n/a")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines += ["", f"### Speed-up (realised / FLOPs-ideal), block {layer}", ""]
+        lines += [
+            "| method | " + " | ".join(f"keep {r}" for r in ratios) + " |",
+            "|---" * (len(ratios) + 1) + "|",
+        ]
+        for m in cfg["methods"]:
+            cells = []
+            for r in ratios:
+                t = tp.get(f"{m}@L{layer}:{r}")
+                cells.append(f"{t['speedup']:.2f} / {t['ideal_speedup']:.2f}" if t else "n/a")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if results["finetune"]:
+        lines += [
+            "### Fine-tuned with pruning in the loop",
+            "",
+            "| setting | steps | training-free | fine-tuned | fine-tuned, unpruned |",
+            "|---|---|---|---|---|",
+        ]
+        for name, f in results["finetune"].items():
+            lines.append(
+                f"| {name} | {f['steps']} | {f['accuracy_training_free']:.4f} | "
+                f"{f['accuracy_finetuned']:.4f} | {f['accuracy_finetuned_unpruned']:.4f} |"
+            )
+    lines += ["", f"Dense throughput: {tp['dense']['images_per_s']:.0f} images/s"]
+    return "\n".join(lines) + "\n"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_accuracy(results: dict[str, Any], path: pathlib.Path) -> None:
+    plt = _plt()
+    cfg, evals = results["config"], results["evals"]
+    layers = cfg["prune_layers"]
+    fig, axes = plt.subplots(1, len(layers), figsize=(6 * len(layers), 4.5), squeeze=False)
+    dense = evals["dense@L0:1.0"]["accuracy"]
+    for ax, layer in zip(axes[0], layers, strict=True):
+        for m in cfg["methods"]:
+            pts = [
+                (r, evals[f"{m}@L{layer}:{r}"]["accuracy"])
+                for r in cfg["keep_ratios"]
+                if "accuracy" in evals.get(f"{m}@L{layer}:{r}", {})
+            ]
+            if pts:
+                ls = "--" if m == "random" else "-"
+                ax.plot(*zip(*pts, strict=True), ls, marker="o", label=m)
+        for f in results["finetune"].values():
+            if f["layer"] == layer:
+                ax.scatter([f["ratio"]], [f["accuracy_finetuned"]], marker="*", s=140,
+                           zorder=5, label=f"{f['method']} fine-tuned")  # fmt: skip
+        ax.axhline(dense, color="k", lw=0.8, ls=":", label="dense")
+        ax.set_xlabel("keep ratio (patch tokens)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"pruning before block {layer}")
+        ax.invert_xaxis()
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_speedup(results: dict[str, Any], path: pathlib.Path) -> None:
+    plt = _plt()
+    cfg, evals, tp = results["config"], results["evals"], results["throughput"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    top = 1.0
+    for m in cfg["methods"]:
+        pts = [
+            (tp[n]["ideal_speedup"], tp[n]["speedup"])
+            for n, e in evals.items()
+            if e["method"] == m and n in tp
+        ]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), label=m, s=20)
+            top = max(top, *(max(p) for p in pts))
+    ax.plot([1, top], [1, top], "k:", lw=0.8, label="ideal")
+    ax.set_xlabel("FLOPs-ideal speed-up")
+    ax.set_ylabel(f"realised speed-up (batch {cfg['throughput_batch']})")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_kept(runner, params, arrays, vit_cfg, cfg, path: pathlib.Path) -> None:
+    plt = _plt()
+    ratio = cfg.finetune_ratio
+    layer = cfg.prune_layers[0]
+    images = arrays["x_test"][:4]
+    methods = [m for m in cfg.methods]
+    fig, axes = plt.subplots(
+        len(images), len(methods) + 1, figsize=(1.3 * (len(methods) + 1), 1.4 * len(images))
+    )
+    gh = gw = None
+    shown = (images - images.min()) / (images.max() - images.min() + 1e-9)
+    for col, m in enumerate(["input", *methods]):
+        kept = None
+        if m != "input":
+            try:
+                plan = make_plan(m, layer, ratio, vit_cfg)
+            except ValueError:
+                plan = None
+            if plan is not None:
+                _, kept = runner.predict(params, jnp.asarray(images), jax.random.key(0), plan=plan)
+                kept = np.asarray(kept)
+        for row in range(len(images)):
+            ax = axes[row, col]
+            img = shown[row]
+            h, w = img.shape[:2]
+            p = vit_cfg.patch_size
+            gh, gw = h // p, w // p
+            if kept is not None:
+                mask = np.zeros(gh * gw, bool)
+                mask[kept[row][kept[row] >= 0]] = True
+                mask = np.kron(mask.reshape(gh, gw), np.ones((p, p), bool))[..., None]
+                img = np.where(mask, img, img * 0.15)
+            ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(m, fontsize=8)
+    fig.suptitle(f"patches kept (bright) at keep {ratio}, before block {layer}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--workdir", required=True, help="results, plots and checkpoints go here")
+    parser.add_argument("--data_dir", default=None, help="dataset dir (or PRUNEAX_DATA_DIR)")
+    parser.add_argument("--iterations", type=int, help="override training iterations")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, help="override the methods")
+    parser.add_argument("--keep_ratios", type=float, nargs="+", help="override the keep ratios")
+    parser.add_argument("--prune_layers", type=int, nargs="+", help="override pruning layers")
+    parser.add_argument("--eval_size", type=int, help="override the test images evaluated")
+    args = parser.parse_args(argv)
+    cfg = PRESETS[args.preset]
+    overrides = {
+        "iterations": args.iterations,
+        "methods": tuple(args.methods) if args.methods else None,
+        "keep_ratios": tuple(args.keep_ratios) if args.keep_ratios else None,
+        "prune_layers": tuple(args.prune_layers) if args.prune_layers else None,
+        "eval_size": args.eval_size,
+    }
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return run(cfg, args.workdir, args.data_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Smoke run of the ViT token-pruning experiment; kill-and-resume gives identical results."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments import vit_token_pruning as vtp
+from pruneax import models
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ARGS = ["--preset", "tiny"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("vtp_reference")
+    out = vtp.main([*ARGS, "--workdir", str(workdir)])
+    return workdir, out
+
+
+def test_outputs_and_structure(reference):
+    workdir, out = reference
+    for name in ("results.json", "results.md", "accuracy.png", "speedup.png", "kept_patches.png"):
+        assert (workdir / name).stat().st_size > 0, name
+    cfg = vtp.PRESETS["tiny"]
+    evals = out["evals"]
+    assert evals["dense@L0:1.0"]["accuracy"] > 0.5  # it learned the digits (chance 0.1)
+    for m in cfg.methods:
+        for r in cfg.keep_ratios:
+            e = evals[f"{m}@L{cfg.prune_layers[0]}:{r}"]
+            assert "accuracy" in e or "skipped" in e, e
+            if "accuracy" in e:
+                assert 0.0 <= e["accuracy"] <= 1.0 and 0.0 < e["flops_ratio"] < 1.0
+                t = out["throughput"][f"{m}@L{cfg.prune_layers[0]}:{r}"]
+                assert t["images_per_s"] > 0 and t["ideal_speedup"] > 1.0
+    assert len(out["finetune"]) == cfg.finetune_top
+    table = (workdir / "results.md").read_text()
+    assert "Training-free accuracy" in table and "Fine-tuned" in table
+
+
+def test_flops_and_token_counts():
+    c = models.vit_config("mnist/4")  # 49 patches + CLS, 6 blocks
+    plan = vtp.make_plan("topk", 3, 0.5, c)
+    assert vtp.block_tokens(plan, c) == [50, 50, 50, 26, 26, 26]
+    assert vtp.block_tokens(vtp.make_plan("evit", 3, 0.5, c), c)[3:] == [27, 27, 27]
+    d, m = c.hidden_size, c.mlp_dim
+    per_block = lambda t: 2 * (4 * t * d * d + 2 * t * t * d + 2 * t * d * m)
+    assert vtp.flops(plan, c) == 3 * per_block(50) + 3 * per_block(26)
+    tome = vtp.make_plan("tome", 3, 0.3, c)  # 49 -> 25 -> 15, one bipartite step per block
+    assert vtp.block_tokens(tome, c) == [50, 50, 50, 26, 16, 16]
+    with pytest.raises(ValueError):  # 49 -> 5 needs four merging blocks; only three follow
+        vtp.make_plan("tome", 3, 0.1, c)
+
+
+def test_killed_run_resumes_with_identical_results(reference, tmp_path):
+    _, want = reference
+    workdir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.vit_token_pruning", *ARGS, "--workdir", str(workdir)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpts = workdir / "checkpoints" / "train"
+    deadline = time.time() + 240
+    try:  # SIGKILL once the first training checkpoint exists (mid-training, no cleanup)
+        while time.time() < deadline and proc.poll() is None:
+            if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (workdir / "results.json").exists()
+
+    got = vtp.main([*ARGS, "--workdir", str(workdir)])
+    assert got["train_losses"] == want["train_losses"]
+    assert got["evals"] == want["evals"]  # same accuracies: same trained weights
+    assert got["finetune"] == want["finetune"]
+
+
+def test_resume_refuses_a_different_config(reference):
+    workdir, _ = reference
+    other = dataclasses.replace(vtp.PRESETS["tiny"], keep_ratios=(0.7,))
+    with pytest.raises(ValueError, match="different config"):
+        vtp.run(other, workdir)
+
+
+def test_unknown_method_is_refused(tmp_path):
+    bad = dataclasses.replace(vtp.PRESETS["tiny"], methods=("topk", "magic"))
+    with pytest.raises(ValueError, match="magic"):
+        vtp.run(bad, tmp_path)

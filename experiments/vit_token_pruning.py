@@ -124,8 +124,9 @@ PRESETS: dict[str, Config] = {
     "cpu": Config(
         variant="mnist/4",
         dataset="mnist",
-        iterations=3000,
+        iterations=2000,
         prune_layers=(2, 3),
+        eval_size=5000,
     ),
     # ViT-Ti width at patch 4 (64 tokens, 12 blocks) on CIFAR-10 (JPEG set), for a lent GPU.
     "gpu": Config(

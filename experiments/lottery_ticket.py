@@ -653,6 +653,80 @@ def summarize(workdirs: list[str], out: str) -> str:
     return text
 
 
+def compare_rewind(workdirs: list[str], out: str) -> str:
+    """Puts runs that differ only in ``rewind_iteration`` side by side: ``OUT.md`` (IMP and
+    random-pruning test accuracy at the end of training and at early stopping, mean over seeds,
+    per sparsity level) and ``OUT.png``; returns the markdown."""
+    runs = []
+    for d in workdirs:
+        d = pathlib.Path(d)
+        path = d / "results.json" if (d / "results.json").exists() else d / "results_partial.json"
+        data = json.loads(path.read_text())
+        runs.append((data["config"]["rewind_iteration"], data["config"], data["results"]))
+    runs.sort(key=lambda t: t[0])
+    base = {k: v for k, v in runs[0][1].items() if k != "rewind_iteration"}
+    for _, c, _ in runs[1:]:
+        if {k: v for k, v in c.items() if k != "rewind_iteration"} != base:
+            raise ValueError("compare_rewind: the runs must differ only in rewind_iteration")
+
+    def mean(rows, kind, r, field):
+        v = [x[field] for x in rows if x["kind"] == kind and x["round"] == r]
+        return float(np.mean(v)) if v else float("nan")
+
+    rounds = sorted({x["round"] for _, _, rows in runs for x in rows})
+    kinds = [("imp", "IMP"), ("random_prune", "random prune")]
+    cols = [(k, rw, f"{label} rw{rw}") for k, label in kinds for rw, _, _ in runs]
+    seeds = sorted({x["seed"] for _, _, rows in runs for x in rows})
+    lines = [
+        f"{base['model']} on {base['dataset']} ({base['optimizer']} lr {base['learning_rate']}, "
+        f"{base['iterations']} iterations); seeds {seeds}; test accuracy at the end of training "
+        "(at the early-stopping iteration in brackets); rwK = rewound to iteration K.",
+        "",
+        "| round | % remaining | " + " | ".join(c[2] for c in cols) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in cols) + " |",
+    ]
+    by_rw = {rw: rows for rw, _, rows in runs}
+    for r in rounds:
+        rem = next(x["remaining"] for _, _, rows in runs for x in rows if x["round"] == r)
+        cells = []
+        for kind, rw, _ in cols:
+            f = mean(by_rw[rw], kind, r, "final_test_acc")
+            e = mean(by_rw[rw], kind, r, "early_stop_test_acc")
+            cells.append("-" if np.isnan(f) else f"{f:.4f} ({e:.4f})")
+        lines.append(f"| {r} | {rem:.1f} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    out_path = pathlib.Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.with_suffix(".md").write_text(text)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, rw, label in cols:
+        pts = [
+            (next(x["remaining"] for x in by_rw[rw] if x["round"] == r),
+             mean(by_rw[rw], kind, r, "final_test_acc"))
+            for r in rounds
+        ]  # fmt: skip
+        pts = [p for p in pts if not np.isnan(p[1])]
+        ax.plot(*zip(*pts, strict=True), "-" if kind == "imp" else "--", marker="o", label=label)
+    dense = mean(by_rw[runs[0][0]], "imp", 0, "final_test_acc")
+    ax.axhline(dense, color="k", lw=0.8, ls=":", label="dense")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("% of weights remaining")
+    ax.set_ylabel("test accuracy (end of training)")
+    ax.set_title(f"rewinding: {base['model']} on {base['dataset']}, seeds {seeds}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+    return text
+
+
 def _tuples(v):
     """JSON lists back to the tuples a frozen Config holds."""
     if isinstance(v, list):
@@ -670,7 +744,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--summarize", nargs="+", metavar="WORKDIR", help="merge finished runs into --out"
     )
-    parser.add_argument("--out", help="with --summarize: output path stem (.md and .png)")
+    parser.add_argument(
+        "--compare_rewind",
+        nargs="+",
+        metavar="DIR",
+        help="put runs that differ only in --rewind_iteration side by side (needs --out)",
+    )
+    parser.add_argument(
+        "--out", help="with --summarize / --compare_rewind: output path stem (.md and .png)"
+    )
     parser.add_argument("--data_dir", default=None, help="dataset dir (or PRUNEAX_DATA_DIR)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     parser.add_argument("--rounds", type=int, help="override the number of pruning rounds")
@@ -682,6 +764,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.out:
             parser.error("--summarize needs --out")
         print(summarize(args.summarize, args.out))
+        return {}
+    if args.compare_rewind:
+        if not args.out:
+            parser.error("--compare_rewind needs --out")
+        print(compare_rewind(args.compare_rewind, args.out))
         return {}
     if not args.workdir:
         parser.error("--workdir is required")

@@ -118,3 +118,27 @@ def test_summarize_merges_runs(reference, tmp_path):
     dense = next(r for r in out["results"] if r["kind"] == "imp" and r["round"] == 0)
     assert f"{dense['early_stop_test_acc']:.4f}" in table[0]
     assert (tmp_path / "summary.png").stat().st_size > 0
+
+
+def test_compare_rewind_puts_runs_side_by_side(reference, tmp_path):
+    workdir, out = reference
+    data = json.loads((workdir / "results.json").read_text())
+    dirs = []
+    for rw, shift in ((0, 0.0), (50, 0.01)):
+        d = tmp_path / f"rw{rw}"
+        d.mkdir()
+        cfg = {**data["config"], "rewind_iteration": rw}
+        rows = [{**r, "final_test_acc": r["final_test_acc"] - shift} for r in data["results"]]
+        (d / "results.json").write_text(json.dumps({"config": cfg, "results": rows}))
+        dirs.append(str(d))
+    text = lt.compare_rewind(dirs, str(tmp_path / "cmp"))
+    assert (tmp_path / "cmp.png").stat().st_size > 0
+    assert "IMP rw0" in text and "random prune rw50" in text
+    imp1 = next(r for r in out["results"] if r["kind"] == "imp" and r["round"] == 1)
+    row = next(line for line in text.splitlines() if line.startswith("| 1 |"))
+    assert f"{imp1['final_test_acc']:.4f}" in row and f"{imp1['final_test_acc'] - 0.01:.4f}" in row
+    bad = json.loads((tmp_path / "rw50" / "results.json").read_text())
+    bad["config"]["rate"] = 0.5
+    (tmp_path / "rw50" / "results.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="differ only in rewind_iteration"):
+        lt.compare_rewind(dirs, str(tmp_path / "cmp2"))

@@ -60,3 +60,16 @@ def test_weights_benchmark_quick(tmp_path):
     (step,) = out["steps"]
     assert step["pruned_stay_zero"] and step["dense_ms_per_step"] > 0 < step["ratio"]
     assert abs(out["masks"]["sparsity_got"] - 0.8) < 1e-6 and out["masks"]["seconds_median"] > 0
+
+
+def test_quick_vit_speedup_benchmark(tmp_path):
+    from benchmarks import vit_speedup
+
+    out = tmp_path / "vit.md"
+    assert vit_speedup.main(["--quick", "--out", str(out), "--methods", "topk", "tome"]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["topk", "tome"]
+    for r in rows:
+        assert r["ideal_speedup"] > 1 and r["speedup"] > 0 and r["oracle_speedup"] > 0
+        assert all(t > 0 for ts in r["times_s"].values() for t in ts)
+    assert "selection" in rows[0]["median_s"] and "selection" not in rows[1]["median_s"]

@@ -188,3 +188,107 @@ def test_plan_errors():
         PruningPlan((PruneStage(2, 8), PruneStage(4, 4, "feather")))
     with pytest.raises(ValueError, match="keeps 30 of the 20"):
         PruningPlan.at(2, 30).validate(num_layers=4, num_patches=N)
+
+
+# ----------------------------------------------------------------------------- through the ViT
+
+from flax import nnx  # noqa: E402
+
+from pruneax import models  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def vit():
+    cfg = models.vit_config(
+        "mnist/4", image_size=(16, 20), hidden_size=32, num_layers=4, num_heads=2, mlp_dim=64
+    )  # 4x5 patch grid + CLS
+    model = models.ViT(cfg, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(3), (B, 16, 20, 1))
+    return model, x
+
+
+def _jit_call(model, x, plan, **kw):
+    graphdef, state = nnx.split(model)
+    f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, plan=plan, key=jax.random.key(0), **kw))
+    return f(state, x)
+
+
+def test_keeping_every_token_changes_nothing(vit):
+    model, x = vit
+    dense = model(x).logits
+    for method in ("topk", "divprune", "random"):
+        out = _jit_call(model, x, PruningPlan.at(2, 1.0, method))
+        np.testing.assert_allclose(out.logits, dense, atol=1e-5)
+        np.testing.assert_array_equal(out.kept[0], np.broadcast_to(np.arange(N), (B, N)))
+
+
+def test_plan_equals_manual_pruning(vit):
+    """Block outputs of a dense pass, a hand-made top-k selection, then the remaining blocks."""
+    model, x = vit
+    layer, k = 2, 7
+    out = _jit_call(model, x, PruningPlan.at(layer, k, "topk"))
+    dense = model(x, return_attention=True, return_hidden_states=True)
+    h = np.asarray(dense.hidden_states[layer])
+    a = np.asarray(dense.attentions[layer - 1]).mean(1)[:, 0, P:]  # CLS row, head mean
+    keep = np.sort(np.argsort(-a, axis=1, kind="stable")[:, :k], axis=1)
+    np.testing.assert_array_equal(out.kept[0], keep)
+    t = jnp.asarray(np.concatenate([h[:, :P], np.take_along_axis(h[:, P:], keep[..., None], 1)], 1))
+    for blk in list(model.blocks)[layer:]:
+        t, _, _ = blk(t)
+    logits = model.head(model.norm(t)[:, 0])
+    np.testing.assert_allclose(out.logits, logits, atol=1e-5)
+
+
+def test_two_stages_compose_original_patch_ids(vit):
+    model, x = vit
+    plan = PruningPlan((PruneStage(1, 12, "topk"), PruneStage(3, 0.5, "evit")))
+    out = _jit_call(model, x, plan)
+    first, second = np.asarray(out.kept[0]), np.asarray(out.kept[1])
+    assert first.shape == (B, 12) and second.shape == (B, 6 + 1)
+    assert np.all(second[:, -1] == -1)  # EViT's fused token
+    for b in range(B):
+        assert set(second[b, :-1]) <= set(first[b])
+        assert np.all(np.diff(second[b, :-1]) > 0)
+    assert out.hidden.shape == (B, P + 7, 32)
+
+
+def test_tome_sizes_and_proportional_attention(vit):
+    model, x = vit
+    plan = PruningPlan.merging(1, 0.3, num_patches=N, num_prefix=P)
+    out = _jit_call(model, x, plan, return_attention=True)
+    np.testing.assert_allclose(np.asarray(out.sizes).sum(1), P + N)
+    assert out.hidden.shape[1] == P + 6
+    assert len(out.kept) == len(plan.stages) and np.all(np.asarray(out.kept[-1]) >= 0)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_in_the_model(vit, method):
+    model, x = vit
+    plan = (
+        PruningPlan.merging(2, 0.5, num_patches=N, num_prefix=P)
+        if method == "tome"
+        else PruningPlan.at(2, 0.5, method)
+    )
+    out = _jit_call(model, x, plan)
+    assert out.logits.shape == (B, 10) and np.all(np.isfinite(out.logits))
+    kept = np.asarray(out.kept[-1])
+    real = kept[kept >= 0].reshape(B, -1) if method != "evit" else kept[:, :-1]
+    assert real.shape[1] == 10
+    assert np.all((real >= 0) & (real < N))
+
+
+def test_no_retrace_with_the_same_plan(vit):
+    model, x = vit
+    graphdef, state = nnx.split(model)
+    traces = []
+
+    def f(s, x, plan):
+        traces.append(1)
+        return nnx.merge(graphdef, s)(x, plan=plan).logits
+
+    g = jax.jit(f, static_argnames="plan")
+    g(state, x, PruningPlan.at(2, 5, "topk"))
+    g(state, x, PruningPlan.at(2, 5, "topk"))  # an equal (not identical) plan: cache hit
+    assert len(traces) == 1
+    g(state, x, PruningPlan.at(2, 6, "topk"))
+    assert len(traces) == 2

@@ -292,3 +292,21 @@ def test_no_retrace_with_the_same_plan(vit):
     assert len(traces) == 1
     g(state, x, PruningPlan.at(2, 6, "topk"))
     assert len(traces) == 2
+
+
+def test_proportional_attention_adds_log_size_to_the_key_logits(vit):
+    model, _ = vit
+    attn = model.blocks[0].attn
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(B, 6, 32)).astype(np.float32)
+    size = rng.integers(1, 5, size=(B, 6)).astype(np.float32)
+    _, probs, keys = attn(jnp.asarray(x), size=jnp.asarray(size), return_attention=True,
+                          return_keys=True)  # fmt: skip
+    lin = lambda m, v: v @ np.asarray(m.kernel[...]) + np.asarray(m.bias[...])
+    heads = lambda v: v.reshape(B, 6, 2, 16).transpose(0, 2, 1, 3)
+    q, k = heads(lin(attn.query, x)), heads(lin(attn.key, x))
+    logits = q @ k.transpose(0, 1, 3, 2) / 4.0 + np.log(size)[:, None, None, :]
+    want = np.exp(logits - logits.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    np.testing.assert_allclose(probs, want, atol=1e-5)
+    np.testing.assert_allclose(keys, k, atol=1e-5)

@@ -10,6 +10,8 @@
   ``"mnist/4"``, ``"cifar/4"``).
 - ``load_vit(path)``: a ``ViT`` from a Hugging Face ``save_pretrained`` directory
   (``config.json`` + safetensors) of ViT, DeiT or CLIP; no torch needed.
+- ``MambaLM`` / ``MambaMixer`` / ``MambaConfig``: Mamba (selective state-space) language model
+  and mixer; ``load_mamba(path)`` imports a Hugging Face ``MambaForCausalLM`` / ``MambaModel``.
 - ``param_count``: parameters of a model (all, or only the prunable kernels).
 
 Every prunable weight is a leaf named ``kernel`` (conv and dense), so ``pruneax.weights``'
@@ -20,6 +22,14 @@ default predicate selects exactly them; the classifier is the attribute ``out`` 
 from pruneax.models._common import param_count
 from pruneax.models._convnets import CONVNET_VARIANTS, ConvNet, LeNet300100
 from pruneax.models._hf import load_vit
+from pruneax.models._mamba import (
+    MambaBlock,
+    MambaConfig,
+    MambaLM,
+    MambaMixer,
+    MambaOutput,
+    load_mamba,
+)
 from pruneax.models._resnet import RESNET_VARIANTS, CifarResNet, ResNet20
 from pruneax.models._vit import VIT_VARIANTS, ViT, ViTConfig, ViTOutput, vit_config
 from pruneax.models._vit_plan import PruneStage, PruningPlan
@@ -31,12 +41,18 @@ __all__ = [
     "CifarResNet",
     "ConvNet",
     "LeNet300100",
+    "MambaBlock",
+    "MambaConfig",
+    "MambaLM",
+    "MambaMixer",
+    "MambaOutput",
     "PruneStage",
     "PruningPlan",
     "ResNet20",
     "ViT",
     "ViTConfig",
     "ViTOutput",
+    "load_mamba",
     "load_vit",
     "param_count",
     "vit_config",

@@ -73,3 +73,15 @@ def test_quick_vit_speedup_benchmark(tmp_path):
         assert r["ideal_speedup"] > 1 and r["speedup"] > 0 and r["oracle_speedup"] > 0
         assert all(t > 0 for ts in r["times_s"].values() for t in ts)
     assert "selection" in rows[0]["median_s"] and "selection" not in rows[1]["median_s"]
+
+
+def test_quick_scan_benchmark(tmp_path):
+    from benchmarks import scan
+
+    out = tmp_path / "scan.md"
+    assert scan.main(["--quick", "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert {"sequential", "associative"} <= set(rows)
+    for row in rows.values():
+        for what in ("fwd", "fwd+bwd"):
+            assert row[what]["median_s"] > 0, row

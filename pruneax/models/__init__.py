@@ -12,6 +12,9 @@
   (``config.json`` + safetensors) of ViT, DeiT or CLIP; no torch needed.
 - ``MambaLM`` / ``MambaMixer`` / ``MambaConfig``: Mamba (selective state-space) language model
   and mixer; ``load_mamba(path)`` imports a Hugging Face ``MambaForCausalLM`` / ``MambaModel``.
+- ``Vim`` / ``VimConfig`` / ``vim_config(name)``: Vision Mamba (hustvl/Vim v2, bidirectional,
+  middle class token) with ToP-ViM token pruning (``VimPruningPlan`` of ``VimPruneStage``s; modes
+  ``naive``, ``aligned_exact``, ``aligned_gap``), ``vim_flops`` and ``vim_token_scores``.
 - ``param_count``: parameters of a model (all, or only the prunable kernels).
 
 Every prunable weight is a leaf named ``kernel`` (conv and dense), so ``pruneax.weights``'
@@ -31,13 +34,32 @@ from pruneax.models._mamba import (
     load_mamba,
 )
 from pruneax.models._resnet import RESNET_VARIANTS, CifarResNet, ResNet20
+from pruneax.models._vim import (
+    VIM_METRICS,
+    VIM_MODES,
+    VIM_VARIANTS,
+    BiMambaMixer,
+    Vim,
+    VimBlock,
+    VimConfig,
+    VimOutput,
+    VimPruneStage,
+    VimPruningPlan,
+    vim_config,
+    vim_flops,
+    vim_token_scores,
+)
 from pruneax.models._vit import VIT_VARIANTS, ViT, ViTConfig, ViTOutput, vit_config
 from pruneax.models._vit_plan import PruneStage, PruningPlan
 
 __all__ = [
     "CONVNET_VARIANTS",
     "RESNET_VARIANTS",
+    "VIM_METRICS",
+    "VIM_MODES",
+    "VIM_VARIANTS",
     "VIT_VARIANTS",
+    "BiMambaMixer",
     "CifarResNet",
     "ConvNet",
     "LeNet300100",
@@ -52,8 +74,17 @@ __all__ = [
     "ViT",
     "ViTConfig",
     "ViTOutput",
+    "Vim",
+    "VimBlock",
+    "VimConfig",
+    "VimOutput",
+    "VimPruneStage",
+    "VimPruningPlan",
     "load_mamba",
     "load_vit",
     "param_count",
+    "vim_config",
+    "vim_flops",
+    "vim_token_scores",
     "vit_config",
 ]

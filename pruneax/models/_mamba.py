@@ -215,7 +215,7 @@ class MambaMixer(nnx.Module):
             e,
             kernel_size=(cfg.conv_kernel,),
             feature_group_count=e,
-            padding=[(cfg.conv_kernel - 1, 0)],
+            padding=((cfg.conv_kernel - 1, 0),),
             use_bias=cfg.use_conv_bias,
             dtype=dtype,
             **kw,

@@ -636,6 +636,7 @@ def _plot_accuracy(results: dict[str, Any], path: pathlib.Path) -> None:
     layers = cfg["prune_layers"]
     fig, axes = plt.subplots(1, len(layers), figsize=(6 * len(layers), 4.5), squeeze=False)
     dense = evals["dense@L0:1.0"]["accuracy"]
+    colors = {m: plt.cm.tab20(i % 20) for i, m in enumerate(METHODS)}
     for ax, layer in zip(axes[0], layers, strict=True):
         for m in cfg["methods"]:
             pts = [
@@ -645,11 +646,12 @@ def _plot_accuracy(results: dict[str, Any], path: pathlib.Path) -> None:
             ]
             if pts:
                 ls = "--" if m == "random" else "-"
-                ax.plot(*zip(*pts, strict=True), ls, marker="o", label=m)
+                ax.plot(*zip(*pts, strict=True), ls, marker="o", color=colors[m], label=m)
         for f in results["finetune"].values():
             if f["layer"] == layer:
-                ax.scatter([f["ratio"]], [f["accuracy_finetuned"]], marker="*", s=140,
-                           zorder=5, label=f"{f['method']} fine-tuned")  # fmt: skip
+                ax.scatter([f["ratio"]], [f["accuracy_finetuned"]], marker="*", s=160,
+                           color=colors[f["method"]], edgecolor="k", zorder=5,
+                           label=f"{f['method']} fine-tuned")  # fmt: skip
         ax.axhline(dense, color="k", lw=0.8, ls=":", label="dense")
         ax.set_xlabel("keep ratio (patch tokens)")
         ax.set_ylabel("test accuracy")
@@ -666,14 +668,16 @@ def _plot_speedup(results: dict[str, Any], path: pathlib.Path) -> None:
     cfg, evals, tp = results["config"], results["evals"], results["throughput"]
     fig, ax = plt.subplots(figsize=(6, 5))
     top = 1.0
-    for m in cfg["methods"]:
+    for i, m in enumerate(METHODS):
+        if m not in cfg["methods"]:
+            continue
         pts = [
             (tp[n]["ideal_speedup"], tp[n]["speedup"])
             for n, e in evals.items()
             if e["method"] == m and n in tp
         ]
         if pts:
-            ax.scatter(*zip(*pts, strict=True), label=m, s=20)
+            ax.scatter(*zip(*pts, strict=True), label=m, s=20, color=plt.cm.tab20(i % 20))
             top = max(top, *(max(p) for p in pts))
     ax.plot([1, top], [1, top], "k:", lw=0.8, label="ideal")
     ax.set_xlabel("FLOPs-ideal speed-up")

@@ -10,6 +10,9 @@
   ``"mnist/4"``, ``"cifar/4"``).
 - ``load_vit(path)``: a ``ViT`` from a Hugging Face ``save_pretrained`` directory
   (``config.json`` + safetensors) of ViT, DeiT or CLIP; no torch needed.
+- ``LlamaLM`` / ``LlamaConfig`` / ``llm_config(name)``: Llama-family decoder (RMSNorm, RoPE with
+  explicit positions, GQA, SwiGLU, KV cache), FastV in-LLM pruning (``FastVSpec``) and
+  ``generate_greedy``; ``load_llm(path)`` imports HF ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``.
 - ``MambaLM`` / ``MambaMixer`` / ``MambaConfig``: Mamba (selective state-space) language model
   and mixer; ``load_mamba(path)`` imports a Hugging Face ``MambaForCausalLM`` / ``MambaModel``.
 - ``Vim`` / ``VimConfig`` / ``vim_config(name)``: Vision Mamba (hustvl/Vim v2, bidirectional,
@@ -25,6 +28,21 @@ default predicate selects exactly them; the classifier is the attribute ``out`` 
 from pruneax.models._common import param_count
 from pruneax.models._convnets import CONVNET_VARIANTS, ConvNet, LeNet300100
 from pruneax.models._hf import load_vit
+from pruneax.models._llm import (
+    LLM_VARIANTS,
+    FastVSpec,
+    GenerationOutput,
+    KVCache,
+    LlamaConfig,
+    LlamaLM,
+    LlamaOutput,
+    generate_greedy,
+    init_cache,
+    llm_config,
+)
+from pruneax.models._llm_hf import (
+    load_llm,
+)
 from pruneax.models._mamba import (
     MambaBlock,
     MambaConfig,
@@ -54,6 +72,7 @@ from pruneax.models._vit_plan import PruneStage, PruningPlan
 
 __all__ = [
     "CONVNET_VARIANTS",
+    "LLM_VARIANTS",
     "RESNET_VARIANTS",
     "VIM_METRICS",
     "VIM_MODES",
@@ -62,7 +81,13 @@ __all__ = [
     "BiMambaMixer",
     "CifarResNet",
     "ConvNet",
+    "FastVSpec",
+    "GenerationOutput",
+    "KVCache",
     "LeNet300100",
+    "LlamaConfig",
+    "LlamaLM",
+    "LlamaOutput",
     "MambaBlock",
     "MambaConfig",
     "MambaLM",
@@ -80,6 +105,10 @@ __all__ = [
     "VimOutput",
     "VimPruneStage",
     "VimPruningPlan",
+    "generate_greedy",
+    "init_cache",
+    "llm_config",
+    "load_llm",
     "load_mamba",
     "load_vit",
     "param_count",

@@ -16,6 +16,9 @@ Commands:
 4. Throughput (images/s, jitted, batch ``throughput_batch``, median of ``throughput_repeats``)
    of each method at each ratio next to the FLOPs-ideal speed-up.
 
+Training and evaluation are data-parallel over every local device (``experiments/_parallel``:
+batch sharded, parameters replicated); batch sizes must be multiples of the device count.
+
 Outputs in ``--workdir``: ``results.json``, ``results.md`` (tables), ``accuracy.png``,
 ``speedup.png``, ``kept_patches.png``. Progress is printed; evaluations done before an
 interruption are kept in ``progress.json`` and not repeated.
@@ -40,6 +43,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from experiments import _parallel as par
 from pruneax import data as pdata
 from pruneax import models
 from pruneax.models import PruningPlan
@@ -207,7 +211,17 @@ class Runner:
         self.cfg = cfg
         self.vit_cfg = vit_cfg
         model = models.ViT(vit_cfg, rngs=nnx.Rngs(cfg.seed))
-        self.graphdef, self.params0, self.rest = nnx.split(model, nnx.Param, ...)
+        # data parallel over every local device: batch sharded, parameters replicated
+        self.mesh = par.data_mesh()
+        n = par.batch_multiple(self.mesh)
+        for name in ("batch_size", "eval_batch", "throughput_batch"):
+            if getattr(cfg, name) % n:
+                raise ValueError(
+                    f"{name} ({getattr(cfg, name)}) must be a multiple of the {n} devices"
+                )
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self.graphdef = graphdef
+        self.params0, self.rest = par.replicate((params, rest), self.mesh)
 
     def model(self, params) -> models.ViT:
         return nnx.merge(self.graphdef, params, self.rest)
@@ -248,7 +262,7 @@ class Runner:
             valid = len(xb)
             if valid < batch:  # pad the last batch: one compiled shape per plan
                 xb = jnp.concatenate([xb, jnp.zeros((batch - valid, *xb.shape[1:]), xb.dtype)])
-            pred, _ = self.predict(params, xb, key, plan=plan)
+            pred, _ = self.predict(params, par.shard_batch(xb, self.mesh), key, plan=plan)
             correct += int(jnp.sum(pred[:valid] == yb))
         return correct / len(x)
 
@@ -265,6 +279,7 @@ class Runner:
             start, (params, opt_state), meta = restored
             losses = [tuple(v) for v in meta["losses"]]
             print(f"[vit_token_pruning] {tag}: resuming at step {start}/{steps}", flush=True)
+        params, opt_state = par.replicate((params, opt_state), self.mesh)
         x_train, y_train = data["x_train"], data["y_train"]
         n = len(x_train)
         per_epoch = n // cfg.batch_size
@@ -276,8 +291,9 @@ class Runner:
             )
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             key = jax.random.fold_in(jax.random.key(cfg.seed + 1), step)
+            xb, yb = par.shard_batch((x_train[idx], y_train[idx]), self.mesh)
             params, opt_state, loss = self.train_step(
-                params, opt_state, x_train[idx], y_train[idx], key,
+                params, opt_state, xb, yb, key,
                 tx=tx, plan=plan, augment=augment,
             )  # fmt: skip
             window.append(loss)
@@ -299,6 +315,7 @@ class Runner:
         """Median images/s of the jitted forward pass over ``throughput_repeats`` timings."""
         cfg = self.cfg
         key = jax.random.key(0)
+        x = par.shard_batch(x, self.mesh)
         jax.block_until_ready(self.predict(params, x, key, plan=plan))  # compile
         times = []
         for _ in range(cfg.throughput_repeats):

@@ -32,18 +32,15 @@ import functools
 import json
 import os
 import pathlib
-import sys
 import time
-import zlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from experiments import _parallel as par
+from experiments import _common as common
 from pruneax import data as pdata
 from pruneax import models
 from pruneax.models import PruningPlan
@@ -188,183 +185,27 @@ def _vit_config(cfg: Config, arrays: dict[str, np.ndarray]) -> models.ViTConfig:
     return models.vit_config(cfg.variant, **overrides)
 
 
-def _augment(key: jax.Array, x: jax.Array) -> jax.Array:
-    """Random crop after 4-pixel zero padding and a random horizontal flip, per image."""
-    b, h, w, _ = x.shape
-    k1, k2, k3 = jax.random.split(key, 3)
-    padded = jnp.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
-    dy = jax.random.randint(k1, (b,), 0, 9)
-    dx = jax.random.randint(k2, (b,), 0, 9)
-    crop = jax.vmap(lambda im, i, j: jax.lax.dynamic_slice(im, (i, j, 0), (h, w, x.shape[3])))
-    x = crop(padded, dy, dx)
-    flip = jax.random.bernoulli(k3, 0.5, (b,))
-    return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
-
-
 # ----------------------------------------------------------------------------- model + training
 
 
-class Runner:
-    """Jitted train / eval / throughput functions of one model architecture."""
-
-    def __init__(self, cfg: Config, vit_cfg: models.ViTConfig):
-        self.cfg = cfg
-        self.vit_cfg = vit_cfg
-        model = models.ViT(vit_cfg, rngs=nnx.Rngs(cfg.seed))
-        # data parallel over every local device: batch sharded, parameters replicated
-        self.mesh = par.data_mesh()
-        n = par.batch_multiple(self.mesh)
-        for name in ("batch_size", "eval_batch", "throughput_batch"):
-            if getattr(cfg, name) % n:
-                raise ValueError(
-                    f"{name} ({getattr(cfg, name)}) must be a multiple of the {n} devices"
-                )
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        self.graphdef = graphdef
-        self.params0, self.rest = par.replicate((params, rest), self.mesh)
-
-    def model(self, params) -> models.ViT:
-        return nnx.merge(self.graphdef, params, self.rest)
-
-    def optimizer(self, lr: float, steps: int, warmup: int) -> optax.GradientTransformation:
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(steps, 2))
-        decay = lambda p: jax.tree.map(lambda v: jnp.ndim(v) >= 2, p)
-        return optax.chain(
-            optax.clip_by_global_norm(1.0),
-            optax.adamw(schedule, weight_decay=self.cfg.weight_decay, mask=decay),
-        )
-
-    @functools.partial(jax.jit, static_argnames=("self", "tx", "plan", "augment"))
-    def train_step(self, params, opt_state, x, y, key, *, tx, plan, augment):
-        k_aug, k_plan = jax.random.split(key)
-        if augment:
-            x = _augment(k_aug, x)
-
-        def loss_fn(p):
-            logits = self.model(p)(x, plan=plan, key=k_plan).logits
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    @functools.partial(jax.jit, static_argnames=("self", "plan"))
-    def predict(self, params, x, key, *, plan):
-        out = self.model(params)(x, plan=plan, key=key)
-        kept = out.kept[-1] if out.kept else None
-        return jnp.argmax(out.logits, -1), kept
-
-    def accuracy(self, params, x, y, plan, batch: int, seed: int = 0) -> float:
-        correct = 0
-        for i in range(0, len(x), batch):
-            key = jax.random.fold_in(jax.random.key(seed), i)
-            xb, yb = x[i : i + batch], y[i : i + batch]
-            valid = len(xb)
-            if valid < batch:  # pad the last batch: one compiled shape per plan
-                xb = jnp.concatenate([xb, jnp.zeros((batch - valid, *xb.shape[1:]), xb.dtype)])
-            pred, _ = self.predict(params, par.shard_batch(xb, self.mesh), key, plan=plan)
-            correct += int(jnp.sum(pred[:valid] == yb))
-        return correct / len(x)
-
-    def train(
-        self, params, data, *, steps, lr, warmup, plan, ckpt, tag, augment
-    ) -> tuple[Any, list[tuple[int, float]]]:
-        """Trains ``steps`` steps from ``params`` (or resumes from ``ckpt``); returns params."""
-        cfg = self.cfg
-        tx = self.optimizer(lr, steps, warmup)
-        opt_state = tx.init(params)
-        start, losses = 0, []
-        restored = ckpt.latest((params, opt_state)) if ckpt is not None else None
-        if restored is not None:
-            start, (params, opt_state), meta = restored
-            losses = [tuple(v) for v in meta["losses"]]
-            print(f"[vit_token_pruning] {tag}: resuming at step {start}/{steps}", flush=True)
-        params, opt_state = par.replicate((params, opt_state), self.mesh)
-        x_train, y_train = data["x_train"], data["y_train"]
-        n = len(x_train)
-        per_epoch = n // cfg.batch_size
-        t0, window = time.perf_counter(), []
-        for step in range(start, steps):
-            epoch, i = divmod(step, per_epoch)
-            order = np.random.default_rng((cfg.seed, zlib.crc32(tag.encode()), epoch)).permutation(
-                n
-            )
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            key = jax.random.fold_in(jax.random.key(cfg.seed + 1), step)
-            xb, yb = par.shard_batch((x_train[idx], y_train[idx]), self.mesh)
-            params, opt_state, loss = self.train_step(
-                params, opt_state, xb, yb, key,
-                tx=tx, plan=plan, augment=augment,
-            )  # fmt: skip
-            window.append(loss)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == steps:
-                mean = float(jnp.mean(jnp.stack(window)))
-                losses.append((done, mean))
-                window = []
-                rate = (done - start) / (time.perf_counter() - t0)
-                print(
-                    f"  [{tag}] step {done:6d}/{steps}  loss {mean:.4f}  ({rate:.1f} steps/s)",
-                    flush=True,
-                )
-            if ckpt is not None and (done % cfg.ckpt_every == 0 or done == steps):
-                ckpt.save(done, (params, opt_state), {"losses": losses})
-        return params, losses
-
-    def throughput(self, params, x, plan) -> float:
-        """Median images/s of the jitted forward pass over ``throughput_repeats`` timings."""
-        cfg = self.cfg
-        key = jax.random.key(0)
-        x = par.shard_batch(x, self.mesh)
-        jax.block_until_ready(self.predict(params, x, key, plan=plan))  # compile
-        times = []
-        for _ in range(cfg.throughput_repeats):
-            t = time.perf_counter()
-            for _ in range(cfg.throughput_iters):
-                out = self.predict(params, x, key, plan=plan)
-            jax.block_until_ready(out)
-            times.append((time.perf_counter() - t) / cfg.throughput_iters)
-        return len(x) / float(np.median(times))
+# TEMPORARY aliases for experiments/ssm_token_pruning.py until it imports experiments._common
+_augment, _Checkpoints, _config_json = (
+    common.random_crop_flip,
+    common.Checkpoints,
+    common.config_json,
+)
+_machine, _plt = common.machine, common.pyplot
 
 
-class _Checkpoints:
-    """orbax: the (params, optimizer state) leaves at a step, plus JSON metadata."""
+def _runner(cfg: Config, vit_cfg: models.ViTConfig) -> common.Runner:
+    model = models.ViT(vit_cfg, rngs=nnx.Rngs(cfg.seed))
+    return common.Runner(cfg, model, log_tag="[vit_token_pruning]")
 
-    def __init__(self, directory: pathlib.Path, max_to_keep: int = 2):
-        import orbax.checkpoint as ocp
 
-        self.ocp = ocp
-        self.manager = ocp.CheckpointManager(
-            directory.resolve(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
-        )
-
-    def latest(self, like):
-        step = self.manager.latest_step()
-        if step is None:
-            return None
-        got = self.manager.restore(
-            step,
-            args=self.ocp.args.Composite(
-                state=self.ocp.args.StandardRestore(), meta=self.ocp.args.JsonRestore()
-            ),
-        )
-        leaves, treedef = jax.tree.flatten(like)
-        stored = got["state"]["leaves"]
-        if len(stored) != len(leaves):
-            raise ValueError("checkpoint does not match the model; use a new --workdir")
-        restored = [jnp.asarray(stored[f"{i:05d}"]) for i in range(len(leaves))]
-        return step, jax.tree.unflatten(treedef, restored), got["meta"]
-
-    def save(self, step: int, state, meta: dict) -> None:
-        leaves = {f"{i:05d}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(state))}
-        self.manager.save(
-            step,
-            args=self.ocp.args.Composite(
-                state=self.ocp.args.StandardSave({"leaves": leaves}),
-                meta=self.ocp.args.JsonSave(meta),
-            ),
-        )
-        self.manager.wait_until_finished()
+@functools.partial(jax.jit, static_argnames=("runner", "plan"))
+def _kept(runner: common.Runner, params, x, key, *, plan):
+    """Original patch ids surviving the last stage of ``plan`` (for the picture)."""
+    return runner.model(params)(x, plan=plan, key=key).kept[-1]
 
 
 # ----------------------------------------------------------------------------- plans and FLOPs
@@ -416,23 +257,6 @@ def flops(plan: PruningPlan | None, c: models.ViTConfig) -> float:
 # ----------------------------------------------------------------------------- run
 
 
-def _config_json(cfg: Config) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def _machine() -> dict[str, Any]:
-    import platform
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "devices": [str(d) for d in jax.devices()],
-        "jax": jax.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
 def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) -> dict[str, Any]:
     """Runs (or resumes) the experiment; returns the results dict also written to results.json."""
     if cfg.ckpt_every % cfg.log_every:
@@ -449,17 +273,17 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     vit_cfg = _vit_config(cfg, arrays)
     data = {k: jnp.asarray(v) for k, v in arrays.items()}
     x_eval, y_eval = data["x_test"][: cfg.eval_size], data["y_test"][: cfg.eval_size]
-    runner = Runner(cfg, vit_cfg)
+    runner = _runner(cfg, vit_cfg)
 
     progress_path = workdir / "progress.json"
     progress: dict[str, Any] = {}
     if progress_path.exists():
         progress = json.loads(progress_path.read_text())
-        if progress.get("config") != _config_json(cfg):
+        if progress.get("config") != common.config_json(cfg):
             raise ValueError(
                 f"workdir {workdir} holds a run of a different config; use a new --workdir"
             )
-    progress.setdefault("config", _config_json(cfg))
+    progress.setdefault("config", common.config_json(cfg))
     progress.setdefault("evals", {})
     progress.setdefault("finetune", {})
 
@@ -472,7 +296,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     print(f"[vit_token_pruning] ViT {vit_cfg}", flush=True)
     params, losses = runner.train(
         runner.params0, data, steps=cfg.iterations, lr=cfg.learning_rate, warmup=cfg.warmup,
-        plan=None, ckpt=_Checkpoints(workdir / "checkpoints" / "train"), tag="train",
+        plan=None, ckpt=common.Checkpoints(workdir / "checkpoints" / "train"), tag="train",
         augment=cfg.augment,
     )  # fmt: skip
 
@@ -520,7 +344,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         ft_params, ft_losses = runner.train(
             params, data, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
             warmup=max(1, cfg.finetune_steps // 10), plan=plan,
-            ckpt=_Checkpoints(workdir / "checkpoints" / f"ft_{method}", max_to_keep=1),
+            ckpt=common.Checkpoints(workdir / "checkpoints" / f"ft_{method}", max_to_keep=1),
             tag=tag, augment=cfg.augment,
         )  # fmt: skip
         before = runner.accuracy(params, x_eval, y_eval, plan, cfg.eval_batch, cfg.seed)
@@ -560,9 +384,9 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     print(f"[vit_token_pruning] throughput measured for {len(throughput)} settings", flush=True)
 
     results = {
-        "config": _config_json(cfg),
+        "config": common.config_json(cfg),
         "vit": dataclasses.asdict(vit_cfg),
-        "machine": _machine(),
+        "machine": common.machine(),
         "train_losses": losses,
         "evals": evals,
         "finetune": progress["finetune"],
@@ -638,17 +462,8 @@ def _tables(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_accuracy(results: dict[str, Any], path: pathlib.Path) -> None:
-    plt = _plt()
+    plt = common.pyplot()
     cfg, evals = results["config"], results["evals"]
     layers = cfg["prune_layers"]
     fig, axes = plt.subplots(1, len(layers), figsize=(6 * len(layers), 4.5), squeeze=False)
@@ -681,7 +496,7 @@ def _plot_accuracy(results: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def _plot_speedup(results: dict[str, Any], path: pathlib.Path) -> None:
-    plt = _plt()
+    plt = common.pyplot()
     cfg, evals, tp = results["config"], results["evals"], results["throughput"]
     fig, ax = plt.subplots(figsize=(6, 5))
     top = 1.0
@@ -706,7 +521,7 @@ def _plot_speedup(results: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def _plot_kept(runner, params, arrays, vit_cfg, cfg, path: pathlib.Path) -> None:
-    plt = _plt()
+    plt = common.pyplot()
     ratio = cfg.finetune_ratio
     layer = cfg.prune_layers[0]
     images = arrays["x_test"][:4]
@@ -724,8 +539,8 @@ def _plot_kept(runner, params, arrays, vit_cfg, cfg, path: pathlib.Path) -> None
             except ValueError:
                 plan = None
             if plan is not None:
-                _, kept = runner.predict(params, jnp.asarray(images), jax.random.key(0), plan=plan)
-                kept = np.asarray(kept)
+                x = jnp.asarray(images)  # 4 images: not sharded (any device count)
+                kept = np.asarray(_kept(runner, params, x, jax.random.key(0), plan=plan))
         for row in range(len(images)):
             ax = axes[row, col]
             img = shown[row]

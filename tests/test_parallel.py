@@ -27,9 +27,10 @@ TRAIN = textwrap.dedent(
 
     cfg = dataclasses.replace(vtp.PRESETS["tiny"], iterations=30, warmup=5, log_every=10)
     cfg, arrays = vtp._prepare(cfg, None)
-    runner = vtp.Runner(cfg, vtp._vit_config(cfg, arrays))
+    runner = vtp._runner(cfg, vtp._vit_config(cfg, arrays))
     data = {k: jnp.asarray(v) for k, v in arrays.items()}
-    ckpt = vtp._Checkpoints(__import__("pathlib").Path(sys.argv[1])) if sys.argv[1] != "-" else None
+    from pathlib import Path
+    ckpt = None if sys.argv[1] == "-" else vtp.common.Checkpoints(Path(sys.argv[1]))
     params, losses = runner.train(runner.params0, data, steps=30, lr=3e-3, warmup=5, plan=None,
                                   ckpt=ckpt, tag="t", augment=False)
     plan = PruningPlan.at(2, 0.5, "topk")

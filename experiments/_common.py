@@ -1,0 +1,255 @@
+"""What the image-classification experiments share: a jitted train / eval / throughput runner
+for an NNX classifier called as ``model(x, plan=..., key=...)``, orbax checkpoints, the machine
+description, augmentation (``random_crop_flip``) and matplotlib setup.
+
+The runner is data-parallel over every local device (``experiments._parallel``): the batch is
+sharded, parameters and optimizer state are replicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from experiments import _parallel as par
+
+
+def config_json(cfg: Any) -> dict[str, Any]:
+    """A dataclass config as plain JSON values (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def random_crop_flip(key: jax.Array, x: jax.Array) -> jax.Array:
+    """Random crop after 4-pixel zero padding and a random horizontal flip, per image."""
+    b, h, w, _ = x.shape
+    k1, k2, k3 = jax.random.split(key, 3)
+    padded = jnp.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    dy = jax.random.randint(k1, (b,), 0, 9)
+    dx = jax.random.randint(k2, (b,), 0, 9)
+    crop = jax.vmap(lambda im, i, j: jax.lax.dynamic_slice(im, (i, j, 0), (h, w, x.shape[3])))
+    x = crop(padded, dy, dx)
+    flip = jax.random.bernoulli(k3, 0.5, (b,))
+    return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+
+
+class Checkpoints:
+    """orbax: the leaves of a pytree (e.g. params and optimizer state) at a step, plus JSON."""
+
+    def __init__(self, directory: pathlib.Path, max_to_keep: int = 2):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
+        self.manager = ocp.CheckpointManager(
+            directory.resolve(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
+        )
+
+    def latest(self, like):
+        """``(step, tree shaped like ``like``, meta)`` of the newest checkpoint, or None."""
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        got = self.manager.restore(
+            step,
+            args=self.ocp.args.Composite(
+                state=self.ocp.args.StandardRestore(), meta=self.ocp.args.JsonRestore()
+            ),
+        )
+        leaves, treedef = jax.tree.flatten(like)
+        stored = got["state"]["leaves"]
+        if len(stored) != len(leaves):
+            raise ValueError("checkpoint does not match the model; use a new --workdir")
+        restored = [jnp.asarray(stored[f"{i:05d}"]) for i in range(len(leaves))]
+        return step, jax.tree.unflatten(treedef, restored), got["meta"]
+
+    def save(self, step: int, state, meta: dict) -> None:
+        leaves = {f"{i:05d}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(state))}
+        self.manager.save(
+            step,
+            args=self.ocp.args.Composite(
+                state=self.ocp.args.StandardSave({"leaves": leaves}),
+                meta=self.ocp.args.JsonSave(meta),
+            ),
+        )
+        self.manager.wait_until_finished()
+
+
+def matrices_only(params):
+    """Weight-decay mask: decay leaves with ndim >= 2 (kernels), not biases or norms."""
+    return jax.tree.map(lambda v: jnp.ndim(v) >= 2, params)
+
+
+class Runner:
+    """Jitted train / predict / throughput for one classifier architecture.
+
+    ``cfg`` needs ``seed, batch_size, eval_batch, throughput_batch, weight_decay, log_every,
+    ckpt_every, throughput_repeats, throughput_iters``. The model is called as
+    ``model(x, plan=plan, key=key)`` and must return an object with ``.logits``.
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        model: nnx.Module,
+        *,
+        log_tag: str,
+        decay_mask: Callable[[Any], Any] = matrices_only,
+    ):
+        self.cfg = cfg
+        self.log_tag = log_tag
+        self.decay_mask = decay_mask
+        self.mesh = par.data_mesh()
+        n = par.batch_multiple(self.mesh)
+        for name in ("batch_size", "eval_batch", "throughput_batch"):
+            if getattr(cfg, name) % n:
+                raise ValueError(
+                    f"{name} ({getattr(cfg, name)}) must be a multiple of the {n} devices"
+                )
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self.graphdef = graphdef
+        self.params0, self.rest = par.replicate((params, rest), self.mesh)
+
+    def model(self, params) -> nnx.Module:
+        return nnx.merge(self.graphdef, params, self.rest)
+
+    def optimizer(self, lr: float, steps: int, warmup: int) -> optax.GradientTransformation:
+        """AdamW with linear warmup and cosine decay, gradients clipped to global norm 1."""
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(steps, 2))
+        return optax.chain(
+            optax.clip_by_global_norm(1.0),
+            optax.adamw(schedule, weight_decay=self.cfg.weight_decay, mask=self.decay_mask),
+        )
+
+    @functools.partial(jax.jit, static_argnames=("self", "tx", "plan", "augment"))
+    def train_step(self, params, opt_state, x, y, key, *, tx, plan, augment):
+        k_aug, k_plan = jax.random.split(key)
+        if augment:
+            x = random_crop_flip(k_aug, x)
+
+        def loss_fn(p):
+            logits = self.model(p)(x, plan=plan, key=k_plan).logits
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    @functools.partial(jax.jit, static_argnames=("self", "plan"))
+    def predict(self, params, x, key, *, plan):
+        """Logits of one batch under ``plan``."""
+        return self.model(params)(x, plan=plan, key=key).logits
+
+    def logits(self, params, x, plan, batch: int, seed: int = 0) -> np.ndarray:
+        """Logits [len(x), classes] (NumPy), ``batch`` images per call, the last one padded so
+        that one compiled shape per plan serves every call."""
+        out = []
+        for i in range(0, len(x), batch):
+            key = jax.random.fold_in(jax.random.key(seed), i)
+            xb = x[i : i + batch]
+            valid = len(xb)
+            if valid < batch:
+                xb = jnp.concatenate([xb, jnp.zeros((batch - valid, *xb.shape[1:]), xb.dtype)])
+            xb = par.shard_batch(xb, self.mesh)
+            out.append(np.asarray(self.predict(params, xb, key, plan=plan))[:valid])
+        return np.concatenate(out)
+
+    def accuracy(self, params, x, y, plan, batch: int, seed: int = 0) -> float:
+        pred = self.logits(params, x, plan, batch, seed).argmax(-1)
+        return float(np.mean(pred == np.asarray(y)))
+
+    def train(
+        self, params, data, *, steps, lr, warmup, plan, ckpt, tag, augment
+    ) -> tuple[Any, list[tuple[int, float]]]:
+        """Trains ``steps`` steps from ``params`` (or resumes from ``ckpt``).
+
+        Batches come from per-epoch permutations seeded by (seed, tag, epoch), so a resumed
+        run sees the same batches. Returns ``(params, [(step, mean loss since last log)])``.
+        """
+        cfg = self.cfg
+        tx = self.optimizer(lr, steps, warmup)
+        opt_state = tx.init(params)
+        start, losses = 0, []
+        restored = ckpt.latest((params, opt_state)) if ckpt is not None else None
+        if restored is not None:
+            start, (params, opt_state), meta = restored
+            losses = [tuple(v) for v in meta["losses"]]
+            print(f"{self.log_tag} {tag}: resuming at step {start}/{steps}", flush=True)
+        params, opt_state = par.replicate((params, opt_state), self.mesh)
+        x_train, y_train = data["x_train"], data["y_train"]
+        n = len(x_train)
+        per_epoch = n // cfg.batch_size
+        stream = zlib.crc32(tag.encode())
+        t0, window = time.perf_counter(), []
+        for step in range(start, steps):
+            epoch, i = divmod(step, per_epoch)
+            order = np.random.default_rng((cfg.seed, stream, epoch)).permutation(n)
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            key = jax.random.fold_in(jax.random.key(cfg.seed + 1), step)
+            xb, yb = par.shard_batch((x_train[idx], y_train[idx]), self.mesh)
+            params, opt_state, loss = self.train_step(
+                params, opt_state, xb, yb, key, tx=tx, plan=plan, augment=augment
+            )
+            window.append(loss)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == steps:
+                mean = float(jnp.mean(jnp.stack(window)))
+                losses.append((done, mean))
+                window = []
+                rate = (done - start) / (time.perf_counter() - t0)
+                print(
+                    f"  [{tag}] step {done:6d}/{steps}  loss {mean:.4f}  ({rate:.2f} steps/s)",
+                    flush=True,
+                )
+            if ckpt is not None and (done % cfg.ckpt_every == 0 or done == steps):
+                ckpt.save(done, (params, opt_state), {"losses": losses})
+        return params, losses
+
+    def throughput(self, params, x, plan) -> float:
+        """Median images/s of the jitted forward pass over ``throughput_repeats`` timings."""
+        cfg = self.cfg
+        key = jax.random.key(0)
+        x = par.shard_batch(x, self.mesh)
+        jax.block_until_ready(self.predict(params, x, key, plan=plan))  # compile
+        times = []
+        for _ in range(cfg.throughput_repeats):
+            t = time.perf_counter()
+            for _ in range(cfg.throughput_iters):
+                out = self.predict(params, x, key, plan=plan)
+            jax.block_until_ready(out)
+            times.append((time.perf_counter() - t) / cfg.throughput_iters)
+        return len(x) / float(np.median(times))

@@ -27,6 +27,7 @@ import optax
 from flax import nnx
 
 from experiments import _parallel as par
+from pruneax import data as pdata
 
 
 def config_json(cfg: Any) -> dict[str, Any]:
@@ -43,6 +44,33 @@ def machine() -> dict[str, Any]:
         "jax": jax.__version__,
         "python": sys.version.split()[0],
     }
+
+
+def load_standardized(dataset: str, data_dir: str | None) -> dict[str, np.ndarray]:
+    """Train / test images scaled to [0, 1] then standardised per channel with the training
+    set's mean and std, NHWC float32; labels int32."""
+    ds = pdata.load_dataset(dataset, data_dir)
+    prep = lambda x: x[..., None] if x.ndim == 3 else x
+    x_train = prep(np.asarray(ds.train_images, np.float32) / ds.pixel_max)
+    x_test = prep(np.asarray(ds.test_images, np.float32) / ds.pixel_max)
+    mean, std = x_train.mean((0, 1, 2)), x_train.std((0, 1, 2))
+    return {
+        "x_train": ((x_train - mean) / std).astype(np.float32),
+        "y_train": np.asarray(ds.train_labels, np.int32),
+        "x_test": ((x_test - mean) / std).astype(np.float32),
+        "y_test": np.asarray(ds.test_labels, np.int32),
+    }
+
+
+def shape_overrides(arrays: dict[str, np.ndarray], overrides) -> dict[str, Any]:
+    """Model config overrides with image size, channels and classes taken from the data unless
+    ``overrides`` (pairs) sets them."""
+    h, w, c = arrays["x_train"].shape[1:]
+    out = dict(overrides)
+    out.setdefault("image_size", h if h == w else (h, w))
+    out.setdefault("num_channels", c)
+    out.setdefault("num_classes", int(arrays["y_train"].max()) + 1)
+    return out
 
 
 def pyplot():

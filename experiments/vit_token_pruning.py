@@ -41,7 +41,6 @@ import numpy as np
 from flax import nnx
 
 from experiments import _common as common
-from pruneax import data as pdata
 from pruneax import models
 from pruneax.models import PruningPlan
 
@@ -161,40 +160,15 @@ def _prepare(cfg: Config, data_dir: str | None) -> tuple[Config, dict[str, np.nd
         dataset = "digits"
         vit = dict(cfg.vit) | {"image_size": 8, "patch_size": 2}
         cfg = dataclasses.replace(cfg, dataset="digits", vit=tuple(sorted(vit.items())))
-    ds = pdata.load_dataset(dataset, data_dir)
-    prep = lambda x: np.asarray(x, np.float32)[..., None] if np.ndim(x) == 3 else x
-    x_train = prep(np.asarray(ds.train_images, np.float32) / ds.pixel_max)
-    x_test = prep(np.asarray(ds.test_images, np.float32) / ds.pixel_max)
-    mean, std = x_train.mean((0, 1, 2)), x_train.std((0, 1, 2))
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    arrays = {
-        "x_train": x_train.astype(np.float32),
-        "y_train": np.asarray(ds.train_labels, np.int32),
-        "x_test": x_test.astype(np.float32),
-        "y_test": np.asarray(ds.test_labels, np.int32),
-    }
+    arrays = common.load_standardized(dataset, data_dir)
     return cfg, arrays
 
 
 def _vit_config(cfg: Config, arrays: dict[str, np.ndarray]) -> models.ViTConfig:
-    h, w, c = arrays["x_train"].shape[1:]
-    overrides = dict(cfg.vit)
-    overrides.setdefault("image_size", h if h == w else (h, w))
-    overrides.setdefault("num_channels", c)
-    overrides.setdefault("num_classes", int(arrays["y_train"].max()) + 1)
-    return models.vit_config(cfg.variant, **overrides)
+    return models.vit_config(cfg.variant, **common.shape_overrides(arrays, cfg.vit))
 
 
 # ----------------------------------------------------------------------------- model + training
-
-
-# TEMPORARY aliases for experiments/ssm_token_pruning.py until it imports experiments._common
-_augment, _Checkpoints, _config_json = (
-    common.random_crop_flip,
-    common.Checkpoints,
-    common.config_json,
-)
-_machine, _plt = common.machine, common.pyplot
 
 
 def _runner(cfg: Config, vit_cfg: models.ViTConfig) -> common.Runner:

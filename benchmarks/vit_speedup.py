@@ -59,7 +59,7 @@ def bench_variant(name: str, overrides: dict, *, layer: int, keep: float, batch:
     cfg = models.vit_config(name, **overrides)
     model = models.ViT(cfg, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
-    h, w = (cfg.image_size,) * 2 if isinstance(cfg.image_size, int) else cfg.image_size
+    h, w = cfg.image_hw
     x = jax.random.normal(jax.random.key(1), (batch, h, w, cfg.num_channels), jnp.float32)
     key = jax.random.key(2)
 

@@ -96,6 +96,32 @@ def random_crop_flip(key: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
 
 
+class Progress(dict):
+    """``progress.json`` in a workdir: the results finished so far, so a resumed run skips them.
+
+    Holds ``config`` (refused if it differs: a workdir belongs to one config) and one empty dict
+    per name in ``sections``. ``save()`` writes atomically (temp file + rename).
+    """
+
+    def __init__(self, workdir: pathlib.Path, cfg: Any, sections: tuple[str, ...]):
+        self.path = pathlib.Path(workdir) / "progress.json"
+        want = config_json(cfg)
+        if self.path.exists():
+            super().__init__(json.loads(self.path.read_text()))
+            if self.get("config") != want:
+                raise ValueError(
+                    f"workdir {workdir} holds a run of a different config; use a new --workdir"
+                )
+        self.setdefault("config", want)
+        for name in sections:
+            self.setdefault(name, {})
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(self), indent=1))
+        tmp.replace(self.path)
+
+
 class Checkpoints:
     """orbax: the leaves of a pytree (e.g. params and optimizer state) at a step, plus JSON."""
 

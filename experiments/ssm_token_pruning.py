@@ -325,22 +325,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     x_eval, y_eval = data["x_test"][: cfg.eval_size], data["y_test"][: cfg.eval_size]
     runner = _runner(cfg, vim_cfg)
 
-    progress_path = workdir / "progress.json"
-    progress: dict[str, Any] = {}
-    if progress_path.exists():
-        progress = json.loads(progress_path.read_text())
-        if progress.get("config") != common.config_json(cfg):
-            raise ValueError(
-                f"workdir {workdir} holds a run of a different config; use a new --workdir"
-            )
-    progress.setdefault("config", common.config_json(cfg))
-    progress.setdefault("evals", {})
-    progress.setdefault("finetune", {})
-
-    def save_progress():
-        tmp = progress_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(progress, indent=1))
-        tmp.replace(progress_path)
+    progress = common.Progress(workdir, cfg, ("evals", "finetune"))
 
     dense_flops = models.vim_flops(vim_cfg)
     logits_dir = workdir / "logits"  # per setting, for the agreement / fidelity table
@@ -383,7 +368,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             f"({time.perf_counter() - t:.1f}s)",
             flush=True,
         )
-        save_progress()
+        progress.save()
 
     settings = [("dense", "dense", None)] + [
         (eval_name(m, s), m, s) for s in (main_s, *singles) for m in cfg.modes
@@ -432,7 +417,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             f"(unpruned {unpruned:.4f})",
             flush=True,
         )
-        save_progress()
+        progress.save()
 
     # 4. throughput of dense and each mode on the main schedule, measured in one go
     x_tp = data["x_test"][: cfg.throughput_batch]

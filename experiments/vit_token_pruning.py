@@ -187,29 +187,18 @@ def _kept(runner: common.Runner, params, x, key, *, plan):
 
 def make_plan(method: str, layer: int, ratio: float, vit_cfg: models.ViTConfig) -> PruningPlan:
     """One stage at ``layer`` keeping ``ratio`` of the patches (ToMe: merged over blocks)."""
-    model_np = _num_patches(vit_cfg)
-    prefix = _num_prefix(vit_cfg)
+    n, p = vit_cfg.num_patches, vit_cfg.num_prefix
     if method == "tome":
-        plan = PruningPlan.merging(layer, ratio, num_patches=model_np, num_prefix=prefix)
+        plan = PruningPlan.merging(layer, ratio, num_patches=n, num_prefix=p)
     else:
         plan = PruningPlan.at(layer, ratio, method)
-    plan.validate(vit_cfg.num_layers, model_np)
+    plan.validate(vit_cfg.num_layers, n)
     return plan
-
-
-def _num_patches(c: models.ViTConfig) -> int:
-    h, w = (c.image_size, c.image_size) if isinstance(c.image_size, int) else c.image_size
-    return (h // c.patch_size) * (w // c.patch_size)
-
-
-def _num_prefix(c: models.ViTConfig) -> int:
-    return int(c.class_token) + int(c.distillation_token) + c.num_registers
 
 
 def block_tokens(plan: PruningPlan | None, c: models.ViTConfig) -> list[int]:
     """Tokens (prefix included) entering each block under ``plan``."""
-    n = _num_patches(c)
-    p = _num_prefix(c)
+    n, p = c.num_patches, c.num_prefix
     counts = plan.token_counts(n) if plan is not None else ()
     out, cur = [], n
     stages = {s.layer: k for s, k in zip(plan.stages, counts, strict=True)} if plan else {}
@@ -249,22 +238,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     x_eval, y_eval = data["x_test"][: cfg.eval_size], data["y_test"][: cfg.eval_size]
     runner = _runner(cfg, vit_cfg)
 
-    progress_path = workdir / "progress.json"
-    progress: dict[str, Any] = {}
-    if progress_path.exists():
-        progress = json.loads(progress_path.read_text())
-        if progress.get("config") != common.config_json(cfg):
-            raise ValueError(
-                f"workdir {workdir} holds a run of a different config; use a new --workdir"
-            )
-    progress.setdefault("config", common.config_json(cfg))
-    progress.setdefault("evals", {})
-    progress.setdefault("finetune", {})
-
-    def save_progress():
-        tmp = progress_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(progress, indent=1))
-        tmp.replace(progress_path)
+    progress = common.Progress(workdir, cfg, ("evals", "finetune"))
 
     # 1. train
     print(f"[vit_token_pruning] ViT {vit_cfg}", flush=True)
@@ -304,7 +278,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             f"({time.perf_counter() - t:.1f}s)",
             flush=True,
         )
-        save_progress()
+        progress.save()
 
     # 3. fine-tune the best two methods (mean training-free accuracy over all settings)
     ranked = _rank_methods(evals, cfg)
@@ -335,7 +309,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             "losses": ft_losses,
         }
         print(f"[vit_token_pruning] {tag}: acc {before:.4f} -> {after:.4f}", flush=True)
-        save_progress()
+        progress.save()
 
     # 4. throughput (measured in one go, side by side, after everything else)
     x_tp = data["x_test"][: cfg.throughput_batch]

@@ -76,3 +76,28 @@ def param_count(model: nnx.Module, *, kernels_only: bool = False) -> int:
             continue
         total += math.prod(leaf.shape)
     return total
+
+
+class PatchGrid:
+    """Patch geometry of an image-model config with ``image_size`` (int or (H, W)) and
+    ``patch_size`` fields; mixed into ``ViTConfig`` and ``VimConfig``."""
+
+    image_size: int | tuple[int, int]
+    patch_size: int
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """``(height, width)`` of the input images."""
+        s = self.image_size
+        return (s, s) if isinstance(s, int) else (s[0], s[1])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The patch grid ``(rows, cols)``."""
+        h, w = self.image_hw
+        return h // self.patch_size, w // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens N = rows * cols."""
+        return self.grid[0] * self.grid[1]

@@ -80,7 +80,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from pruneax import tokens as T
-from pruneax.models._common import check_images, is_size
+from pruneax.models._common import PatchGrid, check_images, is_size
 from pruneax.models._mamba import (
     MambaConfig,
     _dt_bias_init,
@@ -106,7 +106,7 @@ _NO_POS = -(2**30)  # padding of shifted positions: never equals a real position
 
 
 @dataclasses.dataclass(frozen=True)
-class VimConfig:
+class VimConfig(PatchGrid):
     """Hyperparameters of a ``Vim`` (frozen, hashable: static under jit).
 
     Attributes:
@@ -221,23 +221,6 @@ class VimConfig:
             raise ValueError(
                 f"VimConfig: image_size {self.image_size!r} must be divisible by patch_size {p}"
             )
-
-    @property
-    def image_hw(self) -> tuple[int, int]:
-        """``(height, width)`` of the input images."""
-        s = self.image_size
-        return (s, s) if isinstance(s, int) else (s[0], s[1])
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """The patch grid ``(rows, cols)``."""
-        h, w = self.image_hw
-        return h // self.patch_size, w // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        """Patch tokens N."""
-        return self.grid[0] * self.grid[1]
 
     @property
     def num_tokens(self) -> int:

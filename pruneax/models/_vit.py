@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from pruneax.models._common import check_images, is_size
+from pruneax.models._common import PatchGrid, check_images, is_size
 from pruneax.models._vit_plan import PruningPlan, apply_stage
 
 POS_EMBEDS = ("learned", "sincos", "none")
@@ -40,7 +40,7 @@ _zeros = jax.nn.initializers.zeros
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(PatchGrid):
     """Hyperparameters of a ``ViT`` (frozen and hashable: usable as a static jit argument).
 
     Attributes:
@@ -177,23 +177,6 @@ class ViTConfig:
                 f"num_classes > 0; got distillation_token={self.distillation_token}, "
                 f"num_classes={self.num_classes}"
             )
-
-    @property
-    def image_hw(self) -> tuple[int, int]:
-        """``(height, width)`` of the input images."""
-        s = self.image_size
-        return (s, s) if isinstance(s, int) else (s[0], s[1])
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """The patch grid ``(rows, cols)``."""
-        h, w = self.image_hw
-        return h // self.patch_size, w // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        """Patch tokens N = rows * cols."""
-        return self.grid[0] * self.grid[1]
 
     @property
     def num_pos_prefix(self) -> int:

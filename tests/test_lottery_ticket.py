@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 from experiments import lottery_ticket as lt
+from tests._resume import kill_after_first_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--preset", "tiny", "--rounds", "2", "--iterations", "100"]
@@ -61,26 +58,10 @@ def test_outputs_and_structure(reference):
 def test_killed_run_resumes_with_identical_results(reference, tmp_path):
     _, want = reference
     workdir = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.lottery_ticket", *ARGS, "--workdir", str(workdir)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    returncode = kill_after_first_checkpoint(
+        "experiments.lottery_ticket", ARGS, workdir, workdir / "checkpoints"
     )
-    ckpts = workdir / "checkpoints"
-    deadline = time.time() + 240
-    try:  # kill it with SIGKILL once the first job's checkpoint exists (mid-run, no cleanup)
-        while time.time() < deadline and proc.poll() is None:
-            if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    assert returncode == -signal.SIGKILL
     assert not (workdir / "results.json").exists()
 
     got = lt.main([*ARGS, "--workdir", str(workdir)])

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from experiments import vit_token_pruning as vtp
 from pruneax import models
+from tests._resume import kill_after_first_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--preset", "tiny"]
@@ -63,26 +60,10 @@ def test_flops_and_token_counts():
 def test_killed_run_resumes_with_identical_results(reference, tmp_path):
     _, want = reference
     workdir = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.vit_token_pruning", *ARGS, "--workdir", str(workdir)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    returncode = kill_after_first_checkpoint(
+        "experiments.vit_token_pruning", ARGS, workdir, workdir / "checkpoints" / "train"
     )
-    ckpts = workdir / "checkpoints" / "train"
-    deadline = time.time() + 240
-    try:  # SIGKILL once the first training checkpoint exists (mid-training, no cleanup)
-        while time.time() < deadline and proc.poll() is None:
-            if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    assert returncode == -signal.SIGKILL
     assert not (workdir / "results.json").exists()
 
     got = vtp.main([*ARGS, "--workdir", str(workdir)])

@@ -30,6 +30,7 @@ from pruneax.models._llm import (
     llm_config,
 )
 from pruneax.weights import leaf_names, prunable_names
+from tests._models import random_model
 
 TINY = llm_config("tiny", vocab_size=96, num_layers=4)
 SPEC = FastVSpec(layer=2, start=3, stop=19)  # 16 image tokens, R = 50% -> keep 8
@@ -37,20 +38,8 @@ T_PROMPT = 24
 
 
 def materialize(config: LlamaConfig, seed: int = 0, std: float = 0.2, **kw) -> LlamaLM:
-    """A LlamaLM with NumPy-drawn parameters: norm scales 1 + N(0, std^2), the embedding
-    N(0, 1), everything else N(0, std^2) (no bias or scale trivially 0 or 1)."""
-    abstract = nnx.eval_shape(lambda: LlamaLM(config, rngs=nnx.Rngs(0), **kw))
-    graphdef, state = nnx.split(abstract)
-    rng = np.random.default_rng(seed)
-    leaves = []
-    for name, leaf in zip(leaf_names(state), jax.tree.leaves(state), strict=True):
-        value = std * rng.normal(size=leaf.shape)
-        if name.endswith("scale"):
-            value = value + 1.0
-        elif name.endswith("embedding"):
-            value = value / std
-        leaves.append(jnp.asarray(value, leaf.dtype))
-    return nnx.merge(graphdef, jax.tree.unflatten(jax.tree.structure(state), leaves))
+    """A LlamaLM with NumPy-drawn parameters (``tests._models.random_model``; embedding N(0, 1))."""
+    return random_model(LlamaLM, config, seed, std, unit_embedding=True, **kw)
 
 
 @pytest.fixture(scope="module")

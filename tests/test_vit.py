@@ -23,6 +23,7 @@ import pruneax.models as M
 from pruneax.models import _vit
 from pruneax.models._vit_plan import PruneStage
 from pruneax.weights import leaf_names, prunable_names
+from tests._models import random_model
 
 TINY = M.ViTConfig(
     image_size=16, patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=48,
@@ -31,21 +32,8 @@ TINY = M.ViTConfig(
 
 
 def materialize(config: M.ViTConfig, seed: int = 0, std: float = 0.2, **kw) -> M.ViT:
-    """A ViT whose parameters are drawn with NumPy (no initializer compiles).
-
-    LayerNorm scales ~ 1 + N(0, std^2), everything else ~ N(0, std^2), so that no bias or norm
-    parameter is trivially 0 or 1.
-    """
-    abstract = nnx.eval_shape(lambda: M.ViT(config, rngs=nnx.Rngs(0), **kw))
-    graphdef, state = nnx.split(abstract)
-    rng = np.random.default_rng(seed)
-    leaves = []
-    for name, leaf in zip(leaf_names(state), jax.tree.leaves(state), strict=True):
-        value = std * rng.normal(size=leaf.shape)
-        if name.endswith("scale"):
-            value = value + 1.0
-        leaves.append(jnp.asarray(value, leaf.dtype))
-    return nnx.merge(graphdef, jax.tree.unflatten(jax.tree.structure(state), leaves))
+    """A ViT whose parameters are drawn with NumPy (``tests._models.random_model``)."""
+    return random_model(M.ViT, config, seed, std, **kw)
 
 
 def images(config: M.ViTConfig, batch: int = 2, seed: int = 1) -> jax.Array:

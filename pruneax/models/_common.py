@@ -101,3 +101,29 @@ class PatchGrid:
     def num_patches(self) -> int:
         """Patch tokens N = rows * cols."""
         return self.grid[0] * self.grid[1]
+
+
+def layer_sizes(
+    value: object, num_layers: int, top: int, name: str, where: str
+) -> tuple[int, ...] | None:
+    """Validates a per-layer size field of a config (structured pruning): None, or
+    ``num_layers`` ints in ``[0, top]``; returns it as a tuple (hashable) or None.
+
+    Raises:
+      ValueError: naming ``where`` and ``name`` for a non-sequence, a wrong length or an entry
+        that is not an int in ``[0, top]``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise ValueError(
+            f"{where}: {name} must be None or a tuple of {num_layers} ints; got {value!r}"
+        )
+    if len(value) != num_layers:
+        raise ValueError(
+            f"{where}: {name} must have num_layers = {num_layers} entries; got {len(value)}"
+        )
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v <= top:
+            raise ValueError(f"{where}: {name}[{i}] must be an int in [0, {top}]; got {v!r}")
+    return tuple(int(v) for v in value)

@@ -1,4 +1,4 @@
-"""Llama-family decoder (Llama 2 / 3, Qwen2) in Flax NNX, with a KV cache and FastV pruning.
+"""Llama-family decoder (Llama 2 / 3, Qwen2) in Flax NNX, with a KV cache and in-LLM pruning.
 
 ``LlamaLM`` is the decoder-only transformer of Llama as transformers' ``LlamaForCausalLM``
 computes it: token embedding (or caller-supplied ``inputs_embeds``, so that a VLM can splice
@@ -14,19 +14,23 @@ chunk index ``i`` of a layer whose cache held ``n`` entries before the call sees
 slots ``j <= n + i``. Each layer has its own length, which is what lets FastV shorten the
 caches of the layers after the pruning layer.
 
-FastV (``FastVSpec``): at layer K the image tokens ``[start, stop)`` of the sequence are ranked
-by layer K-1's attention probabilities (head-averaged, last query row, image keys only); the
-top ``k`` are kept (in original order), the other image tokens are dropped from the sequence of
-layers >= K and from their KV cache. Text tokens are never dropped; kept tokens keep their
-ORIGINAL RoPE position ids. Later decode steps then attend over fewer entries in layers >= K.
+In-LLM visual token pruning (``prune=``, one frozen spec per call, defined in
+``_llm_prune``): ``FastVSpec`` (at layer K the image tokens ``[start, stop)`` of the sequence
+are ranked by layer K-1's last-query attention and the top ``k`` kept), ``FeatherSpec``
+(FEATHER's uniform grid + no-RoPE criterion at two layers), ``TodreSpec`` (ToDRE's stage 2:
+all image tokens leave deep layers when text and image stop attending to each other). Pruned
+tokens leave the sequence of the later layers and their KV caches; text tokens are never
+dropped; kept tokens keep their ORIGINAL RoPE position ids. Later decode steps then attend over
+fewer entries in the pruned layers.
 
 References: Touvron et al., "Llama 2: Open Foundation and Fine-Tuned Chat Models", 2023
 (arXiv:2307.09288); Grattafiori et al., "The Llama 3 Herd of Models", 2024 (arXiv:2407.21783)
 for the "llama3" RoPE scaling; Yang et al., "Qwen2 Technical Report", 2024 (arXiv:2407.10671);
 Su et al., "RoFormer: Enhanced Transformer with Rotary Position Embedding", 2021
 (arXiv:2104.09864); Ainslie et al., "GQA", EMNLP 2023 (arXiv:2305.13245); Chen et al., "An
-Image is Worth 1/2 Tokens After Layer 2" (FastV), ECCV 2024 (arXiv:2403.06764); transformers'
-``modeling_llama.py``, ``modeling_qwen2.py``, ``modeling_rope_utils.py``.
+Image is Worth 1/2 Tokens After Layer 2" (FastV), ECCV 2024 (arXiv:2403.06764); Endo et al.,
+"Feather the Throttle", 2024 (arXiv:2412.13180); transformers' ``modeling_llama.py``,
+``modeling_qwen2.py``, ``modeling_rope_utils.py``.
 """
 
 from __future__ import annotations
@@ -43,8 +47,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from pruneax import tokens as T
-from pruneax.models._common import is_size
+from pruneax.models._common import is_size, layer_sizes
+from pruneax.models._llm_prune import (  # the specs live there; re-exported from here
+    FastVSpec,  # noqa: F401
+    FeatherSpec,  # noqa: F401
+    PruneSpec,
+    TodreSpec,  # noqa: F401
+    check_prune,
+    fastv_keep_indices,  # noqa: F401
+)
 
 ROPE_TYPES = ("linear", "llama3")  # besides None ("default")
 _ROPE_KEYS = {
@@ -95,6 +106,15 @@ class LlamaConfig:
         (Llama's single flag covers all four projections; Qwen2 has none on ``o_proj``).
         Stored resolved.
       mlp_bias: biases on the SwiGLU projections.
+      layer_heads: query heads of every layer after structured pruning (``num_layers`` ints,
+        each a multiple of ``num_groups`` in ``[0, num_heads]``: pruning removes whole GQA
+        groups, a key / value head with its ``num_groups`` query heads), or None: ``num_heads``
+        everywhere. ``num_heads`` / ``num_kv_heads`` / ``head_dim`` stay the unpruned values.
+        A layer with 0 heads adds only the ``o_proj`` bias (a residual identity without one).
+      layer_kv_heads: key / value heads of every layer, ``layer_heads[i] // num_groups``. Give
+        either of the two (the other is derived) or both (consistent); stored resolved.
+      layer_mlp: SwiGLU width of every layer (``num_layers`` ints in ``[0,
+        intermediate_size]``), or None: ``intermediate_size`` everywhere.
 
     ``num_kv_heads``, ``head_dim`` and ``attention_out_bias`` are stored resolved, so
     ``dataclasses.replace(config, hidden_size=...)`` keeps the old values: pass them again (or
@@ -121,6 +141,9 @@ class LlamaConfig:
     attention_bias: bool = False
     attention_out_bias: bool | None = None
     mlp_bias: bool = False
+    layer_heads: tuple[int, ...] | None = None
+    layer_kv_heads: tuple[int, ...] | None = None
+    layer_mlp: tuple[int, ...] | None = None
 
     def __post_init__(self):
         sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads")
@@ -158,6 +181,32 @@ class LlamaConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"LlamaConfig: {name} must be a bool; got {getattr(self, name)!r}")
         object.__setattr__(self, "rope_scaling", self._normalize_rope_scaling(self.rope_scaling))
+        self._resolve_layer_sizes()
+
+    def _resolve_layer_sizes(self) -> None:
+        n, g, where = self.num_layers, self.num_groups, "LlamaConfig"
+        heads = layer_sizes(self.layer_heads, n, self.num_heads, "layer_heads", where)
+        kv = layer_sizes(self.layer_kv_heads, n, self.num_kv_heads, "layer_kv_heads", where)
+        if heads is not None:
+            for i, h in enumerate(heads):
+                if h % g:
+                    raise ValueError(
+                        f"LlamaConfig: layer_heads[{i}] = {h} must be a multiple of num_groups "
+                        f"= {g} (whole GQA groups are pruned)"
+                    )
+            derived = tuple(h // g for h in heads)
+            if kv is not None and kv != derived:
+                raise ValueError(
+                    f"LlamaConfig: layer_kv_heads {kv} must equal layer_heads // num_groups = "
+                    f"{derived}"
+                )
+            kv = derived
+        elif kv is not None:
+            heads = tuple(k * g for k in kv)
+        object.__setattr__(self, "layer_heads", heads)
+        object.__setattr__(self, "layer_kv_heads", kv)
+        mlp = layer_sizes(self.layer_mlp, n, self.intermediate_size, "layer_mlp", where)
+        object.__setattr__(self, "layer_mlp", mlp)
 
     def _normalize_rope_scaling(self, value: Any) -> tuple[tuple[str, Any], ...] | None:
         if value is None:
@@ -208,6 +257,21 @@ class LlamaConfig:
     def num_groups(self) -> int:
         """Query heads per key / value head, H / KV."""
         return self.num_heads // self.num_kv_heads
+
+    @property
+    def heads_per_layer(self) -> tuple[int, ...]:
+        """Query heads of every layer (``layer_heads``, or ``num_heads`` repeated)."""
+        return self.layer_heads or (self.num_heads,) * self.num_layers
+
+    @property
+    def kv_heads_per_layer(self) -> tuple[int, ...]:
+        """Key / value heads of every layer (``layer_kv_heads``, or ``num_kv_heads`` repeated)."""
+        return self.layer_kv_heads or (self.num_kv_heads,) * self.num_layers
+
+    @property
+    def mlp_per_layer(self) -> tuple[int, ...]:
+        """SwiGLU width of every layer (``layer_mlp``, or ``intermediate_size`` repeated)."""
+        return self.layer_mlp or (self.intermediate_size,) * self.num_layers
 
 
 LLM_VARIANTS: dict[str, dict[str, Any]] = {
@@ -370,12 +434,24 @@ class LlamaAttention(nnx.Module):
     """Grouped-query self-attention with RoPE and an optional KV cache.
 
     Attributes ``q_proj`` Linear(D, H*hd), ``k_proj`` / ``v_proj`` Linear(D, KV*hd),
-    ``o_proj`` Linear(H*hd, D) (biases as the config says).
+    ``o_proj`` Linear(H*hd, D) (biases as the config says), with H / KV the heads of layer
+    ``layer`` (``config.heads_per_layer`` / ``kv_heads_per_layer``: structured pruning may
+    leave fewer, or none: then the output is the ``o_proj`` bias).
     """
 
-    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any):
+    def __init__(
+        self,
+        config: LlamaConfig,
+        *,
+        layer: int = 0,
+        rngs: nnx.Rngs,
+        dtype: Any,
+        param_dtype: Any,
+    ):
         cfg = config
         self.config = cfg
+        self.num_heads = cfg.heads_per_layer[layer]
+        self.num_kv_heads = cfg.kv_heads_per_layer[layer]
 
         def linear(i: int, o: int, bias: bool) -> nnx.Linear:
             return nnx.Linear(
@@ -389,11 +465,20 @@ class LlamaAttention(nnx.Module):
                 rngs=rngs,
             )
 
-        d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        d, h, kv, hd = cfg.hidden_size, self.num_heads, self.num_kv_heads, cfg.head_dim
         self.q_proj = linear(d, h * hd, cfg.attention_bias)
         self.k_proj = linear(d, kv * hd, cfg.attention_bias)
         self.v_proj = linear(d, kv * hd, cfg.attention_bias)
         self.o_proj = linear(h * hd, d, cfg.attention_out_bias)
+
+    def project_qk(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Queries [B, T, H, hd] and keys [B, T, KV, hd] of ``x`` [B, T, D] (biases included)
+        WITHOUT RoPE: FEATHER's criterion reads them at its pruning layers only."""
+        cfg = self.config
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, cfg.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, cfg.head_dim)
+        return q, k
 
     def __call__(
         self,
@@ -413,22 +498,34 @@ class LlamaAttention(nnx.Module):
         D], probs [B, H, T, S] or None, (keys, values))``."""
         cfg = self.config
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
-        k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-        v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        q, k = self.project_qk(x)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, cfg.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             kc, vc = kv_cache
             k = jax.lax.dynamic_update_slice_in_dim(kc, k.astype(kc.dtype), offset, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(vc, v.astype(vc.dtype), offset, axis=1)
-        out, probs = _attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, return_attention)
-        return self.o_proj(out.reshape(b, t, -1)), probs, (k, v)
+        if self.num_heads == 0:  # every group pruned away: nothing to attend with
+            out = jnp.zeros((b, t, 0, cfg.head_dim), q.dtype)
+            probs = jnp.zeros((b, 0, t, k.shape[1]), _F32) if return_attention else None
+        else:
+            out, probs = _attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, return_attention)
+        return self.o_proj(out.reshape(b, t, self.num_heads * cfg.head_dim)), probs, (k, v)
 
 
 class LlamaMlp(nnx.Module):
-    """SwiGLU: ``down_proj(silu(gate_proj(x)) * up_proj(x))``."""
+    """SwiGLU: ``down_proj(silu(gate_proj(x)) * up_proj(x))``, of width
+    ``config.mlp_per_layer[layer]`` (0 after structured pruning leaves the ``down_proj`` bias)."""
 
-    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any):
+    def __init__(
+        self,
+        config: LlamaConfig,
+        *,
+        layer: int = 0,
+        rngs: nnx.Rngs,
+        dtype: Any,
+        param_dtype: Any,
+    ):
         kw = dict(
             use_bias=config.mlp_bias,
             kernel_init=_normal02,
@@ -437,7 +534,7 @@ class LlamaMlp(nnx.Module):
             param_dtype=param_dtype,
             rngs=rngs,
         )
-        d, f = config.hidden_size, config.intermediate_size
+        d, f = config.hidden_size, config.mlp_per_layer[layer]
         self.gate_proj = nnx.Linear(d, f, **kw)
         self.up_proj = nnx.Linear(d, f, **kw)
         self.down_proj = nnx.Linear(f, d, **kw)
@@ -461,10 +558,18 @@ def _rms_norm(config: LlamaConfig, dtype: Any, param_dtype: Any, rngs: nnx.Rngs)
 class LlamaBlock(nnx.Module):
     """Pre-norm decoder layer: ``x + self_attn(input_layernorm(x))``, then
     ``x + mlp(post_attention_layernorm(x))``. Same arguments and returns as
-    ``LlamaAttention``."""
+    ``LlamaAttention``; ``layer`` picks the sizes of a structurally pruned config."""
 
-    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any):
-        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    def __init__(
+        self,
+        config: LlamaConfig,
+        *,
+        layer: int = 0,
+        rngs: nnx.Rngs,
+        dtype: Any,
+        param_dtype: Any,
+    ):
+        kw = dict(layer=layer, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.input_layernorm = _rms_norm(config, dtype, param_dtype, rngs)
         self.self_attn = LlamaAttention(config, **kw)
         self.post_attention_layernorm = _rms_norm(config, dtype, param_dtype, rngs)
@@ -495,7 +600,7 @@ class LlamaBlock(nnx.Module):
         return x, probs, kv
 
 
-# ------------------------------------------------------------------------------ cache, FastV
+# ------------------------------------------------------------------------------ cache
 
 
 class KVCache(NamedTuple):
@@ -527,134 +632,19 @@ class KVCache(NamedTuple):
         return tuple(int(k.shape[1]) for k in self.keys)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class FastVSpec:
-    """FastV in-LLM token pruning (frozen, hashable: static under jit).
-
-    At layer ``layer`` (K), the image tokens ``[start, stop)`` of the input sequence (indices
-    into the current call's tokens, the same for every batch row) are scored by layer K-1's
-    attention probabilities: head-averaged, last query row (the last input token: batches must
-    be left-padded), image keys only (``pruneax.tokens.last_query_attention``). The top
-    ``num_keep`` (``pruneax.tokens.topk``: ties to the lower index) are kept in original
-    order; the other image tokens leave the sequence of layers >= K and their KV cache. Text
-    tokens are never dropped; kept tokens keep their original RoPE positions.
-
-    This is the published code's "inplace" variant (hidden states pruned during the prefill,
-    so the caches of layers >= K only ever hold the kept tokens, and decode steps continue at
-    the original positions), except that the selection runs per batch row (the published code
-    handles batch size 1). It acts on the prefill call that contains the image; decode calls
-    pass ``prune=None``.
-
-    Attributes:
-      start, stop: the image span ``[start, stop)``, N = stop - start image tokens.
-      layer: K >= 1 (the paper's default 2).
-      keep_ratio: keep ``round(N * keep_ratio)`` image tokens, in (0, 1].
-      drop_ratio: or drop ratio R in [0, 1): keep ``round(N * (1 - R))``. Give at most one
-        of the two; neither means R = 0.5 (the paper's default). Stored as given.
-
-    Raises:
-      ValueError: for non-int / out-of-range fields, both ratios, or a budget of 0 tokens.
-
-    References: Chen et al., "An Image is Worth 1/2 Tokens After Layer 2: Plug-and-Play
-      Inference Acceleration for Large Vision-Language Models" (FastV), ECCV 2024
-      (arXiv:2403.06764), Sec. 4 (K = 2, R = 50%).
-    """
-
-    start: int
-    stop: int
-    layer: int = 2
-    keep_ratio: float | None = None
-    drop_ratio: float | None = None
-
-    def __post_init__(self):
-        for name in ("start", "stop", "layer"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ValueError(f"FastVSpec: {name} must be an int; got {value!r}")
-            object.__setattr__(self, name, int(value))
-        if not 0 <= self.start < self.stop:
-            raise ValueError(
-                f"FastVSpec: need 0 <= start < stop; got start={self.start}, stop={self.stop}"
-            )
-        if self.layer < 1:
-            raise ValueError(
-                f"FastVSpec: layer must be >= 1 (it scores with layer - 1's attention); got "
-                f"{self.layer}"
-            )
-        if self.keep_ratio is not None and self.drop_ratio is not None:
-            raise ValueError(
-                f"FastVSpec: give keep_ratio or drop_ratio, not both; got {self.keep_ratio}, "
-                f"{self.drop_ratio}"
-            )
-        if self.keep_ratio is not None:
-            r = self.keep_ratio
-            if not _is_float(r) or not 0 < r <= 1:
-                raise ValueError(f"FastVSpec: keep_ratio must be in (0, 1]; got {r!r}")
-        if self.drop_ratio is not None:
-            r = self.drop_ratio
-            if not _is_float(r) or not 0 <= r < 1:
-                raise ValueError(f"FastVSpec: drop_ratio must be in [0, 1); got {r!r}")
-        if self.num_keep < 1:
-            raise ValueError(
-                f"FastVSpec: keeps no image token: N = {self.num_image}, keep_ratio="
-                f"{self.keep_ratio}, drop_ratio={self.drop_ratio}"
-            )
-
-    @property
-    def num_image(self) -> int:
-        """N = stop - start."""
-        return self.stop - self.start
-
-    @property
-    def num_keep(self) -> int:
-        """Image tokens kept: Python ``round(N * keep_ratio)`` or ``round(N * (1 - R))``."""
-        if self.keep_ratio is not None:
-            return round(self.num_image * self.keep_ratio)
-        r = 0.5 if self.drop_ratio is None else self.drop_ratio
-        return round(self.num_image * (1 - r))
-
-    @property
-    def num_dropped(self) -> int:
-        """Image tokens dropped, N - num_keep."""
-        return self.num_image - self.num_keep
-
-
-def fastv_keep_indices(spec: FastVSpec, attn: jax.Array, length: int, offset: Any = 0) -> jax.Array:
-    """The token indices FastV keeps, from layer K-1's attention probabilities.
-
-    Args:
-      spec: the ``FastVSpec``.
-      attn: [B, H, T, S] float attention probabilities of layer K-1 (S = T without a cache).
-      length: T, the call's tokens.
-      offset: the cache slot of the call's first token (0 without a cache).
-
-    Returns:
-      int32 [B, T - num_dropped]: ``arange(start)``, the kept image indices, ``arange(stop,
-      T)``, ascending (indices into the call's tokens).
-    """
-    n = spec.num_image
-    row = attn[:, :, -1:, :]  # [B, H, 1, S]: the last query
-    image = jax.lax.dynamic_slice_in_dim(row, offset + spec.start, n, axis=3)
-    scores = jax.vmap(lambda a: T.last_query_attention(a, start=0, stop=n))(image)
-    picked = jax.vmap(lambda s: T.topk(s, spec.num_keep))(scores) + spec.start
-    b = attn.shape[0]
-    head = jnp.broadcast_to(jnp.arange(spec.start, dtype=jnp.int32), (b, spec.start))
-    tail = jnp.broadcast_to(jnp.arange(spec.stop, length, dtype=jnp.int32), (b, length - spec.stop))
-    return jnp.concatenate([head, picked.astype(jnp.int32), tail], axis=1)
-
-
 def init_cache(
     config: LlamaConfig,
     batch: int,
     max_len: int,
     dtype: Any = jnp.float32,
     *,
-    prune: FastVSpec | None = None,
+    prune: PruneSpec | None = None,
 ) -> KVCache:
     """An empty ``KVCache`` for ``batch`` sequences of up to ``max_len`` tokens.
 
-    With ``prune``, layers >= ``prune.layer`` get ``max_len - prune.num_dropped`` slots (they
-    never see the dropped image tokens); the others ``max_len``.
+    With ``prune`` (a ``FastVSpec``, ``FeatherSpec`` or ``TodreSpec``), layer l gets
+    ``prune.tokens_per_layer(num_layers, max_len)[l]`` slots: the layers after a pruning layer
+    never see the dropped image tokens (FastV: ``max_len - num_dropped`` from ``layer`` on).
 
     Raises:
       ValueError: for a non-positive batch / max_len, or a ``prune`` that does not fit.
@@ -666,32 +656,18 @@ def init_cache(
             raise ValueError(f"init_cache: {name} must be a positive int; got {value!r}")
     sizes = [int(max_len)] * config.num_layers
     if prune is not None:
-        _check_prune(prune, config, int(max_len), "init_cache")
-        for i in range(prune.layer, config.num_layers):
-            sizes[i] = int(max_len) - prune.num_dropped
-    kv_shape = lambda s: (batch, s, config.num_kv_heads, config.head_dim)
+        check_prune(prune, config.num_layers, int(max_len), "init_cache")
+        sizes = list(prune.tokens_per_layer(config.num_layers, int(max_len)))
+    kv_heads = config.kv_heads_per_layer  # per layer: structured pruning may differ
+    kv_shape = lambda s, i: (batch, s, kv_heads[i], config.head_dim)
     return KVCache(
-        keys=tuple(jnp.zeros(kv_shape(s), dtype) for s in sizes),
-        values=tuple(jnp.zeros(kv_shape(s), dtype) for s in sizes),
+        keys=tuple(jnp.zeros(kv_shape(s, i), dtype) for i, s in enumerate(sizes)),
+        values=tuple(jnp.zeros(kv_shape(s, i), dtype) for i, s in enumerate(sizes)),
         positions=tuple(jnp.zeros((batch, s), jnp.int32) for s in sizes),
         valid=tuple(jnp.zeros((batch, s), bool) for s in sizes),
         lengths=jnp.zeros((config.num_layers,), jnp.int32),
         next_position=jnp.zeros((batch,), jnp.int32),
     )
-
-
-def _check_prune(prune: Any, config: LlamaConfig, length: int, where: str) -> None:
-    if not isinstance(prune, FastVSpec):
-        raise ValueError(f"{where}: prune must be a FastVSpec or None; got {type(prune).__name__}")
-    if prune.layer >= config.num_layers:
-        raise ValueError(
-            f"{where}: prune.layer must be < num_layers = {config.num_layers}; got {prune.layer}"
-        )
-    if prune.stop > length:
-        raise ValueError(
-            f"{where}: the image span [{prune.start}, {prune.stop}) must lie inside the "
-            f"{length} input tokens"
-        )
 
 
 # ------------------------------------------------------------------------------ model
@@ -701,21 +677,26 @@ def _check_prune(prune: Any, config: LlamaConfig, length: int, where: str) -> No
 class LlamaOutput:
     """What ``LlamaLM.__call__`` returns (a pytree: it passes through ``jax.jit``).
 
-    T' is the number of tokens that reach the last layer: T, or T - ``prune.num_dropped``
-    after FastV.
+    T' is the number of tokens that reach the last layer: T, or
+    ``prune.tokens_per_layer(num_layers, T)[-1]`` after pruning.
 
     Attributes:
       logits: [B, T', V] float32 (only the last ``logits_to_keep`` tokens when that is > 0).
         With an overflowing cache under jit (more tokens than slots) every logit is NaN.
       hidden: [B, T', D] the last hidden state, after the final RMSNorm.
       positions: [B, T'] int32 RoPE positions of the last layer's tokens.
-      kept: [B, T'] int32 indices (into the call's tokens) of the tokens the layers >=
-        ``prune.layer`` process; None without pruning.
+      kept: [B, T'] int32 ascending indices (into the call's tokens) of the tokens the last
+        layer processes; None without pruning (``arange(T)`` for a masking ``TodreSpec``).
       attentions: {layer: [B, H, T_l, S_l] float32 probabilities} for the layers in
         ``return_attention_at`` (S_l = T_l without a cache, the layer's cache size with one).
       hidden_states: when asked, the residual stream entering layer 0 and after each layer
-        (``num_layers + 1`` arrays, the last before the final norm; lengths shrink after FastV).
+        (``num_layers + 1`` arrays, the last before the final norm; lengths shrink after
+        pruning: entry l is the input of layer l BEFORE that layer prunes).
       cache: the updated ``KVCache``, or None when called without one.
+      prune_info: what the spec reports, or None without pruning / for FastV:
+        ``FeatherSpec``: ``"scores_{l}"`` float32 [B, N_l] the criterion over the image tokens
+        entering pruning layer l; ``TodreSpec``: ``"drop"`` bool [B], ``"text_to_visual"``,
+        ``"visual_to_text"`` float32 [B].
     """
 
     logits: jax.Array
@@ -725,6 +706,7 @@ class LlamaOutput:
     attentions: dict[int, jax.Array] = struct.field(default_factory=dict)
     hidden_states: tuple[jax.Array, ...] | None = None
     cache: KVCache | None = None
+    prune_info: dict[str, jax.Array] | None = None
 
 
 class LlamaLM(nnx.Module):
@@ -776,7 +758,7 @@ class LlamaLM(nnx.Module):
             rngs=rngs,
         )
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.layers = nnx.List([LlamaBlock(cfg, **kw) for _ in range(cfg.num_layers)])
+        self.layers = nnx.List([LlamaBlock(cfg, layer=i, **kw) for i in range(cfg.num_layers)])
         self.norm = _rms_norm(cfg, dtype, param_dtype, rngs)
         self.lm_head = (
             None
@@ -816,7 +798,7 @@ class LlamaLM(nnx.Module):
         attention_mask: jax.Array | None = None,
         return_attention_at: tuple[int, ...] = (),
         return_hidden_states: bool = False,
-        prune: FastVSpec | None = None,
+        prune: PruneSpec | None = None,
         logits_to_keep: int = 0,
     ) -> LlamaOutput:
         """Runs the decoder on T new tokens (a whole prompt, or a prefill / decode chunk).
@@ -835,8 +817,10 @@ class LlamaLM(nnx.Module):
             every row is real (FastV scores with it, ``next_position`` follows it).
           return_attention_at: layers whose attention probabilities to return (static).
           return_hidden_states: also return the residual stream before / after each layer.
-          prune: a ``FastVSpec`` (static) to prune image tokens at ``prune.layer``; the cache,
-            if any, must have room (``init_cache(..., prune=prune)`` sizes it).
+          prune: a ``FastVSpec``, ``FeatherSpec`` or ``TodreSpec`` (static) pruning the image
+            tokens ``[prune.start, prune.stop)`` of this call at its ``pruning_layers``; the
+            cache, if any, must have room (``init_cache(..., prune=prune)`` sizes it). Decode
+            calls after a pruned prefill pass None.
           logits_to_keep: compute logits for the last n tokens only (0: all; static).
 
         Returns:
@@ -855,9 +839,11 @@ class LlamaLM(nnx.Module):
             self._check_cache(cache, b)
         asked = _layers(return_attention_at, cfg.num_layers)
         want = set(asked)  # the layers whose probabilities are computed explicitly
+        events: tuple[int, ...] = ()  # the layers at whose input the spec acts
         if prune is not None:
-            _check_prune(prune, cfg, t, "LlamaLM")
-            want = want | {prune.layer - 1}
+            check_prune(prune, cfg.num_layers, t, "LlamaLM")
+            want = want | prune._attention_layers(cfg.num_layers)
+            events = prune.pruning_layers(cfg.num_layers)
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int):
             raise ValueError(f"LlamaLM: logits_to_keep must be an int; got {logits_to_keep!r}")
         if logits_to_keep < 0:
@@ -868,24 +854,37 @@ class LlamaLM(nnx.Module):
         # tokens each layer processes (and appends to its cache)
         tokens = [t] * cfg.num_layers
         if prune is not None:
-            tokens[prune.layer :] = [t - prune.num_dropped] * (cfg.num_layers - prune.layer)
+            tokens = list(prune.tokens_per_layer(cfg.num_layers, t))
         if cache is not None:
             _check_room(cache, tokens)
 
         cos, sin = self.rope(positions)
-        kept = None
+        kept = None if prune is None else jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        info: dict[str, jax.Array] = {}
         attentions: dict[int, jax.Array] = {}
         hidden_states = [x]
         new = {"keys": [], "values": [], "positions": [], "valid": []}
         overflow = jnp.zeros((), bool)
         for i, layer in enumerate(self.layers):
-            if prune is not None and i == prune.layer:
-                offset = cache.lengths[i - 1] if cache is not None else 0
-                kept = fastv_keep_indices(prune, attentions[i - 1], t, offset)
-                x = jnp.take_along_axis(x, kept[..., None], axis=1)
-                positions = jnp.take_along_axis(positions, kept, axis=1)
-                valid = jnp.take_along_axis(valid, kept, axis=1)
-                cos, sin = self.rope(positions)
+            if i in events:
+                step = prune._apply(
+                    i,
+                    cfg.num_layers,
+                    x=x,
+                    valid=valid,
+                    attn=attentions.get(i - 1),
+                    offset=cache.lengths[i - 1] if cache is not None and i > 0 else 0,
+                    block=layer,
+                )
+                info.update(step.info)
+                if step.keep is not None:  # tokens leave: gather, ORIGINAL positions kept
+                    kept = jnp.take_along_axis(kept, step.keep, axis=1)
+                    x = jnp.take_along_axis(x, step.keep[..., None], axis=1)
+                    positions = jnp.take_along_axis(positions, step.keep, axis=1)
+                    valid = jnp.take_along_axis(valid, step.keep, axis=1)
+                    cos, sin = self.rope(positions)
+                if step.hide is not None:  # out of the keys (and cache) of this layer on
+                    valid = valid & ~step.hide
             tl = x.shape[1]
             if cache is not None:
                 offset = cache.lengths[i]
@@ -933,6 +932,7 @@ class LlamaLM(nnx.Module):
             attentions={i: a for i, a in attentions.items() if i in asked},
             hidden_states=tuple(hidden_states) if return_hidden_states else None,
             cache=new_cache,
+            prune_info=info or None,
         )
 
     # -------------------------------------------------------------------------- input checks
@@ -998,7 +998,7 @@ class LlamaLM(nnx.Module):
             zip(cache.keys, cache.values, cache.positions, cache.valid, strict=True)
         ):
             s = k.shape[1] if k.ndim == 4 else -1
-            want = (b, s, cfg.num_kv_heads, cfg.head_dim)
+            want = (b, s, cfg.kv_heads_per_layer[i], cfg.head_dim)
             if k.shape != want or v.shape != want or p.shape != (b, s) or m.shape != (b, s):
                 raise ValueError(
                     f"LlamaLM: cache layer {i} must hold keys / values [B, S, KV, hd] = {want} "
@@ -1046,13 +1046,16 @@ class GenerationOutput:
 
     Attributes:
       tokens: [B, max_new_tokens] int32 generated tokens (``pad_token_id`` after a row's EOS).
-      kept: [B, T'] int32 prompt tokens kept by FastV, or None without pruning.
+      kept: [B, T'] int32 prompt tokens the last layer kept (``LlamaOutput.kept``), or None
+        without pruning.
       cache: the final ``KVCache`` (prompt + all generated tokens but the last).
+      prune_info: the prefill's ``LlamaOutput.prune_info``.
     """
 
     tokens: jax.Array
     kept: jax.Array | None
     cache: KVCache
+    prune_info: dict[str, jax.Array] | None = None
 
 
 def generate_greedy(
@@ -1063,7 +1066,7 @@ def generate_greedy(
     inputs_embeds: jax.Array | None = None,
     attention_mask: jax.Array | None = None,
     positions: jax.Array | None = None,
-    prune: FastVSpec | None = None,
+    prune: PruneSpec | None = None,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
     cache_dtype: Any = None,
@@ -1072,7 +1075,7 @@ def generate_greedy(
     single-token decode steps).
 
     The prompt (``input_ids`` or ``inputs_embeds``, optionally left-padded with
-    ``attention_mask``, optionally FastV-pruned with ``prune``) fills a cache of ``T +
+    ``attention_mask``, optionally pruned with ``prune``) fills a cache of ``T +
     max_new_tokens - 1`` slots (``init_cache``), then each step feeds the argmax token back.
     Always produces ``max_new_tokens`` tokens (no early stop): after a row emits
     ``eos_token_id`` it gets ``pad_token_id`` (default: the EOS id), as HF's ``generate``
@@ -1084,7 +1087,7 @@ def generate_greedy(
       max_new_tokens: tokens to generate, >= 1 (static).
       attention_mask: [B, T] prompt validity (left padding).
       positions: [B, T] prompt positions (default as ``LlamaLM.__call__``).
-      prune: a ``FastVSpec`` applied to the prompt (static).
+      prune: a ``FastVSpec``, ``FeatherSpec`` or ``TodreSpec`` applied to the prompt (static).
       eos_token_id, pad_token_id: see above (static).
       cache_dtype: dtype of the cache (default: the model's compute dtype).
 
@@ -1158,4 +1161,4 @@ def _generate(
         step, (first, out.cache, done), None, length=max_new_tokens - 1
     )
     tokens = jnp.concatenate([first[:, None], rest.T], axis=1)
-    return GenerationOutput(tokens=tokens, kept=out.kept, cache=cache)
+    return GenerationOutput(tokens=tokens, kept=out.kept, cache=cache, prune_info=out.prune_info)

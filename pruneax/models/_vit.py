@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from pruneax.models._common import PatchGrid, check_images, is_size
+from pruneax.models._common import PatchGrid, check_images, is_size, layer_sizes
 from pruneax.models._vit_plan import PruningPlan, apply_stage
 
 POS_EMBEDS = ("learned", "sincos", "none")
@@ -74,12 +74,19 @@ class ViTConfig(PatchGrid):
       qkv_bias: biases on the query / key / value projections.
       pooler: HF ``ViTModel``'s pooler: ``tanh(dense(pooled))`` in ``ViTOutput.pooler_output``.
       patch_bias: bias on the patch-embedding conv (CLIP has none).
+      layer_heads: heads kept by each block after structured pruning (``num_layers`` ints in
+        ``[0, num_heads]``), or None: ``num_heads`` in every block. ``num_heads`` stays the
+        unpruned count, so ``head_dim = hidden_size // num_heads`` survives pruning. A block
+        with 0 heads adds only the output bias (its attention is a residual identity).
+        Stored as a tuple.
+      layer_mlp: MLP hidden width of each block (``num_layers`` ints in ``[0, mlp_dim]``), or
+        None: ``mlp_dim`` everywhere. A width of 0 leaves only ``fc2``'s bias.
 
     Raises:
       ValueError: for non-positive sizes, an image size not divisible by the patch size, a
-        hidden size not divisible by the heads, unknown option strings, or inconsistent token
+        hidden size not divisible by the heads, unknown option strings, inconsistent token
         options (``pool="cls"`` without ``class_token``, ``"cls_dist"`` without a distillation
-        token or classes).
+        token or classes), or ``layer_heads`` / ``layer_mlp`` of the wrong length or range.
     """
 
     image_size: int | tuple[int, int] = 224
@@ -102,6 +109,8 @@ class ViTConfig(PatchGrid):
     qkv_bias: bool = True
     pooler: bool = False
     patch_bias: bool = True
+    layer_heads: tuple[int, ...] | None = None
+    layer_mlp: tuple[int, ...] | None = None
 
     def __post_init__(self):
         size = self.image_size
@@ -177,6 +186,24 @@ class ViTConfig(PatchGrid):
                 f"num_classes > 0; got distillation_token={self.distillation_token}, "
                 f"num_classes={self.num_classes}"
             )
+        for name, top in (("layer_heads", self.num_heads), ("layer_mlp", self.mlp_dim)):
+            value = layer_sizes(getattr(self, name), self.num_layers, top, name, "ViTConfig")
+            object.__setattr__(self, name, value)
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head, ``hidden_size // num_heads`` (fixed under pruning)."""
+        return self.hidden_size // self.num_heads
+
+    @property
+    def heads_per_layer(self) -> tuple[int, ...]:
+        """Attention heads of every block (``layer_heads``, or ``num_heads`` repeated)."""
+        return self.layer_heads or (self.num_heads,) * self.num_layers
+
+    @property
+    def mlp_per_layer(self) -> tuple[int, ...]:
+        """MLP hidden width of every block (``layer_mlp``, or ``mlp_dim`` repeated)."""
+        return self.layer_mlp or (self.mlp_dim,) * self.num_layers
 
     @property
     def num_pos_prefix(self) -> int:
@@ -298,15 +325,18 @@ def _activation(name: str, x: jax.Array) -> jax.Array:
 class Attention(nnx.Module):
     """Multi-head self-attention with explicit float32 softmax probabilities.
 
-    Attributes ``query``, ``key``, ``value``, ``out``: ``nnx.Linear(D, D)``.
+    Attributes ``query``, ``key``, ``value``: ``nnx.Linear(D, H * hd)``; ``out``:
+    ``nnx.Linear(H * hd, D)`` (``H * hd = D`` unless structurally pruned).
 
     Shapes:
       ``x`` [B, T, D]; optional ``size`` [B, T] token sizes. Returns ``(out [B, T, D],
-      probs [B, H, T, T] float32 or None, keys [B, H, T, D/H] or None)``.
+      probs [B, H, T, T] float32 or None, keys [B, H, T, hd] or None)``.
 
     Args:
       dim: token width D.
-      num_heads: heads H (``dim % num_heads == 0``).
+      num_heads: heads H (``dim % num_heads == 0`` unless ``head_dim`` is given); 0 (a fully
+        pruned block) makes the output the ``out`` bias.
+      head_dim: width hd of one head; None means ``dim // num_heads``.
       qkv_bias: biases on the query / key / value projections.
       dtype: computation dtype; the logits and the softmax are float32 whatever it is.
       param_dtype: parameter dtype.
@@ -325,18 +355,20 @@ class Attention(nnx.Module):
         dim: int,
         num_heads: int,
         *,
+        head_dim: int | None = None,
         qkv_bias: bool = True,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = dim // num_heads if head_dim is None else head_dim
+        inner = num_heads * self.head_dim
 
-        def linear(bias: bool) -> nnx.Linear:
+        def linear(bias: bool, out: bool = False) -> nnx.Linear:
             return nnx.Linear(
-                dim,
-                dim,
+                inner if out else dim,
+                dim if out else inner,
                 use_bias=bias,
                 kernel_init=_trunc02,
                 bias_init=_zeros,
@@ -348,7 +380,7 @@ class Attention(nnx.Module):
         self.query = linear(qkv_bias)
         self.key = linear(qkv_bias)
         self.value = linear(qkv_bias)
-        self.out = linear(True)
+        self.out = linear(True, out=True)
 
     def __call__(
         self,
@@ -359,7 +391,7 @@ class Attention(nnx.Module):
         return_keys: bool = False,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         """``(out, probs or None, keys or None)``; ``size`` adds ``log(size)`` over the keys."""
-        b, t, d = x.shape
+        b, t, _ = x.shape
         shape = (b, t, self.num_heads, self.head_dim)
         q = self.query(x).reshape(shape)
         k = self.key(x).reshape(shape)
@@ -373,8 +405,8 @@ class Attention(nnx.Module):
                 )
             logits = logits + jnp.log(size.astype(jnp.float32))[:, None, None, :]
         probs = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v).reshape(b, t, d)
-        out = self.out(out)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+        out = self.out(out.reshape(b, t, self.num_heads * self.head_dim))
         return (
             out,
             probs if return_attention else None,
@@ -383,7 +415,8 @@ class Attention(nnx.Module):
 
 
 class Mlp(nnx.Module):
-    """``fc2(act(fc1(x)))``: ``fc1`` = ``nnx.Linear(D, mlp_dim)``, ``fc2`` = back to D."""
+    """``fc2(act(fc1(x)))``: ``fc1`` = ``nnx.Linear(D, mlp_dim)``, ``fc2`` = back to D
+    (``hidden`` = 0, a fully pruned MLP, leaves ``fc2``'s bias)."""
 
     def __init__(
         self,
@@ -421,14 +454,25 @@ def _layer_norm(config: ViTConfig, dtype: Any, param_dtype: Any, rngs: nnx.Rngs)
 class Block(nnx.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
 
-    Returns ``(x [B, T, D], probs or None, keys or None)`` as ``Attention`` does.
+    Returns ``(x [B, T, D], probs or None, keys or None)`` as ``Attention`` does. ``layer``
+    picks the block's heads and MLP width from ``config.heads_per_layer`` /
+    ``config.mlp_per_layer`` (structured pruning).
     """
 
-    def __init__(self, config: ViTConfig, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        config: ViTConfig,
+        *,
+        layer: int = 0,
+        dtype: Any,
+        param_dtype: Any,
+        rngs: nnx.Rngs,
+    ):
         self.norm1 = _layer_norm(config, dtype, param_dtype, rngs)
         self.attn = Attention(
             config.hidden_size,
-            config.num_heads,
+            config.heads_per_layer[layer],
+            head_dim=config.head_dim,
             qkv_bias=config.qkv_bias,
             dtype=dtype,
             param_dtype=param_dtype,
@@ -437,7 +481,7 @@ class Block(nnx.Module):
         self.norm2 = _layer_norm(config, dtype, param_dtype, rngs)
         self.mlp = Mlp(
             config.hidden_size,
-            config.mlp_dim,
+            config.mlp_per_layer[layer],
             act=config.hidden_act,
             dtype=dtype,
             param_dtype=param_dtype,
@@ -576,8 +620,8 @@ class ViT(nnx.Module):
         self.pre_norm = _layer_norm(cfg, dtype, param_dtype, rngs) if cfg.pre_norm else None
         self.blocks = nnx.List(
             [
-                Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                for _ in range(cfg.num_layers)
+                Block(cfg, layer=i, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                for i in range(cfg.num_layers)
             ]
         )
         self.norm = _layer_norm(cfg, dtype, param_dtype, rngs) if cfg.final_norm != "none" else None
@@ -649,7 +693,8 @@ class ViT(nnx.Module):
 
         Raises:
           ValueError: for images of the wrong rank, size, channels or dtype, or a plan that
-            is not a ``PruningPlan`` or does not fit this model.
+            is not a ``PruningPlan``, does not fit this model, or scores tokens with the
+            attention of a block that structured pruning left with 0 heads.
         """
         cfg = self.config
         check_images(images, (*cfg.image_hw, cfg.num_channels), "ViT")
@@ -661,6 +706,12 @@ class ViT(nnx.Module):
             if not isinstance(plan, PruningPlan):
                 raise ValueError(f"ViT: plan must be a PruningPlan or None; got {type(plan)}")
             plan.validate(cfg.num_layers, self.num_patches)
+            for i, heads in enumerate(cfg.heads_per_layer):
+                if heads == 0 and any(plan.wants(i)):
+                    raise ValueError(
+                        f"ViT: the plan scores tokens with block {i}'s attention, but "
+                        "structured pruning left that block 0 heads (config.layer_heads)"
+                    )
         x = self.embed(images)
         if self.pre_norm is not None:
             x = self.pre_norm(x)

@@ -11,8 +11,21 @@
 - ``load_vit(path)``: a ``ViT`` from a Hugging Face ``save_pretrained`` directory
   (``config.json`` + safetensors) of ViT, DeiT or CLIP; no torch needed.
 - ``LlamaLM`` / ``LlamaConfig`` / ``llm_config(name)``: Llama-family decoder (RMSNorm, RoPE with
-  explicit positions, GQA, SwiGLU, KV cache), FastV in-LLM pruning (``FastVSpec``) and
-  ``generate_greedy``; ``load_llm(path)`` imports HF ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``.
+  explicit positions, GQA, SwiGLU, KV cache) and ``generate_greedy``; ``load_llm(path)`` imports
+  HF ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``. In-LLM visual-token pruning: one static spec
+  passed as ``prune=``: ``FastVSpec``, ``FeatherSpec`` (two stages, no-RoPE criterion + uniform
+  grid), ``TodreSpec`` (ToDRE stage 2: drop every image token when the text-visual attention
+  shares fall below tau).
+- ``VLM`` / ``VLMConfig``: LLaVA-style vision-language model (ViT hidden state -2 -> MLP
+  projector -> ``LlamaLM``) with pre-LLM visual-token selection (``VisualSelect``: FasterVLM,
+  DivPrune, k-center, max-sum, MMTok coverage with the question, HiPrune, HoloV, random,
+  uniform) combinable with the in-LLM specs; ``vlm_prefill_flops``.
+- Structured pruning (ViT and LlamaLM): ``head_importance`` / ``mlp_importance`` (magnitude or
+  first-order Taylor, ``taylor_grads``), ``allocate_units`` (global allocation under a parameter
+  or FLOPs budget -> ``StructuredKeep``), ``prune_structured`` (physically smaller model with
+  per-layer ``layer_heads`` / ``layer_mlp`` in its config), ``config_to_json`` /
+  ``config_from_json``, ``save_pruned`` / ``load_pruned``, ``config_param_count``,
+  ``config_flops``, ``unit_counts``.
 - ``MambaLM`` / ``MambaMixer`` / ``MambaConfig``: Mamba (selective state-space) language model
   and mixer; ``load_mamba(path)`` imports a Hugging Face ``MambaForCausalLM`` / ``MambaModel``.
 - ``Vim`` / ``VimConfig`` / ``vim_config(name)``: Vision Mamba (hustvl/Vim v2, bidirectional,
@@ -43,6 +56,7 @@ from pruneax.models._llm import (
 from pruneax.models._llm_hf import (
     load_llm,
 )
+from pruneax.models._llm_prune import FeatherSpec, TodreSpec, feather_criterion, todre_shares
 from pruneax.models._mamba import (
     MambaBlock,
     MambaConfig,
@@ -52,6 +66,21 @@ from pruneax.models._mamba import (
     load_mamba,
 )
 from pruneax.models._resnet import RESNET_VARIANTS, CifarResNet, ResNet20
+from pruneax.models._structured import (
+    StructuredKeep,
+    allocate_units,
+    config_flops,
+    config_from_json,
+    config_param_count,
+    config_to_json,
+    head_importance,
+    load_pruned,
+    mlp_importance,
+    prune_structured,
+    save_pruned,
+    taylor_grads,
+    unit_counts,
+)
 from pruneax.models._vim import (
     VIM_METRICS,
     VIM_MODES,
@@ -69,6 +98,16 @@ from pruneax.models._vim import (
 )
 from pruneax.models._vit import VIT_VARIANTS, ViT, ViTConfig, ViTOutput, vit_config
 from pruneax.models._vit_plan import PruneStage, PruningPlan
+from pruneax.models._vlm import (
+    VLM,
+    VLM_SELECT_METHODS,
+    VisualSelect,
+    VLMConfig,
+    VLMOutput,
+    llm_tokens_per_layer,
+    uniform_visual_indices,
+    vlm_prefill_flops,
+)
 
 __all__ = [
     "CONVNET_VARIANTS",
@@ -78,10 +117,13 @@ __all__ = [
     "VIM_MODES",
     "VIM_VARIANTS",
     "VIT_VARIANTS",
+    "VLM",
+    "VLM_SELECT_METHODS",
     "BiMambaMixer",
     "CifarResNet",
     "ConvNet",
     "FastVSpec",
+    "FeatherSpec",
     "GenerationOutput",
     "KVCache",
     "LeNet300100",
@@ -96,6 +138,10 @@ __all__ = [
     "PruneStage",
     "PruningPlan",
     "ResNet20",
+    "StructuredKeep",
+    "TodreSpec",
+    "VLMConfig",
+    "VLMOutput",
     "ViT",
     "ViTConfig",
     "ViTOutput",
@@ -105,15 +151,33 @@ __all__ = [
     "VimOutput",
     "VimPruneStage",
     "VimPruningPlan",
+    "VisualSelect",
+    "allocate_units",
+    "config_flops",
+    "config_from_json",
+    "config_param_count",
+    "config_to_json",
+    "feather_criterion",
     "generate_greedy",
+    "head_importance",
     "init_cache",
     "llm_config",
+    "llm_tokens_per_layer",
     "load_llm",
     "load_mamba",
+    "load_pruned",
     "load_vit",
+    "mlp_importance",
     "param_count",
+    "prune_structured",
+    "save_pruned",
+    "taylor_grads",
+    "todre_shares",
+    "uniform_visual_indices",
+    "unit_counts",
     "vim_config",
     "vim_flops",
     "vim_token_scores",
     "vit_config",
+    "vlm_prefill_flops",
 ]

@@ -123,7 +123,13 @@ class Progress(dict):
 
 
 class Checkpoints:
-    """orbax: the leaves of a pytree (e.g. params and optimizer state) at a step, plus JSON."""
+    """orbax: the leaves of a pytree (e.g. params and optimizer state) at a step, plus JSON.
+
+    Leaves are saved as the (possibly sharded, possibly multi-host) ``jax.Array``s they are:
+    every process calls ``save`` and orbax writes each shard once. ``latest`` restores each
+    leaf straight into the sharding of the matching leaf of ``like``, so a checkpoint written
+    on 8 devices (or 2 hosts) restores on 1, and the other way round.
+    """
 
     def __init__(self, directory: pathlib.Path, max_to_keep: int = 2):
         import orbax.checkpoint as ocp
@@ -133,26 +139,42 @@ class Checkpoints:
             directory.resolve(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
         )
 
+    @staticmethod
+    def _target(leaf):
+        if isinstance(leaf, jax.Array):
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+        leaf = np.asarray(leaf)
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+
     def latest(self, like):
-        """``(step, tree shaped like ``like``, meta)`` of the newest checkpoint, or None."""
+        """``(step, tree shaped like ``like``, meta)`` of the newest checkpoint, or None.
+
+        Raises:
+          ValueError: if the checkpoint holds a different set of leaves than ``like``.
+        """
         step = self.manager.latest_step()
         if step is None:
             return None
-        got = self.manager.restore(
-            step,
-            args=self.ocp.args.Composite(
-                state=self.ocp.args.StandardRestore(), meta=self.ocp.args.JsonRestore()
-            ),
-        )
         leaves, treedef = jax.tree.flatten(like)
-        stored = got["state"]["leaves"]
-        if len(stored) != len(leaves):
-            raise ValueError("checkpoint does not match the model; use a new --workdir")
-        restored = [jnp.asarray(stored[f"{i:05d}"]) for i in range(len(leaves))]
-        return step, jax.tree.unflatten(treedef, restored), got["meta"]
+        target = {"leaves": {f"{i:05d}": self._target(v) for i, v in enumerate(leaves)}}
+        try:
+            got = self.manager.restore(
+                step,
+                args=self.ocp.args.Composite(
+                    state=self.ocp.args.StandardRestore(target), meta=self.ocp.args.JsonRestore()
+                ),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError("checkpoint does not match the model; use a new --workdir") from e
+        restored = got["state"]["leaves"]
+        return (
+            step,
+            jax.tree.unflatten(treedef, [restored[f"{i:05d}"] for i in range(len(leaves))]),
+            got["meta"],
+        )
 
     def save(self, step: int, state, meta: dict) -> None:
-        leaves = {f"{i:05d}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(state))}
+        leaves = {f"{i:05d}": v for i, v in enumerate(jax.tree.leaves(state))}
         self.manager.save(
             step,
             args=self.ocp.args.Composite(

@@ -8,11 +8,19 @@ flag), then ``jax.devices()`` spans all hosts and each host feeds the slice of t
 that lives on its devices (``shard_batch`` does this with
 ``jax.make_array_from_process_local_data``).
 
+Parameter sharding (for the LLM): ``model_mesh(model=m)`` is a 2-D mesh ``("data", "model")``;
+``llm_param_specs`` gives Megatron-style specs for a ``LlamaLM``'s parameters (column-parallel
+q / k / v / gate / up kernels and the LM head, row-parallel o / down kernels, the embedding
+sharded along the vocabulary, norms replicated) and ``shard_params`` places them. jit then
+partitions every matmul (GSPMD) and inserts the collectives; the batch stays sharded along
+``"data"`` only. Each device holds about 1/m of the projection weights.
+
 Test without accelerators: ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -31,18 +39,93 @@ def data_mesh(devices: list | None = None) -> Mesh:
     return Mesh(np.asarray(devices), ("data",))
 
 
+def model_mesh(model: int, devices: list | None = None) -> Mesh:
+    """A 2-D mesh ``("data", "model")``: ``model`` devices per model-parallel group.
+
+    Raises:
+      ValueError: if ``model`` does not divide the number of devices.
+    """
+    devices = jax.devices() if devices is None else devices
+    if isinstance(model, bool) or not isinstance(model, int) or model < 1:
+        raise ValueError(f"model_mesh: model must be a positive int; got {model!r}")
+    if len(devices) % model:
+        raise ValueError(
+            f"model_mesh: model={model} must divide the number of devices ({len(devices)})"
+        )
+    grid = np.asarray(devices).reshape(len(devices) // model, model)
+    return Mesh(grid, ("data", "model"))
+
+
+# Megatron-style layout of a LlamaLM (leaf paths as ``nnx.state`` names them):
+# column-parallel kernels [in, out] split ``out``; row-parallel kernels split ``in``.
+_LLM_RULES: tuple[tuple[str, PartitionSpec], ...] = (
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$", PartitionSpec(None, "model")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/bias$", PartitionSpec("model")),
+    (r"(o_proj|down_proj)/kernel$", PartitionSpec("model", None)),
+    (r"lm_head/kernel$", PartitionSpec(None, "model")),
+    (r"embed_tokens/embedding$", PartitionSpec("model", None)),
+)
+
+
+def llm_param_specs(params: Any, mesh: Mesh) -> Any:
+    """``PartitionSpec`` per leaf of a ``LlamaLM``'s parameter state (see the module docstring).
+
+    A leaf whose sharded dimension is not a multiple of the ``"model"`` axis size (e.g. 2 KV
+    heads on 4 devices) is replicated instead; so is every leaf no rule names (norm scales,
+    biases of o / down). Works on any pytree whose paths carry these names.
+    """
+    size = mesh.shape["model"]
+
+    def spec(path, leaf):
+        parts = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path]
+        name = re.sub(r"/value$", "", "/".join(map(str, parts)))
+        for pattern, p in _LLM_RULES:
+            if re.search(pattern, name):
+                dim = next(i for i, a in enumerate(p) if a == "model")
+                if jax.numpy.ndim(leaf) > dim and leaf.shape[dim] % size == 0:
+                    return p
+                break
+        return PartitionSpec()
+
+    return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def shard_params(params: Any, mesh: Mesh, specs: Any) -> Any:
+    """``params`` placed with ``NamedSharding(mesh, spec)`` leaf by leaf."""
+    return jax.tree.map(
+        lambda x, p: jax.device_put(x, NamedSharding(mesh, p)),
+        params,
+        specs,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Every leaf fully replicated over ``mesh``."""
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def batch_multiple(mesh: Mesh) -> int:
-    """Global batch sizes must be a multiple of this (the number of devices on the mesh)."""
-    return mesh.devices.size
+    """Global batch sizes must be a multiple of this (the devices along ``"data"``)."""
+    return mesh.shape["data"]
+
+
+def constrain_batch(x: Any, mesh: Mesh) -> Any:
+    """Inside jit: ask for every leaf to be sharded along axis 0 over ``"data"``.
+
+    For batches built inside a jitted loop (e.g. gathered from a replicated training set in a
+    ``lax.scan``). A leaf whose batch size does not divide is left to the compiler.
+    """
+    n = batch_multiple(mesh)
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return jax.tree.map(
+        lambda a: jax.lax.with_sharding_constraint(a, sharding) if a.shape[0] % n == 0 else a, x
+    )
 
 
 def shard_batch(x: Any, mesh: Mesh) -> Any:
-    """Shards every leaf of a (global) batch along axis 0 over the ``"data"`` axis.
+    """Shards every leaf of a (global) batch along axis 0 over the ``"data"`` axis (replicated
+    along ``"model"`` on a 2-D mesh; multi-host runs keep each model group within one host).
 
     Raises:
       ValueError: if a leaf's batch size is not a multiple of the number of devices.
@@ -54,7 +137,7 @@ def shard_batch(x: Any, mesh: Mesh) -> Any:
         if a.shape[0] % n:
             raise ValueError(
                 f"shard_batch: batch size {a.shape[0]} is not a multiple of the {n} devices "
-                "on the mesh; choose a batch size divisible by the device count"
+                "along the mesh's data axis; choose a batch size divisible by that count"
             )
         if jax.process_count() == 1:
             return jax.device_put(a, sharding)

@@ -37,6 +37,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from experiments import _parallel as par
 from pruneax import data as pdata
 from pruneax import models
 from pruneax import weights as W
@@ -206,6 +207,12 @@ class Trainer:
 
     def __init__(self, cfg: Config, model: nnx.Module):
         self.cfg = cfg
+        # data parallel over every device: the training set and the parameters are replicated,
+        # each step's gathered batch is sharded along "data" (identity on one device)
+        self.mesh = par.data_mesh()
+        n = par.batch_multiple(self.mesh)
+        if cfg.batch_size % n:
+            raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of the {n} devices")
         self.inner = _optimizer(cfg)
         self.tx = W.masked_optimizer(self.inner)  # one object: the jitted chunk compiles once
         model.train()
@@ -227,7 +234,7 @@ class Trainer:
         def body(carry, inputs):
             params, rest, opt_state = carry
             idx, key = inputs
-            x, y = x_train[idx], y_train[idx]
+            x, y = par.constrain_batch((x_train[idx], y_train[idx]), self.mesh)
             if self.cfg.augment:
                 x = _augment(key, x)
             (loss, rest), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, x, y)
@@ -241,7 +248,7 @@ class Trainer:
 
     def _eval_impl(self, params, rest, x, y):
         def one(batch):
-            xb, yb = batch
+            xb, yb = par.constrain_batch(batch, self.mesh)
             logits = nnx.merge(self.graph_eval, params, rest)(xb)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
             return loss.sum(), (jnp.argmax(logits, -1) == yb).sum()
@@ -278,6 +285,7 @@ class Trainer:
         """
         cfg = self.cfg
         tx = self.tx
+        params, rest, masks, data = par.replicate((params, rest, masks, data), self.mesh)
         params = W.apply_masks(params, masks)
         opt_state = W.set_masks(tx.init(params), masks, self.inner)
         # the lr schedule counts from `start`: rewound runs continue the schedule at iteration k
@@ -742,6 +750,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--workdir", help="results, plots and checkpoints go here")
     parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: call jax.distributed.initialize() first (TPU pods)",
+    )
+    parser.add_argument(
         "--summarize", nargs="+", metavar="WORKDIR", help="merge finished runs into --out"
     )
     parser.add_argument(
@@ -760,6 +773,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rewind_iteration", type=int, help="override the rewind point")
     parser.add_argument("--model", help="override the model (lenet300100, conv2/4/6, resnet20)")
     args = parser.parse_args(argv)
+    if args.distributed:
+        par.initialize_distributed()
     if args.summarize:
         if not args.out:
             parser.error("--summarize needs --out")

@@ -650,6 +650,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--workdir", required=True, help="results, plots and checkpoints go here")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: call jax.distributed.initialize() first (TPU pods)",
+    )
     parser.add_argument("--data_dir", default=None, help="dataset dir (or PRUNEAX_DATA_DIR)")
     parser.add_argument("--iterations", type=int, help="override training iterations")
     parser.add_argument("--modes", nargs="+", choices=MODE_KEYS, help="override the modes")
@@ -657,6 +662,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval_size", type=int, help="override the test images evaluated")
     parser.add_argument("--finetune_steps", type=int, help="override the fine-tuning steps")
     args = parser.parse_args(argv)
+    if args.distributed:
+        common.par.initialize_distributed()
     cfg = PRESETS[args.preset]
     overrides = {
         "iterations": args.iterations,

@@ -15,6 +15,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -126,3 +127,112 @@ def test_shard_batch_refuses_an_indivisible_batch():
     )
     out = _run(code, 8)
     assert "not a multiple of the 8 devices" in out["error"]
+
+
+LLM = textwrap.dedent(
+    """
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from flax import nnx
+    from jax.sharding import PartitionSpec as P
+    from pruneax.models import LlamaLM, llm_config
+    from experiments import _parallel as par
+
+    cfg = llm_config("tiny", num_heads=4, num_kv_heads=2, hidden_size=64, intermediate_size=128)
+    model = LlamaLM(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    ids = jax.random.randint(jax.random.key(1), (4, 12), 0, cfg.vocab_size)
+
+    @jax.jit
+    def loss_and_logits(params, ids):
+        def loss(p):
+            logits = nnx.merge(graphdef, p)(ids).logits
+            return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+                logits, ids[..., None], -1)[..., 0]), logits
+        (l, logits), g = jax.value_and_grad(loss, has_aux=True)(params)
+        return l, logits, g
+
+    ref = jax.device_put(params, jax.devices()[0])
+    l0, logits0, g0 = loss_and_logits(ref, ids)
+    mesh = par.model_mesh(4)
+    specs = par.llm_param_specs(params, mesh)
+    sharded = par.shard_params(params, mesh, specs)
+    l1, logits1, g1 = loss_and_logits(sharded, par.shard_batch(ids, mesh))
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
+            for path, v in jax.tree_util.tree_leaves_with_path(sharded)}
+    q = next(v for k, v in flat.items() if "layers/0/self_attn/q_proj/kernel" in k)
+    o = next(v for k, v in flat.items() if "layers/0/self_attn/o_proj/kernel" in k)
+    k_ = next(v for k, v in flat.items() if "layers/0/self_attn/k_proj/kernel" in k)
+    norm = next(v for k, v in flat.items() if k.startswith("norm/"))
+    print(json.dumps({
+        "mesh": dict(mesh.shape),
+        "q_spec": str(q.sharding.spec), "o_spec": str(o.sharding.spec),
+        "k_spec": str(k_.sharding.spec), "norm_spec": str(norm.sharding.spec),
+        "q_shard_cols": q.addressable_shards[0].data.shape[1], "q_cols": q.shape[1],
+        "loss_diff": float(abs(np.asarray(l0) - np.asarray(l1))),
+        "logit_diff": float(np.max(np.abs(np.asarray(logits0) - np.asarray(logits1)))),
+        "grad_diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+                         zip(jax.tree.leaves(g0), jax.tree.leaves(g1))),
+    }))
+    """
+)
+
+
+def test_llm_parameters_shard_over_a_model_axis_and_match_one_device():
+    out = _run(LLM, 8)
+    assert out["mesh"] == {"data": 2, "model": 4}
+    assert out["q_spec"] == str(P(None, "model")) and out["o_spec"] == str(P("model", None))
+    # 2 KV heads x head_dim 16 = 32 columns: divisible by 4, so the k projection is split too
+    assert out["k_spec"] == str(P(None, "model")) and out["norm_spec"] == str(P())
+    assert out["q_shard_cols"] * 4 == out["q_cols"]
+    assert out["loss_diff"] < 1e-5 and out["logit_diff"] < 1e-4 and out["grad_diff"] < 1e-5
+
+
+def test_model_mesh_refuses_a_model_axis_that_does_not_divide_the_devices():
+    code = textwrap.dedent(
+        """
+        from experiments import _parallel as par
+        try:
+            par.model_mesh(3)
+        except ValueError as e:
+            print('{"error": "%s"}' % str(e).replace('"', "'"))
+        """
+    )
+    assert "model=3 must divide the number of devices (8)" in _run(code, 8)["error"]
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    import jax.numpy as jnp
+
+    from experiments._common import Checkpoints
+
+    Checkpoints(tmp_path / "c").save(3, (jnp.ones(3), jnp.zeros((2, 2))), {"losses": []})
+    step, (_, b), meta = Checkpoints(tmp_path / "c").latest((jnp.zeros(3), jnp.ones((2, 2))))
+    assert step == 3 and meta == {"losses": []}
+    np.testing.assert_array_equal(np.asarray(b), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="checkpoint does not match the model"):
+        Checkpoints(tmp_path / "c").latest((jnp.zeros(3),))
+
+
+LOTTERY = textwrap.dedent(
+    """
+    import dataclasses, json, sys
+    import jax
+    from experiments import lottery_ticket as lt
+
+    cfg = dataclasses.replace(lt.PRESETS["tiny"], iterations=40, eval_every=20, rounds=1,
+                              batch_size=64, baselines=())
+    out = lt.run(cfg, sys.argv[1])
+    print(json.dumps({"devices": len(jax.devices()),
+                      "acc": [r["final_test_acc"] for r in out["results"]],
+                      "curve": [c[1] for r in out["results"] for c in r["curve"]]}))
+    """
+)
+
+
+def test_lottery_ticket_trains_data_parallel_like_one_device(tmp_path):
+    eight = _run(LOTTERY, 8, str(tmp_path / "eight"))
+    one = _run(LOTTERY, 1, str(tmp_path / "one"))
+    assert eight["devices"] == 8 and one["devices"] == 1
+    np.testing.assert_allclose(eight["curve"], one["curve"], rtol=1e-3)  # validation losses
+    np.testing.assert_allclose(eight["acc"], one["acc"], atol=1 / 360 + 1e-9)

@@ -8,6 +8,7 @@ sharded, parameters and optimizer state are replicated.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import json
@@ -33,6 +34,40 @@ from pruneax import data as pdata
 def config_json(cfg: Any) -> dict[str, Any]:
     """A dataclass config as plain JSON values (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def experiment_parser(doc: str, presets: dict[str, Any]) -> argparse.ArgumentParser:
+    """The flags every trained experiment shares: ``--preset --workdir --data_dir
+    --distributed --iterations --keep_ratios --eval_size`` (add the experiment's own, then
+    ``config_from_args``)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(presets), default="tiny")
+    parser.add_argument("--workdir", required=True, help="results, plots and checkpoints go here")
+    parser.add_argument("--data_dir", default=None, help="dataset dir (or PRUNEAX_DATA_DIR)")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: call jax.distributed.initialize() first (TPU pods)",
+    )
+    parser.add_argument("--iterations", type=int, help="override training iterations")
+    parser.add_argument("--keep_ratios", type=float, nargs="+", help="override the keep ratios")
+    parser.add_argument("--eval_size", type=int, help="override the examples evaluated")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
+    """The preset's config with every given flag that names a config field overriding it
+    (lists become tuples); initialises multi-host JAX first when ``--distributed``."""
+    if args.distributed:
+        par.initialize_distributed()
+    cfg = presets[args.preset]
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    given = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in vars(args).items()
+        if k in fields and v is not None
+    }
+    return dataclasses.replace(cfg, **given)
 
 
 def machine() -> dict[str, Any]:

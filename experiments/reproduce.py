@@ -270,6 +270,55 @@ def _ssm_claims(r: dict[str, Any]) -> list[Claim]:
     return claims
 
 
+def _vlm_claims(r: dict[str, Any]) -> list[Claim]:
+    ev, cfg = r["evals"], r["config"]
+    n = cfg["eval_size"]  # questions; the three families in equal numbers
+    ratios = sorted(cfg["keep_ratios"])
+    claims = []
+
+    def claim(paper, text, a, b, metric="accuracy", ratio=None, more=True):
+        ratio = ratios[0] if ratio is None else ratio
+        ka = a if a == "dense" else f"{a}@{ratio}"
+        kb = b if b == "dense" else f"{b}@{ratio}"
+        if ka not in ev or kb not in ev:  # e.g. FEATHER cannot keep a single token
+            ok = [x for x in ratios if f"{a}@{x}" in ev and (b == "dense" or f"{b}@{x}" in ev)]
+            if ratio is not None and ok and ratio not in ok:
+                return claim(paper, text, a, b, metric, ok[0], more)
+            claims.append(Claim(paper, text, "-", NA))
+            return None
+        size = n // 3 if metric != "accuracy" else n
+        verdict, numbers = compare(ev[ka][metric], ev[kb][metric], size, more=more)
+        where = f"{metric}, {ka} vs {kb}"
+        claims.append(Claim(paper, text, f"{where}: {numbers}", verdict))
+        return None
+
+    claim(
+        "FastV",
+        "Pruning image tokens after LLM layer K (largest budget run) keeps the accuracy",
+        "fastv",
+        "dense",
+        ratio=max(ratios),
+        more=False,
+    )
+    claim(
+        "MMTok",
+        "Text-guided coverage beats vision-only coverage at a small budget",
+        "coverage",
+        "coverage_vision",
+    )
+    claim(
+        "DivPrune", "Diversity beats CLS-attention top-k at a small budget", "divprune", "fastervlm"
+    )
+    claim(
+        "FEATHER",
+        "Uniform sampling repairs the localisation that attention-based in-LLM pruning loses",
+        "feather",
+        "fastv",
+        metric="acc_locate",
+    )
+    return claims
+
+
 EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment(
         "token_demo",
@@ -300,6 +349,15 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         True,
         _ssm_claims,
         "Vision Mamba (Vim) token pruning: naive vs hidden-state alignment (ToP-ViM).",
+    ),
+    Experiment(
+        "vlm_token_pruning",
+        {"tiny": "tiny", "cpu": "cpu", "gpu": "gpu"},
+        True,
+        _vlm_claims,
+        "A small LLaVA-style VLM trained on MNIST-mosaic VQA; every pre-LLM and in-LLM "
+        "visual-token pruning method at several budgets: accuracy per question type, FLOPs, "
+        "prefill and decode latency.",
     ),
 )
 

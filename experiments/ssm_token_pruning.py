@@ -36,7 +36,6 @@ NeurIPS 2024 (arXiv:2409.18962); Zhu et al., "Vision Mamba", ICML 2024 (arXiv:24
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -647,33 +646,11 @@ def _plot_finetune(results: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--workdir", required=True, help="results, plots and checkpoints go here")
-    parser.add_argument(
-        "--distributed",
-        action="store_true",
-        help="multi-host: call jax.distributed.initialize() first (TPU pods)",
-    )
-    parser.add_argument("--data_dir", default=None, help="dataset dir (or PRUNEAX_DATA_DIR)")
-    parser.add_argument("--iterations", type=int, help="override training iterations")
+    parser = common.experiment_parser(__doc__, PRESETS)
     parser.add_argument("--modes", nargs="+", choices=MODE_KEYS, help="override the modes")
-    parser.add_argument("--keep_ratios", type=float, nargs="+", help="override one-stage ratios")
-    parser.add_argument("--eval_size", type=int, help="override the test images evaluated")
     parser.add_argument("--finetune_steps", type=int, help="override the fine-tuning steps")
     args = parser.parse_args(argv)
-    if args.distributed:
-        common.par.initialize_distributed()
-    cfg = PRESETS[args.preset]
-    overrides = {
-        "iterations": args.iterations,
-        "modes": tuple(args.modes) if args.modes else None,
-        "keep_ratios": tuple(args.keep_ratios) if args.keep_ratios else None,
-        "eval_size": args.eval_size,
-        "finetune_steps": args.finetune_steps,
-    }
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    return run(cfg, args.workdir, args.data_dir)
+    return run(common.config_from_args(args, PRESETS), args.workdir, args.data_dir)
 
 
 if __name__ == "__main__":

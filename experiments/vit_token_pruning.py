@@ -26,7 +26,6 @@ interruption are kept in ``progress.json`` and not repeated.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -515,33 +514,11 @@ def _plot_kept(runner, params, arrays, vit_cfg, cfg, path: pathlib.Path) -> None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--workdir", required=True, help="results, plots and checkpoints go here")
-    parser.add_argument(
-        "--distributed",
-        action="store_true",
-        help="multi-host: call jax.distributed.initialize() first (TPU pods)",
-    )
-    parser.add_argument("--data_dir", default=None, help="dataset dir (or PRUNEAX_DATA_DIR)")
-    parser.add_argument("--iterations", type=int, help="override training iterations")
+    parser = common.experiment_parser(__doc__, PRESETS)
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="override the methods")
-    parser.add_argument("--keep_ratios", type=float, nargs="+", help="override the keep ratios")
     parser.add_argument("--prune_layers", type=int, nargs="+", help="override pruning layers")
-    parser.add_argument("--eval_size", type=int, help="override the test images evaluated")
     args = parser.parse_args(argv)
-    if args.distributed:
-        common.par.initialize_distributed()
-    cfg = PRESETS[args.preset]
-    overrides = {
-        "iterations": args.iterations,
-        "methods": tuple(args.methods) if args.methods else None,
-        "keep_ratios": tuple(args.keep_ratios) if args.keep_ratios else None,
-        "prune_layers": tuple(args.prune_layers) if args.prune_layers else None,
-        "eval_size": args.eval_size,
-    }
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    return run(cfg, args.workdir, args.data_dir)
+    return run(common.config_from_args(args, PRESETS), args.workdir, args.data_dir)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ HoloV, NeurIPS 2025; Endo et al., FEATHER, 2024.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -244,7 +243,7 @@ PRESETS: dict[str, Config] = {
         warmup=10,
         ckpt_every=20,
         log_every=10,
-        methods=("fastervlm", "coverage", "uniform"),
+        methods=("fastervlm", "divprune", "coverage", "coverage_vision", "uniform"),
         position_ablation=("uniform",),
         keep_ratios=(0.25,),
         fastv_layer=1,
@@ -980,26 +979,11 @@ def _plot_kept(job: Job, params, ev, all_settings, path: pathlib.Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--workdir", required=True, help="results, plots and checkpoints go here")
-    parser.add_argument("--data_dir", default=None, help="dataset dir (or PRUNEAX_DATA_DIR)")
-    parser.add_argument("--iterations", type=int, help="override training iterations")
+    parser = common.experiment_parser(__doc__, PRESETS)
     parser.add_argument("--methods", nargs="+", choices=PRE_METHODS, help="pre-LLM methods")
     parser.add_argument("--llm_methods", nargs="+", choices=LLM_METHODS, help="in-LLM methods")
-    parser.add_argument("--keep_ratios", type=float, nargs="+", help="override the keep ratios")
-    parser.add_argument("--eval_size", type=int, help="override the questions evaluated")
     args = parser.parse_args(argv)
-    cfg = PRESETS[args.preset]
-    overrides = {
-        "iterations": args.iterations,
-        "methods": tuple(args.methods) if args.methods else None,
-        "llm_methods": tuple(args.llm_methods) if args.llm_methods else None,
-        "keep_ratios": tuple(args.keep_ratios) if args.keep_ratios else None,
-        "eval_size": args.eval_size,
-    }
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    return run(cfg, args.workdir, args.data_dir)
+    return run(common.config_from_args(args, PRESETS), args.workdir, args.data_dir)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ def test_the_five_notebooks_exist():
         "03_vit_token_pruning",
         "04_ssm_alignment",
         "05_hf_import_and_prune",
+        "06_vlm_token_pruning",
     ):
         assert expected in names
 

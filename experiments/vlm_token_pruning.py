@@ -218,6 +218,9 @@ class Config:
     latency_repeats: int = 5
     decode_tokens: int = 8
     seed: int = 0
+    # > 1: a ("data", "model") mesh with this many devices per model group; the LLM's
+    # projections and embedding are sharded Megatron-style over "model" (_parallel)
+    model_parallel: int = 1
 
 
 PRESETS: dict[str, Config] = {
@@ -483,7 +486,8 @@ class Job:
         self.cfg, self.vcfg = cfg, vcfg
         self.vocab = Vocab(cfg.grid)
         self.arrays = arrays
-        self.mesh = par.data_mesh()
+        parallel = cfg.model_parallel
+        self.mesh = par.model_mesh(parallel) if parallel > 1 else par.data_mesh()
         n = par.batch_multiple(self.mesh)
         for name in ("batch_size", "eval_batch"):
             if getattr(cfg, name) % n:
@@ -491,7 +495,13 @@ class Job:
         model = Trainee(vcfg, rngs=nnx.Rngs(cfg.seed))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.graphdef = graphdef
-        self.params0, self.rest = par.replicate((params, rest), self.mesh)
+        self.params0, self.rest = self.place(params), par.replicate(rest, self.mesh)
+
+    def place(self, params):
+        """Parameters on the mesh: replicated, or the LLM's sharded over ``"model"``."""
+        if self.cfg.model_parallel == 1:
+            return par.replicate(params, self.mesh)
+        return par.shard_params(params, self.mesh, par.llm_param_specs(params, self.mesh))
 
     def __hash__(self) -> int:
         return id(self)
@@ -559,14 +569,13 @@ class Job:
         cfg = self.cfg
         tx = self.optimizer()
         params = self.params0
-        opt_state = tx.init(params)
+        opt_state = jax.jit(tx.init)(params)  # moments sharded like the parameters
         start, losses = 0, []
         restored = ckpt.latest((params, opt_state))
         if restored is not None:
             start, (params, opt_state), meta = restored
             losses = [tuple(v) for v in meta["losses"]]
             print(f"{_TAG} train: resuming at step {start}/{cfg.iterations}", flush=True)
-        params, opt_state = par.replicate((params, opt_state), self.mesh)
         t0, window = time.perf_counter(), []
         for step in range(start, cfg.iterations):
             batch = par.shard_batch(self.train_batch(step), self.mesh)
@@ -982,6 +991,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = common.experiment_parser(__doc__, PRESETS)
     parser.add_argument("--methods", nargs="+", choices=PRE_METHODS, help="pre-LLM methods")
     parser.add_argument("--llm_methods", nargs="+", choices=LLM_METHODS, help="in-LLM methods")
+    parser.add_argument(
+        "--model_parallel", type=int, help="devices per model group: shard the LLM's parameters"
+    )
     args = parser.parse_args(argv)
     return run(common.config_from_args(args, PRESETS), args.workdir, args.data_dir)
 

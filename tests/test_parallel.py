@@ -236,3 +236,36 @@ def test_lottery_ticket_trains_data_parallel_like_one_device(tmp_path):
     assert eight["devices"] == 8 and one["devices"] == 1
     np.testing.assert_allclose(eight["curve"], one["curve"], rtol=1e-3)  # validation losses
     np.testing.assert_allclose(eight["acc"], one["acc"], atol=1 / 360 + 1e-9)
+
+
+VLM = textwrap.dedent(
+    """
+    import dataclasses, json, sys
+    import jax
+    from experiments import vlm_token_pruning as vtp
+
+    cfg = dataclasses.replace(
+        vtp.PRESETS["tiny"], iterations=20, methods=("fastervlm",), llm_methods=("fastv",),
+        combos=(), position_ablation=(), model_parallel=int(sys.argv[2]),
+    )
+    out = vtp.run(cfg, sys.argv[1])
+    cfg, arrays = vtp._prepare(cfg, None)
+    job = vtp.Job(cfg, vtp.vlm_config(cfg, arrays["x_train"].shape[1:3]), arrays)
+    q = job.params0["vlm"]["llm"]["layers"][0]["self_attn"]["q_proj"]["kernel"]
+    print(json.dumps({
+        "devices": len(jax.devices()),
+        "losses": [l for _, l in out["train_losses"]],
+        "dense": out["evals"]["dense"]["accuracy"],
+        "q_spec": str(q.value.sharding.spec),
+    }))
+    """
+)
+
+
+def test_vlm_trains_with_the_llm_sharded_over_a_model_axis(tmp_path):
+    eight = _run(VLM, 8, str(tmp_path / "eight"), "2")
+    one = _run(VLM, 1, str(tmp_path / "one"), "1")
+    assert eight["devices"] == 8 and one["devices"] == 1
+    assert eight["q_spec"] == str(P(None, "model"))
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-3)
+    assert abs(eight["dense"] - one["dense"]) <= 1 / 60 + 1e-9

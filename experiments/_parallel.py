@@ -27,6 +27,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pruneax.weights import path_name
+
 
 def initialize_distributed() -> None:
     """``jax.distributed.initialize()`` (reads the coordinator from the environment / TPU)."""
@@ -77,8 +79,7 @@ def llm_param_specs(params: Any, mesh: Mesh) -> Any:
     size = mesh.shape["model"]
 
     def spec(path, leaf):
-        parts = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path]
-        name = re.sub(r"/value$", "", "/".join(map(str, parts)))
+        name = path_name(path)
         for pattern, p in _LLM_RULES:
             if re.search(pattern, name):
                 dim = next(i for i, a in enumerate(p) if a == "model")

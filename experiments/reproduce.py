@@ -101,6 +101,28 @@ def compare(a: float, b: float, n: int, *, more: bool = True) -> tuple[str, str]
 # ------------------------------------------------------------------------- claims
 
 
+def versus(
+    paper: str,
+    claim: str,
+    a: dict[str, Any] | None,
+    b: dict[str, Any] | None,
+    n: int,
+    where: str | Callable[[dict[str, Any], dict[str, Any]], str],
+    *,
+    key: str = "accuracy",
+    key_b: str | None = None,
+    more: bool = True,
+) -> Claim:
+    """The claim "a beats b" (``more``) or "a matches b" on ``a[key]`` vs ``b[key_b or key]``
+    measured on ``n`` examples; "not measured" when either setting is missing. ``where``
+    names the two settings (a callable gets both)."""
+    if a is None or b is None:
+        return Claim(paper, claim, "-", NA)
+    verdict, numbers = compare(a[key], b[key_b or key], n, more=more)
+    label = where(a, b) if callable(where) else where
+    return Claim(paper, claim, f"{label}: {numbers}", verdict)
+
+
 def _token_demo_claims(r: dict[str, Any]) -> list[Claim]:
     m = r["methods"]
     mass = {k: v["mean_score_mass"] for k, v in m.items()}
@@ -175,24 +197,20 @@ def _pick(evals: dict[str, Any], method: str, *, smallest: bool) -> dict[str, An
 
 def _vit_claims(r: dict[str, Any]) -> list[Claim]:
     ev, n = r["evals"], test_images(r["config"])
-    claims = []
 
-    def versus(paper, claim, a, b, smallest):
-        ea, eb = _pick(ev, a, smallest=smallest), None
-        if ea is not None:
-            eb = ev.get(f"{b}@L{ea['layer']}:{ea['ratio']}")
-        if ea is None or eb is None:
-            claims.append(Claim(paper, claim, "-", NA))
-            return
-        verdict, text = compare(ea["accuracy"], eb["accuracy"], n)
-        where = f"keep {ea['ratio']} from block {ea['layer']}"
-        claims.append(Claim(paper, claim, f"{a} vs {b}, {where}: {text}", verdict))
+    def pair(paper, claim, a, b, smallest):
+        ea = _pick(ev, a, smallest=smallest)
+        eb = ev.get(f"{b}@L{ea['layer']}:{ea['ratio']}") if ea else None
+        where = lambda x, _: f"{a} vs {b}, keep {x['ratio']} from block {x['layer']}"
+        return versus(paper, claim, ea, eb, n, where)
 
     aggressive = "beats attention top-k at aggressive budgets"
-    versus("EViT / FasterVLM", "Attention top-k beats random selection", "topk", "random", False)
-    versus("DivPrune", f"Diversity {aggressive}", "divprune", "topk", True)
-    versus("MMTok", f"Coverage {aggressive}", "coverage", "topk", True)
-    versus("EViT", "Fusing the pruned tokens beats dropping them", "evit", "topk", True)
+    claims = [
+        pair("EViT / FasterVLM", "Attention top-k beats random selection", "topk", "random", False),
+        pair("DivPrune", f"Diversity {aggressive}", "divprune", "topk", True),
+        pair("MMTok", f"Coverage {aggressive}", "coverage", "topk", True),
+        pair("EViT", "Fusing the pruned tokens beats dropping them", "evit", "topk", True),
+    ]
     tp = {k: v for k, v in r["throughput"].items() if "efficiency" in v}
     if tp:
         eff = sorted(v["efficiency"] for v in tp.values())
@@ -206,14 +224,17 @@ def _vit_claims(r: dict[str, Any]) -> list[Claim]:
                 HOLDS if med >= 0.85 else FAILS,
             )
         )
-    for key, ft in r.get("finetune", {}).items():
-        verdict, text = compare(ft["accuracy_finetuned"], ft["accuracy_training_free"], n)
+    for name, ft in r.get("finetune", {}).items():
         claims.append(
-            Claim(
+            versus(
                 "EViT / DynamicViT",
                 "Fine-tuning with the pruning in the loop recovers accuracy",
-                f"{key} after {ft['steps']} steps vs training-free: {text}",
-                verdict,
+                ft,
+                ft,
+                n,
+                f"{name} after {ft['steps']} steps vs training-free",
+                key="accuracy_finetuned",
+                key_b="accuracy_training_free",
             )
         )
     return claims
@@ -226,97 +247,92 @@ def _ssm_claims(r: dict[str, Any]) -> list[Claim]:
     dense, naive = ev["dense"], ev.get(f"naive@{name}")
     aligned, exact = ev.get(gap), ev.get(f"aligned_exact@{name}")
     ft = r.get("finetune", {})
-    ft_gap, ft_naive = ft.get(gap), ft.get(f"naive@{name}")
-    claims = []
-
-    def claim(text, a, b, key, measured, more=True):
-        if a is None or b is None:
-            claims.append(Claim("ToP-ViM (Zhan et al. 2024)", text, "-", NA))
-            return
-        verdict, numbers = compare(a[key], b[key], n, more=more)
-        claims.append(
-            Claim("ToP-ViM (Zhan et al. 2024)", text, f"{measured(a, b)}: {numbers}", verdict)
-        )
-
-    claim(
-        "Naive token pruning breaks a vision SSM (dense beats naive clearly)",
-        dense,
-        naive,
-        "accuracy",
-        lambda a, b: f"dense vs naive at {b['flops_ratio']:.2f}x FLOPs",
-    )
-    claim(
-        "Pruning-aware hidden-state alignment beats naive pruning at the same FLOPs",
-        aligned,
-        naive,
-        "accuracy",
-        lambda a, b: f"{gap} vs naive ({a['flops_ratio']:.2f}x vs {b['flops_ratio']:.2f}x FLOPs)",
-    )
-    claim(
-        "The cheap gap-decay alignment matches exact alignment",
-        aligned,
-        exact,
-        "accuracy",
-        lambda a, b: f"{gap} vs aligned_exact",
-        more=False,
-    )
-    claim(
-        "After fine-tuning, aligned pruning still beats naive pruning",
-        ft_gap,
-        ft_naive,
-        "accuracy_finetuned",
-        lambda a, b: f"{gap} vs naive after {a['steps']} steps",
-    )
-    return claims
+    paper = "ToP-ViM (Zhan et al. 2024)"
+    return [
+        versus(
+            paper,
+            "Naive token pruning breaks a vision SSM (dense beats naive clearly)",
+            dense,
+            naive,
+            n,
+            lambda a, b: f"dense vs naive at {b['flops_ratio']:.2f}x FLOPs",
+        ),
+        versus(
+            paper,
+            "Pruning-aware hidden-state alignment beats naive pruning at the same FLOPs",
+            aligned,
+            naive,
+            n,
+            lambda a, b: (
+                f"{gap} vs naive ({a['flops_ratio']:.2f}x vs {b['flops_ratio']:.2f}x FLOPs)"
+            ),
+        ),
+        versus(
+            paper,
+            "The cheap gap-decay alignment matches exact alignment",
+            aligned,
+            exact,
+            n,
+            f"{gap} vs aligned_exact",
+            more=False,
+        ),
+        versus(
+            paper,
+            "After fine-tuning, aligned pruning still beats naive pruning",
+            ft.get(gap),
+            ft.get(f"naive@{name}"),
+            n,
+            lambda a, b: f"{gap} vs naive after {a['steps']} steps",
+            key="accuracy_finetuned",
+        ),
+    ]
 
 
 def _vlm_claims(r: dict[str, Any]) -> list[Claim]:
     ev, cfg = r["evals"], r["config"]
     n = cfg["eval_size"]  # questions; the three families in equal numbers
     ratios = sorted(cfg["keep_ratios"])
-    claims = []
 
-    def claim(paper, text, a, b, metric="accuracy", ratio=None, more=True):
-        ratio = ratios[0] if ratio is None else ratio
-        ka = a if a == "dense" else f"{a}@{ratio}"
-        kb = b if b == "dense" else f"{b}@{ratio}"
-        if ka not in ev or kb not in ev:  # e.g. FEATHER cannot keep a single token
-            ok = [x for x in ratios if f"{a}@{x}" in ev and (b == "dense" or f"{b}@{x}" in ev)]
-            if ratio is not None and ok and ratio not in ok:
-                return claim(paper, text, a, b, metric, ok[0], more)
-            claims.append(Claim(paper, text, "-", NA))
-            return None
-        size = n // 3 if metric != "accuracy" else n
-        verdict, numbers = compare(ev[ka][metric], ev[kb][metric], size, more=more)
-        where = f"{metric}, {ka} vs {kb}"
-        claims.append(Claim(paper, text, f"{where}: {numbers}", verdict))
-        return None
+    def pair(paper, claim, a, b, *, largest=False, metric="accuracy", more=True):
+        # the smallest (or largest) budget at which both settings were evaluated (FEATHER,
+        # e.g., cannot keep a single token)
+        key = lambda m, x: m if m == "dense" else f"{m}@{x}"
+        both = [x for x in ratios if key(a, x) in ev and key(b, x) in ev]
+        x = (both[-1] if largest else both[0]) if both else None
+        ea, eb = (ev[key(a, x)], ev[key(b, x)]) if both else (None, None)
+        size = n if metric == "accuracy" else n // 3
+        where = f"{metric}, {key(a, x)} vs {key(b, x)}"
+        return versus(paper, claim, ea, eb, size, where, key=metric, more=more)
 
-    claim(
-        "FastV",
-        "Pruning image tokens after LLM layer K (largest budget run) keeps the accuracy",
-        "fastv",
-        "dense",
-        ratio=max(ratios),
-        more=False,
-    )
-    claim(
-        "MMTok",
-        "Text-guided coverage beats vision-only coverage at a small budget",
-        "coverage",
-        "coverage_vision",
-    )
-    claim(
-        "DivPrune", "Diversity beats CLS-attention top-k at a small budget", "divprune", "fastervlm"
-    )
-    claim(
-        "FEATHER",
-        "Uniform sampling repairs the localisation that attention-based in-LLM pruning loses",
-        "feather",
-        "fastv",
-        metric="acc_locate",
-    )
-    return claims
+    return [
+        pair(
+            "FastV",
+            "Pruning image tokens after LLM layer K (largest budget run) keeps the accuracy",
+            "fastv",
+            "dense",
+            largest=True,
+            more=False,
+        ),
+        pair(
+            "MMTok",
+            "Text-guided coverage beats vision-only coverage at a small budget",
+            "coverage",
+            "coverage_vision",
+        ),
+        pair(
+            "DivPrune",
+            "Diversity beats CLS-attention top-k at a small budget",
+            "divprune",
+            "fastervlm",
+        ),
+        pair(
+            "FEATHER",
+            "Uniform sampling repairs the localisation that attention-based in-LLM pruning loses",
+            "feather",
+            "fastv",
+            metric="acc_locate",
+        ),
+    ]
 
 
 EXPERIMENTS: tuple[Experiment, ...] = (

@@ -137,6 +137,7 @@ LLM = textwrap.dedent(
     from jax.sharding import PartitionSpec as P
     from pruneax.models import LlamaLM, llm_config
     from experiments import _parallel as par
+    from pruneax.weights import leaf_names
 
     cfg = llm_config("tiny", num_heads=4, num_kv_heads=2, hidden_size=64, intermediate_size=128)
     model = LlamaLM(cfg, rngs=nnx.Rngs(0))
@@ -158,12 +159,9 @@ LLM = textwrap.dedent(
     specs = par.llm_param_specs(params, mesh)
     sharded = par.shard_params(params, mesh, specs)
     l1, logits1, g1 = loss_and_logits(sharded, par.shard_batch(ids, mesh))
-    flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
-            for path, v in jax.tree_util.tree_leaves_with_path(sharded)}
-    q = next(v for k, v in flat.items() if "layers/0/self_attn/q_proj/kernel" in k)
-    o = next(v for k, v in flat.items() if "layers/0/self_attn/o_proj/kernel" in k)
-    k_ = next(v for k, v in flat.items() if "layers/0/self_attn/k_proj/kernel" in k)
-    norm = next(v for k, v in flat.items() if k.startswith("norm/"))
+    flat = dict(zip(leaf_names(sharded), jax.tree.leaves(sharded)))
+    q, o = flat["layers/0/self_attn/q_proj/kernel"], flat["layers/0/self_attn/o_proj/kernel"]
+    k_, norm = flat["layers/0/self_attn/k_proj/kernel"], flat["norm/scale"]
     print(json.dumps({
         "mesh": dict(mesh.shape),
         "q_spec": str(q.sharding.spec), "o_spec": str(o.sharding.spec),

@@ -65,6 +65,7 @@ from flax import nnx
 from experiments import _common as common
 from experiments import _parallel as par
 from pruneax.models._llm import FastVSpec, init_cache, llm_config
+from pruneax.models._llm_prune import FeatherSpec, TodreSpec
 from pruneax.models._vit import ViTConfig
 from pruneax.models._vlm import (
     VLM,
@@ -73,6 +74,7 @@ from pruneax.models._vlm import (
     llm_tokens_per_layer,
     vlm_prefill_flops,
 )
+from pruneax.tokens import uniform_grid
 
 _TAG = "[vlm_token_pruning]"
 PRE_METHODS = (
@@ -87,7 +89,8 @@ PRE_METHODS = (
     "random",
     "uniform",
 )
-LLM_METHODS = ("fastv", "feather", "todre")
+LLM_SPECS: dict[str, type] = {"fastv": FastVSpec, "feather": FeatherSpec, "todre": TodreSpec}
+LLM_METHODS = tuple(LLM_SPECS)
 FAMILIES = ("locate", "count", "exists")
 
 
@@ -206,7 +209,7 @@ class Config:
     log_every: int = 50
     # evaluation
     methods: tuple[str, ...] = PRE_METHODS
-    llm_methods: tuple[str, ...] = LLM_METHODS  # those present in pruneax.models
+    llm_methods: tuple[str, ...] = LLM_METHODS
     keep_ratios: tuple[float, ...] = (0.5, 0.25, 0.11, 0.05)
     fastv_layer: int = 2
     combos: tuple[str, ...] = ("fastervlm", "divprune", "uniform")  # pre 2r + FastV 1/2 at r
@@ -351,25 +354,6 @@ def _check(cfg: Config) -> None:
             raise ValueError(f"{name} must be >= 1; got {getattr(cfg, name)}")
 
 
-def _available_llm_specs() -> dict[str, type]:
-    """In-LLM spec classes present in this tree (FEATHER / ToDRE are optional)."""
-    from pruneax.models import _llm
-
-    specs: dict[str, type] = {"fastv": FastVSpec}
-    for name, attr in (("feather", "FeatherSpec"), ("todre", "TodreSpec")):
-        cls = getattr(_llm, attr, None)
-        if cls is None:
-            try:
-                from pruneax.models import _llm_prune  # type: ignore[attr-defined]
-
-                cls = getattr(_llm_prune, attr, None)
-            except ImportError:
-                cls = None
-        if cls is not None:
-            specs[name] = cls
-    return specs
-
-
 class Setting:
     """One evaluated configuration: a pre-LLM ``select`` and an in-LLM ``prune`` spec."""
 
@@ -391,18 +375,15 @@ def settings(cfg: Config, vcfg: VLMConfig) -> list[Setting]:
         for m in cfg.position_ablation:
             sel = dataclasses.replace(pre_select(m, r), keep_positions=True)
             out.append(Setting(f"{m}/pos@{r}", f"{m}/pos", "pre", r, sel, None))
-        specs = _available_llm_specs()
         k = VisualSelect("fastervlm", keep=r).num_kept(n)
         for m in cfg.llm_methods:
-            if m not in specs:
-                continue
             if m == "todre":  # ToDRE = max-sum diversity before the LLM + its stage 2 inside
                 sel = VisualSelect("maxsum", keep=r)
                 deep = min(round(7 * vcfg.llm.num_layers / 8), vcfg.llm.num_layers - 1)
-                prune = specs[m](start=start, stop=start + k, layer=deep)
+                prune = TodreSpec(start=start, stop=start + k, layer=deep)
                 out.append(Setting(f"maxsum+todre@{r}", "maxsum+todre", "combo", r, sel, prune))
                 continue
-            prune = _llm_spec(m, specs[m], start, vcfg.vision.grid, k, cfg.fastv_layer)
+            prune = _llm_spec(m, LLM_SPECS[m], start, vcfg.vision.grid, k, cfg.fastv_layer)
             if prune is None:  # FEATHER cannot keep its grid plus a scored token within k
                 continue
             out.append(Setting(f"{m}@{r}", m, "llm", r, VisualSelect(), prune))
@@ -435,8 +416,6 @@ def _llm_spec(method: str, cls: type, start: int, grid: tuple[int, int], k: int,
     if method == "fastv":
         return cls(start=start, stop=start + n, layer=layer, keep_ratio=k / n)
     if method == "feather":
-        from pruneax.tokens import uniform_grid
-
         stride = 3
         while len(uniform_grid(grid, stride)) >= k and stride < max(grid):
             stride += 1
@@ -795,7 +774,6 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         "config": common.config_json(cfg),
         "vlm": {"vision": dataclasses.asdict(vcfg.vision), "llm": dataclasses.asdict(vcfg.llm)},
         "vocab": job.vocab.names,
-        "llm_methods_available": sorted(_available_llm_specs()),
         "machine": common.machine(),
         "train_losses": losses,
         "evals": evals,

@@ -5,6 +5,8 @@ Commands:
   python -m experiments.lottery_ticket --preset cpu --data_dir ../shared/data --workdir runs/lt
   python -m experiments.lottery_ticket --preset cpu_rewind --data_dir ../shared/data \
       --workdir runs/lt_rw
+  python -m experiments.lottery_ticket --preset cpu_rewind_resnet --data_dir ../shared/data \
+      --rewind_iteration 0 --workdir runs/lt_rn_rw0     # and again with 250: compare_rewind
   python -m experiments.lottery_ticket --preset gpu --data_dir ../shared/data --workdir runs/lt_gpu
 
 Each IMP round trains the masked network, records test accuracy at the end and at the
@@ -48,6 +50,7 @@ class Config:
     """One lottery-ticket experiment. Iterations count optimizer steps (batches)."""
 
     model: str = "lenet300100"  # lenet300100 | conv2 | conv4 | conv6 | resnet20
+    width: int = 16  # resnet20 only: filters of the first stage (open_lth's resnet_20_W)
     dataset: str = "digits"  # digits | mnist | cifar10
     optimizer: str = "adam"  # adam | sgd (momentum, weight decay, step lr)
     learning_rate: float = 1.2e-3
@@ -89,6 +92,31 @@ PRESETS: dict[str, Config] = {
         iterations=10_000,
         rounds=10,
         rewind_iteration=500,
+        baselines=("random_prune",),
+    ),
+    # Scaled-down "Stabilizing the LTH" / "Linear mode connectivity" on CPU: ResNet-20 at
+    # width 8 (a quarter of the FLOPs) on CIFAR-10 with augmentation, SGD 0.1 momentum 0.9
+    # without warm-up (the regime where iteration-0 tickets fail for ResNet-20), batch 64,
+    # 2,000 iterations (lr x0.1 at 1,500), two rounds of 60% global magnitude pruning (40% and
+    # 16% remaining). Rewinds to iteration 250; run again with --rewind_iteration 0 and compare.
+    "cpu_rewind_resnet": Config(
+        model="resnet20",
+        width=8,
+        dataset="cifar10",
+        optimizer="sgd",
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        lr_milestones=(1_500,),
+        batch_size=64,
+        iterations=2_000,
+        eval_every=250,
+        augment=True,
+        rounds=2,
+        rate=0.6,
+        overrides=(),
+        scope="global",
+        rewind_iteration=250,
         baselines=("random_prune",),
     ),
     # Conv-4 on CIFAR-10 (LTH: Adam 3e-4, batch 60, 25K iterations, conv 10% / fc 20% per round),
@@ -139,6 +167,11 @@ def _prepare(cfg: Config, data_dir: str | None) -> dict[str, np.ndarray]:
         mean, std = x_train.mean((0, 1, 2)), x_train.std((0, 1, 2))
         x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     # Validation set for early stopping: a fixed slice of the training set (LTH: 5,000 of MNIST).
+    if not 0 < cfg.val_size < len(x_train):
+        raise ValueError(
+            f"val_size must be in (0, {len(x_train)}) for {cfg.dataset}'s {len(x_train)} training "
+            f"images; got {cfg.val_size}"
+        )
     rng = np.random.default_rng(12345)
     order = rng.permutation(len(x_train))
     val, train = order[: cfg.val_size], order[cfg.val_size :]
@@ -166,7 +199,7 @@ def _make_model(cfg: Config, input_shape: tuple[int, ...], seed_key: jax.Array) 
     if cfg.model in models.CONVNET_VARIANTS:
         return models.ConvNet(cfg.model, input_shape=input_shape, rngs=rngs)
     if cfg.model == "resnet20":
-        return models.ResNet20(in_channels=input_shape[-1], rngs=rngs)
+        return models.ResNet20(in_channels=input_shape[-1], width=cfg.width, rngs=rngs)
     raise ValueError(
         f"model must be lenet300100, resnet20 or one of {sorted(models.CONVNET_VARIANTS)}; "
         f"got {cfg.model!r}"
@@ -203,9 +236,22 @@ def _augment(key, x):
 
 
 class Trainer:
-    """Jitted training chunks and evaluation for one model architecture."""
+    """Jitted training steps and evaluation for one model architecture.
 
-    def __init__(self, cfg: Config, model: nnx.Module):
+    ``loop`` chooses how a chunk of steps between evaluations runs: ``"scan"`` compiles the
+    chunk into one ``lax.scan``; ``"python"`` calls one jitted step per iteration from Python.
+    ``"auto"`` (default) takes ``"python"`` for convolutional models on the CPU backend, where
+    XLA:CPU convolutions inside a while loop run about 60x slower than the same jitted step
+    (BUILD_NOTES section 2), and ``"scan"`` everywhere else. Both compute the same steps.
+    """
+
+    def __init__(self, cfg: Config, model: nnx.Module, loop: str = "auto"):
+        if loop not in ("auto", "scan", "python"):
+            raise ValueError(f"loop must be 'auto', 'scan' or 'python'; got {loop!r}")
+        if loop == "auto":
+            conv = cfg.model != "lenet300100"
+            loop = "python" if conv and jax.default_backend() == "cpu" else "scan"
+        self.loop = loop
         self.cfg = cfg
         # data parallel over every device: the training set and the parameters are replicated,
         # each step's gathered batch is sharded along "data" (identity on one device)
@@ -221,30 +267,45 @@ class Trainer:
         self.graph_eval, _, _ = nnx.split(model, nnx.Param, ...)
         model.train()
         self._chunk = jax.jit(self._chunk_impl, static_argnums=(0,))
+        self._step = jax.jit(self._step_impl, static_argnums=(0,))
         self._eval = jax.jit(self._eval_impl)
 
     def _loss(self, params, rest, x, y):
-        model = nnx.merge(self.graph_train, params, rest)
+        # copy=True: fresh Variables at this trace level. Without it BatchNorm (ResNet-20)
+        # cannot write its running statistics from inside the gradient trace.
+        model = nnx.merge(self.graph_train, params, rest, copy=True)
         logits = model(x)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         _, _, rest = nnx.split(model, nnx.Param, ...)
         return loss, rest
 
+    def _step_impl(self, tx, carry, x_train, y_train, idx, key):
+        params, rest, opt_state = carry
+        x, y = par.constrain_batch((x_train[idx], y_train[idx]), self.mesh)
+        if self.cfg.augment:
+            x = _augment(key, x)
+        (loss, rest), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), rest, opt_state), loss
+
     def _chunk_impl(self, tx, params, rest, opt_state, x_train, y_train, batches, keys):
         def body(carry, inputs):
-            params, rest, opt_state = carry
-            idx, key = inputs
-            x, y = par.constrain_batch((x_train[idx], y_train[idx]), self.mesh)
-            if self.cfg.augment:
-                x = _augment(key, x)
-            (loss, rest), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, x, y)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), rest, opt_state), loss
+            return self._step_impl(tx, carry, x_train, y_train, *inputs)
 
         (params, rest, opt_state), losses = jax.lax.scan(
             body, (params, rest, opt_state), (batches, keys)
         )
         return params, rest, opt_state, losses
+
+    def _run_chunk(self, params, rest, opt_state, data, batches, keys):
+        """Steps through ``batches`` / ``keys`` (one row each per iteration)."""
+        args = (self.tx, params, rest, opt_state, data["x_train"], data["y_train"])
+        if self.loop == "scan":
+            return self._chunk(*args, jnp.asarray(batches), keys)[:3]
+        carry = (params, rest, opt_state)
+        for idx, key in zip(batches, keys, strict=True):
+            carry, _ = self._step(self.tx, carry, data["x_train"], data["y_train"], idx, key)
+        return carry
 
     def _eval_impl(self, params, rest, x, y):
         def one(batch):
@@ -273,15 +334,15 @@ class Trainer:
         data: dict[str, jax.Array],
         key: jax.Array,
         start: int,
-        capture: int | None = None,
+        capture: tuple[int, ...] = (),
         label: str = "",
     ):
         """Trains from iteration ``start`` to ``cfg.iterations`` with ``masks`` held at zero.
 
         Returns ``(params, rest, curve, captured)``: ``curve`` rows are
         ``(iteration, val_loss, val_acc, test_acc)`` with test_acc None except at new
-        validation-loss minima and the end; ``captured`` is ``(params, rest)`` at
-        iteration ``capture`` (for rewinding), or None.
+        validation-loss minima and the end; ``captured`` maps each iteration in ``capture``
+        (rewind points) after ``start`` to ``(params, rest)`` there.
         """
         cfg = self.cfg
         tx = self.tx
@@ -302,25 +363,18 @@ class Trainer:
         stops = sorted(
             {start + i for i in range(cfg.eval_every, total + 1, cfg.eval_every)}
             | {cfg.iterations}
-            | ({capture} if capture and start < capture <= cfg.iterations else set())
+            | {k for k in capture if start < k <= cfg.iterations}
         )
-        curve, captured, t, best = [], None, start, float("inf")
+        curve, captured, t, best = [], {}, start, float("inf")
         t0 = time.time()
         for stop in stops:
             sl = slice(t - start, stop - start)
-            params, rest, opt_state, _ = self._chunk(
-                tx,
-                params,
-                rest,
-                opt_state,
-                data["x_train"],
-                data["y_train"],
-                jnp.asarray(batches[sl]),
-                step_keys[sl],
+            params, rest, opt_state = self._run_chunk(
+                params, rest, opt_state, data, batches[sl], step_keys[sl]
             )
             t = stop
-            if capture is not None and t == capture:
-                captured = (params, rest)
+            if t in capture:
+                captured[t] = (params, rest)
             if (t - start) % cfg.eval_every == 0 or t == cfg.iterations:
                 vl, va = (float(v) for v in self._eval(params, rest, data["x_val"], data["y_val"]))
                 # Test accuracy is only needed at the early-stopping iteration (a new minimum of
@@ -474,16 +528,14 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         report = W.sparsity_report(masks)
         label = f"seed {seed} {kind} r{r} {report.remaining:.1f}%"
         print(f"[lottery_ticket] job {j + 1}/{len(jobs)}: {label}", flush=True)
-        capture = (
-            cfg.rewind_iteration if (kind == "imp" and r == 0 and cfg.rewind_iteration) else None
-        )
+        capture = (cfg.rewind_iteration,) if (kind == "imp" and r == 0) else ()
         params, rest, curve, captured = trainer.train(
             params, rest, masks, data, key, start, capture=capture, label=label
         )
         results.append({"seed": seed, "kind": kind, "round": r, **_summary(curve, report)})
         if kind == "imp":
-            if captured is not None:
-                state["theta_k"], state["rest_k"] = captured
+            if cfg.rewind_iteration in captured:
+                state["theta_k"], state["rest_k"] = captured[cfg.rewind_iteration]
             state = _to_numpy(state)
             next_masks = W.prune_round(
                 params,

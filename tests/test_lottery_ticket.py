@@ -123,3 +123,54 @@ def test_compare_rewind_puts_runs_side_by_side(reference, tmp_path):
     (tmp_path / "rw50" / "results.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="differ only in rewind_iteration"):
         lt.compare_rewind(dirs, str(tmp_path / "cmp2"))
+
+
+def _resnet_config():
+    # ResNet-20 (BatchNorm) at width 4 on the 8x8 digits, with augmentation: a handful of steps
+    return dataclasses.replace(
+        lt.PRESETS["cpu_rewind_resnet"],
+        dataset="digits",
+        width=4,
+        iterations=4,
+        eval_every=2,
+        val_size=100,
+        batch_size=16,
+    )
+
+
+def test_batchnorm_trains_and_both_step_loops_agree():
+    import jax
+    from flax import nnx
+
+    cfg = _resnet_config()
+    data = {k: jax.numpy.asarray(v) for k, v in lt._prepare(cfg, None).items()}
+    runs = {}
+    for loop in ("scan", "python"):
+        model = lt._make_model(cfg, data["x_train"].shape[1:], jax.random.key(0))
+        trainer = lt.Trainer(cfg, model, loop=loop)
+        assert trainer.loop == loop
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        masks = jax.tree.map(lambda p: None, params)
+        runs[loop] = trainer.train(params, rest, masks, data, jax.random.key(1), 0)
+    (p_scan, r_scan, c_scan, _), (p_py, r_py, c_py, _) = runs["scan"], runs["python"]
+    # the running statistics moved away from their initial values (mean 0, var 1)
+    means = [np.asarray(v) for k, v in nnx.to_flat_state(r_scan) if k[-1] == "mean"]
+    assert means and all(np.abs(m).max() > 1e-4 for m in means)
+    for a, b in zip(jax.tree.leaves((p_scan, r_scan)), jax.tree.leaves((p_py, r_py)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        [row[1] for row in c_scan], [row[1] for row in c_py], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_trainer_loop_choice():
+    import jax
+
+    cfg = _resnet_config()
+    model = lt._make_model(cfg, (8, 8, 1), jax.random.key(0))
+    expected = "python" if jax.default_backend() == "cpu" else "scan"
+    assert lt.Trainer(cfg, model).loop == expected
+    lenet = dataclasses.replace(cfg, model="lenet300100")
+    assert lt.Trainer(lenet, lt._make_model(lenet, (8, 8, 1), jax.random.key(0))).loop == "scan"
+    with pytest.raises(ValueError, match="loop must be"):
+        lt.Trainer(cfg, model, loop="unrolled")

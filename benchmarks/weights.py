@@ -7,7 +7,9 @@ Command (numbers in BUILD_NOTES.md):
 1. A jitted training step (forward, backward, optimizer, apply) with and without
    ``pruneax.weights.masked_optimizer`` at 80% sparsity: same model, same batch, same machine,
    timed alternately in one run; reported as the ratio of medians (target <= 1.10). Each timed
-   call runs ``steps`` optimizer steps in a ``lax.scan`` so dispatch does not dominate.
+   call runs ``steps`` optimizer steps in a ``lax.scan`` so dispatch does not dominate; the
+   conv-net cases (``--convnets``) call a jitted step from Python instead, because XLA:CPU runs
+   convolutions inside a while loop about 60x slower (BUILD_NOTES section 2).
 2. ``global_masks`` (global magnitude top-k) on a 100M-parameter pytree: median wall time.
 """
 
@@ -43,24 +45,29 @@ def _median_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def _step_case(name, model, x, y, tx, steps, repeats, sparsity=0.8):
+def _step_case(name, model, x, y, tx, steps, repeats, sparsity=0.8, loop="scan"):
     graph, params, rest = nnx.split(model, nnx.Param, ...)
     masks = W.layerwise_masks(W.magnitude_scores(params), sparsity)
 
     def loss(p, r, xb, yb):
-        m = nnx.merge(graph, p, r)
+        m = nnx.merge(graph, p, r, copy=True)  # copy: BatchNorm updates its statistics
         return optax.softmax_cross_entropy_with_integer_labels(m(xb), yb).mean()
 
     def make(opt):
-        @jax.jit
-        def run(p, s):
-            def body(carry, _):
-                p, s = carry
-                g = jax.grad(loss)(p, rest, x, y)
-                u, s = opt.update(g, s, p)
-                return (optax.apply_updates(p, u), s), None
+        def body(carry, _):
+            p, s = carry
+            g = jax.grad(loss)(p, rest, x, y)
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
 
-            return jax.lax.scan(body, (p, s), None, length=steps)[0]
+        if loop == "scan":
+            return jax.jit(lambda p, s: jax.lax.scan(body, (p, s), None, length=steps)[0])
+        one = jax.jit(lambda p, s: body((p, s), None)[0])
+
+        def run(p, s):
+            for _ in range(steps):
+                p, s = one(p, s)
+            return p, s
 
         return run
 
@@ -122,7 +129,16 @@ def step_benchmark(quick: bool, convnets: bool = False) -> list[dict]:
         print(f"[weights] training step: {name}", flush=True)
         conv = "Conv" in name
         out.append(
-            _step_case(name, model, xb, yb, optax.adam(1e-3), 20 if conv else steps, repeats)
+            _step_case(
+                name,
+                model,
+                xb,
+                yb,
+                optax.adam(1e-3),
+                20 if conv else steps,
+                repeats,
+                loop="python" if conv else "scan",
+            )
         )
     if convnets:
         xr = jnp.asarray(rng.random((128, 32, 32, 3), np.float32))
@@ -131,7 +147,9 @@ def step_benchmark(quick: bool, convnets: bool = False) -> list[dict]:
         model.train()
         name = "ResNet-20, CIFAR batch 128, sgd momentum"
         print(f"[weights] training step: {name}", flush=True)
-        out.append(_step_case(name, model, xr, yr, optax.sgd(0.1, momentum=0.9), 4, 5))
+        out.append(
+            _step_case(name, model, xr, yr, optax.sgd(0.1, momentum=0.9), 10, 5, loop="python")
+        )
     return out
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
@@ -85,3 +86,21 @@ def test_quick_scan_benchmark(tmp_path):
     for row in rows.values():
         for what in ("fwd", "fwd+bwd"):
             assert row[what]["median_s"] > 0, row
+
+
+@pytest.mark.parametrize("loop", ["scan", "python"])
+def test_weights_step_case_with_batchnorm(loop):
+    """The masked-step case runs a BatchNorm model (ResNet) in both step loops."""
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from benchmarks import weights as wb
+    from pruneax import models
+
+    model = models.CifarResNet("resnet20", width=4, rngs=nnx.Rngs(0))
+    model.train()
+    x = jnp.ones((4, 8, 8, 3)) * jnp.arange(4.0)[:, None, None, None]
+    y = jnp.arange(4, dtype=jnp.int32)
+    row = wb._step_case("rn", model, x, y, optax.sgd(0.1, momentum=0.9), 2, 1, loop=loop)
+    assert row["pruned_stay_zero"] and row["dense_ms_per_step"] > 0 < row["masked_ms_per_step"]

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         "# Weight-pruning benchmark",
         "",
         f"Machine: {machine}. Command: `python benchmarks/weights.py"
-        f"{' --quick' if args.quick else ''}`.",
+        f"{' --quick' if args.quick else ''}{' --convnets' if args.convnets else ''}`.",
         "",
         "| training step | params | batch | dense ms/step | masked ms/step | ratio "
         "| pruned stay 0 |",

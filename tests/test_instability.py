@@ -93,7 +93,9 @@ def test_batchnorm_statistics_are_reestimated():
         rest = interp._stats(params, rest, x)
     # oracle: the first BatchNorm's input is the first convolution of the images
     features = np.asarray(model.conv(x)).reshape(-1, model.bn.num_features)
-    np.testing.assert_allclose(np.asarray(rest["bn"]["mean"]), features.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(rest["bn"]["mean"]), features.mean(0), rtol=1e-4, atol=1e-5
+    )
     np.testing.assert_allclose(np.asarray(rest["bn"]["var"]), features.var(0), rtol=1e-4, atol=1e-5)
 
 

@@ -7,9 +7,9 @@ Command (numbers in BUILD_NOTES.md):
 1. A jitted training step (forward, backward, optimizer, apply) with and without
    ``pruneax.weights.masked_optimizer`` at 80% sparsity: same model, same batch, same machine,
    timed alternately in one run; reported as the ratio of medians (target <= 1.10). Each timed
-   call runs ``steps`` optimizer steps in a ``lax.scan`` so dispatch does not dominate; the
-   conv-net cases (``--convnets``) call a jitted step from Python instead, because XLA:CPU runs
-   convolutions inside a while loop about 60x slower (BUILD_NOTES section 2).
+   call runs ``steps`` optimizer steps in a ``lax.scan`` so dispatch does not dominate; on the
+   CPU backend the conv-net cases (``--convnets``) call a jitted step from Python instead
+   (``experiments._common.steps_from_python``: XLA:CPU convolutions in a while loop are slow).
 2. ``global_masks`` (global magnitude top-k) on a 100M-parameter pytree: median wall time.
 """
 
@@ -31,6 +31,7 @@ from flax import nnx
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from experiments._common import steps_from_python  # noqa: E402
 from pruneax import models  # noqa: E402
 from pruneax import weights as W  # noqa: E402
 
@@ -137,7 +138,7 @@ def step_benchmark(quick: bool, convnets: bool = False) -> list[dict]:
                 optax.adam(1e-3),
                 20 if conv else steps,
                 repeats,
-                loop="python" if conv else "scan",
+                loop="python" if steps_from_python(conv) else "scan",
             )
         )
     if convnets:
@@ -146,10 +147,9 @@ def step_benchmark(quick: bool, convnets: bool = False) -> list[dict]:
         model = models.ResNet20(rngs=rngs)
         model.train()
         name = "ResNet-20, CIFAR batch 128, sgd momentum"
+        loop = "python" if steps_from_python(True) else "scan"
         print(f"[weights] training step: {name}", flush=True)
-        out.append(
-            _step_case(name, model, xr, yr, optax.sgd(0.1, momentum=0.9), 10, 5, loop="python")
-        )
+        out.append(_step_case(name, model, xr, yr, optax.sgd(0.1, momentum=0.9), 10, 5, loop=loop))
     return out
 
 

@@ -108,6 +108,14 @@ def shape_overrides(arrays: dict[str, np.ndarray], overrides) -> dict[str, Any]:
     return out
 
 
+def steps_from_python(conv: bool) -> bool:
+    """Whether a training loop should call one jitted step per iteration from Python rather
+    than ``lax.scan`` its steps: yes for models with convolutions on the CPU backend, where
+    XLA:CPU runs convolutions inside a while loop about 60x slower than the same jitted step
+    (BUILD_NOTES section 2); no elsewhere, where the scan saves the per-step dispatch."""
+    return conv and jax.default_backend() == "cpu"
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments import _common as common
 from experiments import lottery_ticket as lt
 from pruneax import weights as W
 
@@ -122,7 +123,7 @@ def run(
     data = {k: jnp.asarray(v) for k, v in arrays.items()}
     input_shape = tuple(arrays["x_train"].shape[1:])
     setup = {
-        "config": lt._config_json(cfg),
+        "config": common.config_json(cfg),
         "spawn": list(spawn),
         "copies": copies,
         "seed": seed,
@@ -199,7 +200,7 @@ def _write_outputs(workdir: pathlib.Path, setup, runs, pairs) -> dict[str, Any]:
     for k in setup["spawn"]:
         b = [p["barrier"] for p in pairs if p["spawn"] == k]
         summary.append({"spawn": k, "barrier_mean": float(np.mean(b)), "pairs": len(b)})
-    out = {**setup, "machine": lt._machine(), "runs": runs, "pairs": pairs, "summary": summary}
+    out = {**setup, "machine": common.machine(), "runs": runs, "pairs": pairs, "summary": summary}
     (workdir / "results.json").write_text(json.dumps(out, indent=1))
     with open(workdir / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -211,11 +212,7 @@ def _write_outputs(workdir: pathlib.Path, setup, runs, pairs) -> dict[str, Any]:
 
 
 def _plot(path: pathlib.Path, setup, pairs) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     alphas = np.linspace(0.0, 1.0, setup["points"])

@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -39,6 +38,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from experiments import _common as common
 from experiments import _parallel as par
 from pruneax import data as pdata
 from pruneax import models
@@ -222,19 +222,6 @@ def _optimizer(cfg: Config) -> optax.GradientTransformation:
     raise ValueError(f"optimizer must be 'adam' or 'sgd'; got {cfg.optimizer!r}")
 
 
-def _augment(key, x):
-    """Random crop after 4-pixel zero padding, and a random horizontal flip (per image)."""
-    b, h, w, _ = x.shape
-    k1, k2, k3 = jax.random.split(key, 3)
-    padded = jnp.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
-    dy = jax.random.randint(k1, (b,), 0, 9)
-    dx = jax.random.randint(k2, (b,), 0, 9)
-    crop = jax.vmap(lambda im, y, x_: jax.lax.dynamic_slice(im, (y, x_, 0), (h, w, im.shape[-1])))
-    x = crop(padded, dy, dx)
-    flip = jax.random.bernoulli(k3, 0.5, (b,))
-    return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
-
-
 class Trainer:
     """Jitted training steps and evaluation for one model architecture.
 
@@ -249,8 +236,7 @@ class Trainer:
         if loop not in ("auto", "scan", "python"):
             raise ValueError(f"loop must be 'auto', 'scan' or 'python'; got {loop!r}")
         if loop == "auto":
-            conv = cfg.model != "lenet300100"
-            loop = "python" if conv and jax.default_backend() == "cpu" else "scan"
+            loop = "python" if common.steps_from_python(cfg.model != "lenet300100") else "scan"
         self.loop = loop
         self.cfg = cfg
         # data parallel over every device: the training set and the parameters are replicated,
@@ -283,7 +269,7 @@ class Trainer:
         params, rest, opt_state = carry
         x, y = par.constrain_batch((x_train[idx], y_train[idx]), self.mesh)
         if self.cfg.augment:
-            x = _augment(key, x)
+            x = common.random_crop_flip(key, x)
         (loss, rest), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, x, y)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), rest, opt_state), loss
@@ -495,7 +481,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     latest = ckpt.latest()
     if latest is not None:
         step, state, meta = latest
-        if meta["config"] != _config_json(cfg):
+        if meta["config"] != common.config_json(cfg):
             raise ValueError(
                 f"workdir {workdir} holds checkpoints of a different config; use a new --workdir"
             )
@@ -545,7 +531,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
                 overrides=dict(cfg.overrides) or None,
             )
             state["next_masks"] = _masks_to_dict(next_masks)
-        ckpt.save(j, _to_numpy(state), {"config": _config_json(cfg), "results": results})
+        ckpt.save(j, _to_numpy(state), {"config": common.config_json(cfg), "results": results})
         if cfg.rounds > 3:  # long runs: results so far are readable while it goes on
             _write_outputs(cfg, workdir, results, partial=True)
     return _write_outputs(cfg, workdir, results)
@@ -564,10 +550,6 @@ def _to_numpy(state: dict[str, Any]) -> dict[str, Any]:
     return jax.tree.map(np.asarray, {k: pure(v) for k, v in state.items()})
 
 
-def _config_json(cfg: Config) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -576,8 +558,8 @@ def _write_outputs(
 ) -> dict[str, Any]:
     """results.json / .csv / .png (``partial``: to ``results_partial.*`` while running)."""
     out = {
-        "config": _config_json(cfg),
-        "machine": _machine(),
+        "config": common.config_json(cfg),
+        "machine": common.machine(),
         "results": results,
     }
     stem = "results_partial" if partial else "results"
@@ -602,24 +584,8 @@ def _write_outputs(
     return out
 
 
-def _machine() -> dict[str, Any]:
-    import platform
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "devices": [str(d) for d in jax.devices()],
-        "jax": jax.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
 def _plot(cfg: Config, path: pathlib.Path, results: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     styles = {
         "imp": ("C0", "o", "IMP (winning ticket)"),
@@ -759,11 +725,7 @@ def compare_rewind(workdirs: list[str], out: str) -> str:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.with_suffix(".md").write_text(text)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for kind, rw, label in cols:
         pts = [

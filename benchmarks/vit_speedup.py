@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments import vit_token_pruning as vtp  # noqa: E402
 from pruneax import models  # noqa: E402
-from pruneax.models._vit_plan import apply_stage  # noqa: E402
+from pruneax.models.vit import apply_stage  # noqa: E402
 
 METHODS = ("random", "topk", "evit", "tome", "divprune", "kcenter", "maxsum", "coverage",
            "hiprune", "feather", "holov")  # fmt: skip

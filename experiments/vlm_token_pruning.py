@@ -64,10 +64,9 @@ from flax import nnx
 
 from experiments import _common as common
 from experiments import _parallel as par
-from pruneax.models._llm import FastVSpec, init_cache, llm_config
-from pruneax.models._llm_prune import FeatherSpec, TodreSpec
-from pruneax.models._vit import ViTConfig
-from pruneax.models._vlm import (
+from pruneax.models.llama import FastVSpec, FeatherSpec, TodreSpec, init_cache, llm_config
+from pruneax.models.vit import ViTConfig
+from pruneax.models.vlm import (
     VLM,
     VisualSelect,
     VLMConfig,

@@ -21,7 +21,7 @@ import pytest
 from flax import nnx
 
 import pruneax.models as M
-from pruneax.models._hf import read_checkpoint, read_safetensors
+from pruneax.models import read_checkpoint, read_safetensors
 
 st_numpy = pytest.importorskip("safetensors.numpy")
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pruneax.models._llm import (
+from pruneax.models.llama import (
     LLM_VARIANTS,
     FastVSpec,
     KVCache,

@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pruneax.models._hf import read_checkpoint
-from pruneax.models._llm import LlamaLM, generate_greedy, llm_config
-from pruneax.models._llm_hf import load_llm
+from pruneax.models import read_checkpoint
+from pruneax.models.llama import LlamaLM, generate_greedy, llm_config, load_llm
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -190,7 +189,7 @@ def test_config_mapping(loaded):
 
 
 def test_rope_frequencies_match_transformers(saved, loaded):
-    from pruneax.models._llm import rope_inv_freq
+    from pruneax.models.llama import rope_inv_freq
 
     for case in CASES:
         hf, _ = saved[case]

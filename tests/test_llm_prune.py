@@ -20,14 +20,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pruneax.models._llm import (
+from pruneax.models.llama import (
     FastVSpec,
+    FeatherSpec,
     LlamaLM,
+    TodreSpec,
     generate_greedy,
     init_cache,
     llm_config,
 )
-from pruneax.models._llm_prune import FeatherSpec, TodreSpec
 from pruneax.tokens import uniform_grid
 from tests.test_llm import materialize
 

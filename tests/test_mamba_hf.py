@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pruneax.models._hf import read_checkpoint
-from pruneax.models._mamba import MambaConfig, MambaLM, MambaMixer, load_mamba
+from pruneax.models import read_checkpoint
+from pruneax.models.mamba import MambaConfig, MambaLM, MambaMixer, load_mamba
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

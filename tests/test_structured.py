@@ -1,4 +1,4 @@
-"""Structured pruning (pruneax.models._structured): a pruned ViT / LlamaLM equals the dense model
+"""Structured pruning (pruneax.models.structured): a pruned ViT / LlamaLM equals the dense model
 with the removed heads / channels zeroed (the masked dense is built here by explicit slicing,
 independently of the module's unit layout), logits, hidden states and KV-cached greedy decoding;
 analytic parameter counts; magnitude importance against NumPy; Taylor importance against a
@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pruneax.models._common import param_count
-from pruneax.models._llm import LlamaConfig, LlamaLM, generate_greedy, init_cache, llm_config
-from pruneax.models._structured import (
+from pruneax.models import param_count
+from pruneax.models.llama import LlamaConfig, LlamaLM, generate_greedy, init_cache, llm_config
+from pruneax.models.structured import (
     StructuredKeep,
     allocate_units,
     config_flops,
@@ -36,8 +36,7 @@ from pruneax.models._structured import (
     taylor_grads,
     unit_counts,
 )
-from pruneax.models._vit import ViT, ViTConfig, vit_config
-from pruneax.models._vit_plan import PruneStage, PruningPlan
+from pruneax.models.vit import PruneStage, PruningPlan, ViT, ViTConfig, vit_config
 from pruneax.weights import leaf_names
 from tests._models import random_model
 

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from pruneax.models import MambaMixer, param_count
-from pruneax.models._vim import (
+from pruneax.models.vim import (
     TOPVIM_LAYERS,
     VIM_VARIANTS,
     BiMambaMixer,

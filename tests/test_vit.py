@@ -20,8 +20,8 @@ import pytest
 from flax import nnx
 
 import pruneax.models as M
-from pruneax.models import _vit
-from pruneax.models._vit_plan import PruneStage
+from pruneax.models.vit import PruneStage
+from pruneax.models.vit import _model as _vit
 from pruneax.weights import leaf_names, prunable_names
 from tests._models import random_model
 

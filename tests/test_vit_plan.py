@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pruneax.models._vit_plan import METHODS, PruneStage, PruningPlan, apply_stage
+from pruneax.models.vit import METHODS, PruneStage, PruningPlan, apply_stage
 
 B, P, GRID, D, H = 2, 1, (4, 5), 8, 3
 N = GRID[0] * GRID[1]

@@ -19,9 +19,9 @@ from flax import nnx
 from scipy.special import erf
 
 from pruneax import tokens as T
-from pruneax.models._llm import FastVSpec, init_cache, llm_config
-from pruneax.models._vit import ViTConfig
-from pruneax.models._vlm import (
+from pruneax.models.llama import FastVSpec, init_cache, llm_config
+from pruneax.models.vit import ViTConfig
+from pruneax.models.vlm import (
     VLM,
     VLM_SELECT_METHODS,
     VisualSelect,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import vlm_token_pruning as vtp
-from pruneax.models._llm import FastVSpec
+from pruneax.models.llama import FastVSpec
 from tests._resume import kill_after_first_checkpoint
 
 ARGS = ["--preset", "tiny"]

@@ -38,26 +38,33 @@ default predicate selects exactly them; the classifier is the attribute ``out`` 
 ``"out/*"``) in the CNNs and ``head`` (glob ``"head/*"``) in the ViT.
 """
 
-from pruneax.models._common import param_count
-from pruneax.models._convnets import CONVNET_VARIANTS, ConvNet, LeNet300100
-from pruneax.models._hf import load_vit
-from pruneax.models._llm import (
+from pruneax.models._shared import param_count, read_checkpoint, read_safetensors
+from pruneax.models.convnets import (
+    CONVNET_VARIANTS,
+    RESNET_VARIANTS,
+    CifarResNet,
+    ConvNet,
+    LeNet300100,
+    ResNet20,
+)
+from pruneax.models.llama import (
     LLM_VARIANTS,
     FastVSpec,
+    FeatherSpec,
     GenerationOutput,
     KVCache,
     LlamaConfig,
     LlamaLM,
     LlamaOutput,
+    TodreSpec,
+    feather_criterion,
     generate_greedy,
     init_cache,
     llm_config,
-)
-from pruneax.models._llm_hf import (
     load_llm,
+    todre_shares,
 )
-from pruneax.models._llm_prune import FeatherSpec, TodreSpec, feather_criterion, todre_shares
-from pruneax.models._mamba import (
+from pruneax.models.mamba import (
     MambaBlock,
     MambaConfig,
     MambaLM,
@@ -65,8 +72,7 @@ from pruneax.models._mamba import (
     MambaOutput,
     load_mamba,
 )
-from pruneax.models._resnet import RESNET_VARIANTS, CifarResNet, ResNet20
-from pruneax.models._structured import (
+from pruneax.models.structured import (
     StructuredKeep,
     allocate_units,
     config_flops,
@@ -81,7 +87,7 @@ from pruneax.models._structured import (
     taylor_grads,
     unit_counts,
 )
-from pruneax.models._vim import (
+from pruneax.models.vim import (
     VIM_METRICS,
     VIM_MODES,
     VIM_VARIANTS,
@@ -96,9 +102,17 @@ from pruneax.models._vim import (
     vim_flops,
     vim_token_scores,
 )
-from pruneax.models._vit import VIT_VARIANTS, ViT, ViTConfig, ViTOutput, vit_config
-from pruneax.models._vit_plan import PruneStage, PruningPlan
-from pruneax.models._vlm import (
+from pruneax.models.vit import (
+    VIT_VARIANTS,
+    PruneStage,
+    PruningPlan,
+    ViT,
+    ViTConfig,
+    ViTOutput,
+    load_vit,
+    vit_config,
+)
+from pruneax.models.vlm import (
     VLM,
     VLM_SELECT_METHODS,
     VisualSelect,
@@ -170,6 +184,8 @@ __all__ = [
     "mlp_importance",
     "param_count",
     "prune_structured",
+    "read_checkpoint",
+    "read_safetensors",
     "save_pruned",
     "taylor_grads",
     "todre_shares",

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from pruneax.models._common import PatchGrid, check_images, is_size, layer_sizes
-from pruneax.models._vit_plan import PruningPlan, apply_stage
+from pruneax.models._shared.common import PatchGrid, check_images, is_size, layer_sizes
+from pruneax.models.vit._plan import PruningPlan, apply_stage
 
 POS_EMBEDS = ("learned", "sincos", "none")
 FINAL_NORMS = ("all", "pooled", "none")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pruneax.models._common import check_images, glorot_normal, is_size
+from pruneax.models._shared.common import check_images, glorot_normal, is_size
 
 # Conv-N of the LTH paper: widths of the 3x3 convolutions of each stage; every stage ends with a
 # 2x2 max-pool (stride 2). The dense head is the same for all: FC 256, 256, then the classifier.

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pruneax.models._hf import read_checkpoint
-from pruneax.models._llm import LlamaConfig, LlamaLM
+from pruneax.models._shared.checkpoint import read_checkpoint
+from pruneax.models.llama._model import LlamaConfig, LlamaLM
 from pruneax.weights import leaf_names
 
 SUPPORTED_LLM_TYPES = ("llama", "qwen2")

@@ -80,8 +80,8 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from pruneax import tokens as T
-from pruneax.models._common import PatchGrid, check_images, is_size
-from pruneax.models._mamba import (
+from pruneax.models._shared.common import PatchGrid, check_images, is_size
+from pruneax.models.mamba._model import (
     MambaConfig,
     _dt_bias_init,
     _symmetric_uniform,

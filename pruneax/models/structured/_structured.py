@@ -45,8 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pruneax.models._llm import LlamaConfig, LlamaLM
-from pruneax.models._vit import ViT, ViTConfig
+from pruneax.models.llama._model import LlamaConfig, LlamaLM
+from pruneax.models.vit._model import ViT, ViTConfig
 from pruneax.weights import leaf_names
 from pruneax.weights._paths import by_name
 

@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from pruneax.models._common import is_size, layer_sizes
-from pruneax.models._llm_prune import (  # the specs live there; re-exported from here
+from pruneax.models._shared.common import is_size, layer_sizes
+from pruneax.models.llama._prune import (  # the specs live there; re-exported from here
     FastVSpec,  # noqa: F401
     FeatherSpec,  # noqa: F401
     PruneSpec,

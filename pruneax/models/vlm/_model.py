@@ -37,9 +37,9 @@ import numpy as np
 from flax import nnx, struct
 
 from pruneax import tokens as T
-from pruneax.models._common import check_images
-from pruneax.models._llm import FastVSpec, KVCache, LlamaConfig, LlamaLM, LlamaOutput
-from pruneax.models._vit import ViT, ViTConfig
+from pruneax.models._shared.common import check_images
+from pruneax.models.llama._model import FastVSpec, KVCache, LlamaConfig, LlamaLM, LlamaOutput
+from pruneax.models.vit._model import ViT, ViTConfig
 
 # method -> (needs vision attention, uses the question) ; "none" keeps every visual token
 VLM_SELECT_METHODS: dict[str, tuple[bool, bool]] = {

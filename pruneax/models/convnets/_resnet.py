@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pruneax.models._common import check_images, is_size, kaiming_normal, torch_linear_bias
+from pruneax.models._shared.common import check_images, is_size, kaiming_normal, torch_linear_bias
 
 # Blocks per stage for each depth N = 6 * blocks + 2 (open_lth "cifar_resnet_N").
 RESNET_VARIANTS: dict[str, int] = {

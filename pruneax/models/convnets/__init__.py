@@ -1,0 +1,23 @@
+"""The lottery-ticket papers' small networks: LeNet-300-100, Conv-2/4/6 and CIFAR ResNets
+(open_lth).
+"""
+
+from pruneax.models.convnets._convnets import (
+    CONVNET_VARIANTS,
+    ConvNet,
+    LeNet300100,
+)
+from pruneax.models.convnets._resnet import (
+    RESNET_VARIANTS,
+    CifarResNet,
+    ResNet20,
+)
+
+__all__ = [
+    "CONVNET_VARIANTS",
+    "RESNET_VARIANTS",
+    "CifarResNet",
+    "ConvNet",
+    "LeNet300100",
+    "ResNet20",
+]

@@ -20,6 +20,16 @@ from pruneax.tokens._ops import (
     unprotected_positions,
     with_protected,
 )
+from pruneax.tokens._registry import (
+    INPUTS,
+    METHODS,
+    Method,
+    get_method,
+    register,
+    select_tokens,
+    uniform,
+    unregister,
+)
 from pruneax.tokens._scorers import (
     cls_attention,
     last_query_attention,
@@ -30,6 +40,9 @@ from pruneax.tokens._tome import tome_merge
 from pruneax.tokens._topk import budget, random, topk
 
 __all__ = [
+    "INPUTS",
+    "METHODS",
+    "Method",
     "budget",
     "cls_attention",
     "coverage",
@@ -37,6 +50,7 @@ __all__ = [
     "feather",
     "fuse_pruned",
     "gather",
+    "get_method",
     "hiprune",
     "hiprune_anchors",
     "holov",
@@ -49,9 +63,13 @@ __all__ = [
     "query_key_attention",
     "random",
     "received_attention",
+    "register",
+    "select_tokens",
     "tome_merge",
     "topk",
+    "uniform",
     "uniform_grid",
     "unprotected_positions",
+    "unregister",
     "with_protected",
 ]

@@ -19,9 +19,7 @@ difference of y from the sequential scan's.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +31,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pruneax import lab  # noqa: E402
 from pruneax.ops import selective_scan  # noqa: E402
 
 
@@ -99,12 +98,8 @@ def run(
         fns[f"{name}|fwd"] = lambda f=f_c: f(*args)
         fns[f"{name}|fwd+bwd"] = lambda g=g_c: g(*args)
         rows[name] = {"options": kw, "fwd": f_info, "fwd+bwd": g_info}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):  # alternate: every variant sees the same machine state
-        for k, f in fns.items():
-            t = time.perf_counter()
-            jax.block_until_ready(f())
-            times[k].append(time.perf_counter() - t)
+    # alternated: every variant sees the same machine state (compiled and warmed up above)
+    times = lab.time_alternating(fns, repeats=repeats, warmup=0)
     ref = outputs["sequential"]
     for name, row in rows.items():
         row["max_abs_diff_vs_sequential"] = float(np.max(np.abs(outputs[name] - ref)))
@@ -120,11 +115,7 @@ def run(
         "shape": dict(batch=batch, length=length, d_inner=d_inner, d_state=d_state),
         "dtype": "float32",
         "repeats": repeats,
-        "machine": {
-            "platform": platform.platform(),
-            "devices": [str(d) for d in jax.devices()],
-            "jax": jax.__version__,
-        },
+        "machine": lab.machine(),
         "rows": rows,
     }
 
@@ -173,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         chunks, repeats = args.chunks, args.repeats
     result = run(**shape, chunks=chunks, repeats=repeats)
     text = markdown(result)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    lab.write_report(args.out, text, result)
     print(text)
     return 0
 

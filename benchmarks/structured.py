@@ -17,11 +17,8 @@ the speed-up is the ratio of the medians, the ideal one the ratio of ``config_fl
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,26 +28,11 @@ from flax import nnx
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pruneax import models  # noqa: E402
-from pruneax.models import _structured as S  # noqa: E402
+from pruneax import lab, models  # noqa: E402
+from pruneax.models import structured as S  # noqa: E402
 from pruneax.weights import leaf_names  # noqa: E402
 
 BUDGETS = (0.75, 0.5)
-
-
-def _interleaved(fns: dict[str, callable], repeats: int, iters: int) -> dict[str, list[float]]:
-    """Per-call seconds of each function, timed in turn ``repeats`` times (after a warm-up)."""
-    for f in fns.values():
-        jax.block_until_ready(f())
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            for _ in range(iters):
-                out = f()
-            jax.block_until_ready(out)
-            times[k].append((time.perf_counter() - t) / iters)
-    return times
 
 
 def _random_model(model_type, config, seed: int = 0):
@@ -82,8 +64,9 @@ def bench(name: str, model, x, *, tokens: int, repeats: int, iters: int) -> list
         )
         variants[f"{b:g}"] = S.prune_structured(model, keep)
     fwd = {k: _forward(m) for k, m in variants.items()}
-    times = _interleaved({k: (lambda f=f: f(x)) for k, f in fwd.items()}, repeats, iters)
-    med = {k: float(np.median(v)) for k, v in times.items()}
+    fns = {k: (lambda f=f: f(x)) for k, f in fwd.items()}
+    times = lab.time_alternating(fns, repeats=repeats, number=iters)
+    med = lab.medians(times)
     flops = {k: S.config_flops(m.config, tokens=tokens) for k, m in variants.items()}
     rows = []
     for k, m in variants.items():
@@ -143,30 +126,24 @@ def main(argv: list[str] | None = None) -> int:
     # FLOPs per token at the mean causal context of the prompt
     rows += bench("Llama", lm, ids, tokens=(llm_len + 1) // 2, repeats=llm_rep, iters=llm_iters)
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "devices": [str(d) for d in jax.devices()],
-            "jax": jax.__version__,
-        },
+        "machine": lab.machine(),
         "llm_config": llm,
         "llm_batch_tokens": [llm_batch, llm_len],
         "rows": rows,
     }
-    lines = [
-        "| model | kept params | params | ratio | GFLOPs | median ms | speed-up | ideal |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['budget']} | {r['params']:,} | {r['params_ratio']:.3f} | "
-            f"{r['flops'] / 1e9:.3f} | {r['median_s'] * 1e3:.2f} | {r['speedup']:.2f} | "
-            f"{r['ideal_speedup']:.2f} |"
-        )
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    print("\n".join(lines))
+    header = ["model", "kept params", "params", "ratio", "GFLOPs", "median ms", "speed-up", "ideal"]
+    table = lab.markdown_table(
+        header,
+        [
+            [r["model"], r["budget"], f"{r['params']:,}", f"{r['params_ratio']:.3f}",
+             f"{r['flops'] / 1e9:.3f}", f"{r['median_s'] * 1e3:.2f}", f"{r['speedup']:.2f}",
+             f"{r['ideal_speedup']:.2f}"]
+            for r in rows
+        ],
+    )  # fmt: skip
+    text = f"Machine: {lab.describe(result['machine'])}.\n\n{table}"
+    lab.write_report(args.out, text, result)
+    print(text)
     return 0
 
 

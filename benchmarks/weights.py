@@ -16,11 +16,8 @@ Command (numbers in BUILD_NOTES.md):
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,18 +29,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments._common import steps_from_python  # noqa: E402
-from pruneax import models  # noqa: E402
+from pruneax import lab, models  # noqa: E402
 from pruneax import weights as W  # noqa: E402
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def _step_case(name, model, x, y, tx, steps, repeats, sparsity=0.8, loop="scan"):
@@ -78,15 +65,10 @@ def _step_case(name, model, x, y, tx, steps, repeats, sparsity=0.8, loop="scan")
         "dense": (make(plain), params, plain.init(params)),
         "masked": (make(masked), p_masked, masked.init(p_masked)),
     }
-    for run, p, s in runs.values():  # compile both before timing
-        jax.block_until_ready(run(p, s))
-    samples = {"dense": [], "masked": []}
-    for _ in range(repeats):  # alternate so both see the same machine state
-        for key, (run, p, s) in runs.items():
-            t = time.perf_counter()
-            jax.block_until_ready(run(p, s))
-            samples[key].append((time.perf_counter() - t) / steps)
-    dense, masked_t = np.median(samples["dense"]), np.median(samples["masked"])
+    # dense and masked alternate so both see the same machine state; compiled first (warmup)
+    fns = {k: (lambda r=r, p=p, s=s: r(p, s)) for k, (r, p, s) in runs.items()}
+    med = lab.medians(lab.time_alternating(fns, repeats=repeats))
+    dense, masked_t = med["dense"] / steps, med["masked"] / steps
     out = runs["masked"][0](p_masked, runs["masked"][2])[0]
     zero = all(
         bool(jnp.all(jnp.where(m, True, w == 0)))
@@ -164,7 +146,7 @@ def mask_benchmark(quick: bool) -> dict:
     }
     scores = W.magnitude_scores(params)
     fn = jax.jit(lambda s: W.global_masks(s, 0.8))
-    t = _median_time(lambda: jax.block_until_ready(fn(scores)), 1 if not quick else 3)
+    t = lab.medians(lab.time_alternating({"m": lambda: fn(scores)}, repeats=3 if quick else 1))["m"]
     masks = fn(scores)
     report = W.sparsity_report(masks)
     return {
@@ -184,15 +166,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--convnets", action="store_true", help="also Conv-4 and ResNet-20 (slow on CPU)"
     )
     args = parser.parse_args(argv)
-    machine = (
-        f"{platform.processor() or platform.machine()}, jax {jax.__version__}, {jax.devices()}"
-    )
+    machine = lab.machine()
     steps = step_benchmark(args.quick, args.convnets)
     mask = mask_benchmark(args.quick)
     lines = [
         "# Weight-pruning benchmark",
         "",
-        f"Machine: {machine}. Command: `python benchmarks/weights.py"
+        f"Machine: {lab.describe(machine)}. Command: `python benchmarks/weights.py"
         f"{' --quick' if args.quick else ''}{' --convnets' if args.convnets else ''}`.",
         "",
         "| training step | params | batch | dense ms/step | masked ms/step | ratio "
@@ -212,11 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
     result = {"machine": machine, "steps": steps, "masks": mask}
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    lab.write_report(args.out, text, result)
     return result
 
 

@@ -12,10 +12,7 @@ import argparse
 import dataclasses
 import functools
 import json
-import os
 import pathlib
-import platform
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -29,6 +26,7 @@ from flax import nnx
 
 from experiments import _parallel as par
 from pruneax import data as pdata
+from pruneax import lab
 
 
 def config_json(cfg: Any) -> dict[str, Any]:
@@ -70,15 +68,7 @@ def config_from_args(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
     return dataclasses.replace(cfg, **given)
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "devices": [str(d) for d in jax.devices()],
-        "jax": jax.__version__,
-        "python": sys.version.split()[0],
-    }
+machine = lab.machine  # one description of the machine, shared with the benchmarks
 
 
 def load_standardized(dataset: str, data_dir: str | None) -> dict[str, np.ndarray]:
@@ -160,9 +150,7 @@ class Progress(dict):
             self.setdefault(name, {})
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(self), indent=1))
-        tmp.replace(self.path)
+        lab.write_json(self.path, dict(self))
 
 
 class Checkpoints:

@@ -33,7 +33,6 @@ import argparse
 import csv
 import dataclasses
 import itertools
-import json
 import pathlib
 import sys
 from typing import Any
@@ -45,6 +44,7 @@ from flax import nnx
 
 from experiments import _common as common
 from experiments import lottery_ticket as lt
+from pruneax import lab
 from pruneax import weights as W
 
 
@@ -201,7 +201,7 @@ def _write_outputs(workdir: pathlib.Path, setup, runs, pairs) -> dict[str, Any]:
         b = [p["barrier"] for p in pairs if p["spawn"] == k]
         summary.append({"spawn": k, "barrier_mean": float(np.mean(b)), "pairs": len(b)})
     out = {**setup, "machine": common.machine(), "runs": runs, "pairs": pairs, "summary": summary}
-    (workdir / "results.json").write_text(json.dumps(out, indent=1))
+    lab.write_json(workdir / "results.json", out)
     with open(workdir / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["spawn", "copy_a", "copy_b", "barrier", "error_a", "error_b"])

@@ -41,7 +41,7 @@ from flax import nnx
 from experiments import _common as common
 from experiments import _parallel as par
 from pruneax import data as pdata
-from pruneax import models
+from pruneax import lab, models
 from pruneax import weights as W
 
 
@@ -563,7 +563,7 @@ def _write_outputs(
         "results": results,
     }
     stem = "results_partial" if partial else "results"
-    (workdir / f"{stem}.json").write_text(json.dumps(out, indent=1))
+    lab.write_json(workdir / f"{stem}.json", out)
     fields = [
         "seed",
         "kind",
@@ -674,7 +674,7 @@ def summarize(workdirs: list[str], out: str) -> str:
     text = "\n".join(lines) + "\n"
     out_path = pathlib.Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.with_suffix(".md").write_text(text)
+    lab.write_text(out_path.with_suffix(".md"), text)
     _plot(cfg, out_path.with_suffix(".png"), rows)
     return text
 
@@ -723,7 +723,7 @@ def compare_rewind(workdirs: list[str], out: str) -> str:
     text = "\n".join(lines) + "\n"
     out_path = pathlib.Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.with_suffix(".md").write_text(text)
+    lab.write_text(out_path.with_suffix(".md"), text)
 
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))

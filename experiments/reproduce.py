@@ -37,13 +37,14 @@ import importlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from pruneax import lab
 
 PRESETS = ("tiny", "cpu", "gpu")
 HOLDS, FAILS, NOISE, NA = "holds", "does not hold", "within noise", "not measured"
@@ -137,7 +138,7 @@ def _token_demo_claims(r: dict[str, Any]) -> list[Claim]:
             HOLDS if mass["topk"] >= max(mass.values()) - 1e-6 else FAILS,
         )
     ]
-    for name, paper in (("maxmin_diversity", "DivPrune"), ("kcenter", "ToDRE (k-center)")):
+    for name, paper in (("divprune", "DivPrune"), ("kcenter", "ToDRE (k-center)")):
         claims.append(
             Claim(
                 paper,
@@ -399,9 +400,7 @@ def _state(workdir: Path) -> dict[str, Any]:
 
 
 def _save_state(workdir: Path, state: dict[str, Any]) -> None:
-    tmp = workdir / "reproduce.json.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(workdir / "reproduce.json")
+    lab.write_json(workdir / "reproduce.json", state)
 
 
 def run(
@@ -482,26 +481,6 @@ def run(
 # ------------------------------------------------------------------------- report
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for pkg in ("pruneax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "-"
-    return out
-
-
-def _machine() -> dict[str, Any]:
-    import jax
-
-    from experiments import _common
-
-    return {**_common.machine(), "backend": jax.default_backend()}
-
-
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -552,7 +531,7 @@ def write_report(
             lines += [f"![{exp.name}: {png.stem}]({exp.name}/{png.name})", ""]
         sections.append("\n".join(lines))
 
-    machine, versions = _machine(), _versions()
+    machine, versions = lab.machine(), lab.versions()
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = f"python -m experiments.reproduce --preset {preset} --workdir {workdir}"
     if data_dir:
@@ -591,7 +570,7 @@ def write_report(
     for name, c in rows:
         head.append(f"| {name} | {_md_escape(c.paper)} | {_md_escape(c.claim)} | {c.verdict} |")
     head.append("")
-    (workdir / "report.md").write_text("\n".join(head + sections))
+    lab.write_text(workdir / "report.md", "\n".join(head + sections))
     report = {
         "preset": preset,
         "command": command,
@@ -601,7 +580,7 @@ def write_report(
         "experiments": {k: {**state.get(k, {}), **v} for k, v in claims_json.items()},
         "verdicts": {k: v for k, v in verdicts.items() if v},
     }
-    (workdir / "report.json").write_text(json.dumps(report, indent=1))
+    lab.write_json(workdir / "report.json", report)
     return report
 
 

@@ -50,7 +50,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import _common as common
-from pruneax import models
+from pruneax import lab, models
 from pruneax.models import VimPruningPlan
 
 # mode key -> (VimPruneStage mode, gap_rule, cls_position)
@@ -451,8 +451,8 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         "throughput": throughput,
     }
     results = json.loads(json.dumps(results))  # as read back: lists, not tuples, on resume too
-    (workdir / "results.json").write_text(json.dumps(results, indent=1))
-    (workdir / "results.md").write_text(_tables(results))
+    lab.write_json(workdir / "results.json", results)
+    lab.write_text(workdir / "results.md", _tables(results))
     _plot_accuracy_flops(results, workdir / "accuracy_flops.png")
     _plot_ablation(results, workdir / "metric_ablation.png")
     _plot_finetune(results, workdir / "finetune.png")

@@ -19,7 +19,7 @@ are honest hand-made stand-ins computed from the pixels, not from any encoder:
   2-D sin-cos code of the patch centre (F frequencies per axis, times ``pos_weight``), so the
   diversity and coverage selectors see both content and position;
 - ``score`` (stand-in for [CLS] / last-query attention; used by topk, feather, holov and as the
-  kcenter / maxsum_diversity pivot): ``softmax_N(patch mean intensity / temperature)``;
+  kcenter / maxsum pivot): ``softmax_N(patch mean intensity / temperature)``;
 - HiPrune ``shallow`` (the "object" layer that places anchors): ``softmax_N`` of the patch-mean
   map blurred by a 3 x 3 binomial kernel, over ``temperature`` - it peaks inside the digit's
   mass; HiPrune ``deep`` (registers): ``softmax_N`` of the patch contrast (standard deviation of
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pruneax.tokens as T
+from pruneax import lab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,17 +72,8 @@ PRESETS = {
     "tiny": Config(num_images=2, size=32),
 }
 
-METHODS = (
-    "topk",
-    "random",
-    "maxmin_diversity",
-    "kcenter",
-    "maxsum_diversity",
-    "coverage",
-    "hiprune",
-    "feather",
-    "holov",
-)
+# Every selector of the registry (pruneax.tokens.METHODS): a method registered there is in the demo.
+METHODS = tuple(T.METHODS)
 
 
 class Tokens(NamedTuple):
@@ -166,20 +157,32 @@ def make_tokens(images: jax.Array, config: Config, key: jax.Array) -> Tokens:
 
 
 def selectors(config: Config, grid: tuple[int, int], k: int) -> dict[str, Callable]:
-    """Single-example selectors ``Tokens -> int32 [k]``, one per method, all at budget ``k``."""
-    n = grid[0] * grid[1]
-    chunks = config.holov_chunks or grid[0]
-    return {
-        "topk": lambda t: T.topk(t.score, k),
-        "random": lambda t: T.random(t.key, n, k),
-        "maxmin_diversity": lambda t: T.maxmin_diversity(t.features, k),
-        "kcenter": lambda t: T.kcenter(t.features, k, pivot=t.score),
-        "maxsum_diversity": lambda t: T.maxsum_diversity(t.features, k, pivot=t.score),
-        "coverage": lambda t: T.coverage(t.features, k, text=None),
-        "hiprune": lambda t: T.hiprune(t.shallow, t.deep, k, grid=grid, alpha=config.hiprune_alpha),
-        "feather": lambda t: T.feather(t.score, k, grid=grid, stride=config.feather_stride),
-        "holov": lambda t: T.holov(t.score, t.features, k, num_chunks=chunks),
+    """Single-example selectors ``Tokens -> int32 [k]``, one per registered method, at budget
+    ``k``. Every method gets the same stand-ins (``score`` as the attention scores, ``shallow`` /
+    ``deep`` as HiPrune's layers) and the options set in the config."""
+    options = {
+        "hiprune": {"alpha": config.hiprune_alpha},
+        "feather": {"stride": config.feather_stride},
+        "holov": {"num_chunks": config.holov_chunks or grid[0]},
     }
+
+    def make(name):
+        def select(t: Tokens) -> jax.Array:
+            return T.select_tokens(
+                name,
+                k,
+                scores=t.score,
+                features=t.features,
+                shallow_scores=t.shallow,
+                deep_scores=t.deep,
+                grid=grid,
+                key=t.key,
+                **options.get(name, {}),
+            )
+
+        return select
+
+    return {name: make(name) for name in METHODS}
 
 
 def statistics(idx: np.ndarray, tokens: Tokens, grid: tuple[int, int], threshold: float) -> dict:
@@ -315,7 +318,7 @@ def run(config: Config, workdir: str | Path) -> dict:
         "dataset_indices": ds_idx.tolist(),
         "methods": methods,
     }
-    (workdir / "results.json").write_text(json.dumps(results, indent=1))
+    lab.write_json(workdir / "results.json", results)
 
     print(f"\n{'method':<17s} {'score_mass':>10s} {'mean_dist':>9s} {'on_digit':>8s} {'s':>6s}")
     for name, m in methods.items():

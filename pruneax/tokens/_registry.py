@@ -3,8 +3,9 @@
 Every consumer (ViT pruning plans, the VLM's pre-LLM selection, benchmarks, property tests,
 experiments) reads ``METHODS`` instead of keeping its own table of names. A consumer computes the
 inputs a method ``needs`` -- token features, per-token scores (CLS attention, or attention
-received when there is no CLS token), shallow-layer scores, the patch grid, text embeddings, a
-PRNG key -- and calls ``select_tokens``. Adding a selector is one function, one ``register`` call
+received when there is no CLS token), the attention each token receives at a shallow and at a
+deep layer (HiPrune), the patch grid, text embeddings, a PRNG key -- and calls
+``select_tokens``. Adding a selector is one function, one ``register`` call
 and one oracle test; it then appears in every consumer.
 
 The model is jaxpruner's ``ALGORITHM_REGISTRY`` / ``register_algorithm`` without its class
@@ -30,7 +31,16 @@ from pruneax.tokens._topk import random, topk
 
 # Inputs a selector may need, per example (``grid`` and ``key`` are shared by the batch rows
 # only in the sense that the consumer passes one per row; ``grid`` is static).
-INPUTS = ("scores", "features", "shallow_scores", "grid", "text", "vision_features", "key")
+INPUTS = (
+    "scores",
+    "features",
+    "shallow_scores",
+    "deep_scores",
+    "grid",
+    "text",
+    "vision_features",
+    "key",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +152,8 @@ def select_tokens(name: str, k: int, **inputs: Any) -> jax.Array:
       name: a key of ``METHODS``.
       k: tokens to keep, a Python int.
       **inputs: the method's inputs (``scores`` [N], ``features`` [N, D], ``shallow_scores``
-        [N], ``grid`` (rows, cols), ``text`` [M, D], ``vision_features`` [N, Dv], ``key``)
+        / ``deep_scores`` [N] (attention received at a shallow / the deep layer), ``grid``
+        (rows, cols), ``text`` [M, D], ``vision_features`` [N, Dv], ``key``)
         and options (see ``METHODS[name].options``). Inputs the method does not use are
         ignored, so a consumer may pass everything it has; ``None`` counts as absent.
 
@@ -273,9 +284,9 @@ for _m in (
     Method(
         "hiprune",
         lambda k, inp, alpha: hiprune(
-            inp["shallow_scores"], inp["scores"], k, grid=inp["grid"], alpha=alpha
+            inp["shallow_scores"], inp["deep_scores"], k, grid=inp["grid"], alpha=alpha
         ),
-        {"shallow_scores", "scores", "grid"},
+        {"shallow_scores", "deep_scores", "grid"},
         options={"alpha": 0.1},
         summary="anchors from a shallow layer, buffers, registers from the deep one (HiPrune)",
     ),

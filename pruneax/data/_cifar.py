@@ -240,6 +240,19 @@ def load_cifar10(
       ImportError: if Pillow is not installed.
 
     References: Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009.
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> from PIL import Image
+      >>> from pruneax.data import CIFAR10_CLASSES, load_cifar10
+      >>> with tempfile.TemporaryDirectory() as d:  # one black 32x32 PNG per class and split
+      ...     for split in ("train", "test"):
+      ...         for name in CIFAR10_CLASSES:
+      ...             pathlib.Path(d, split, name).mkdir(parents=True)
+      ...             Image.new("RGB", (32, 32)).save(pathlib.Path(d, split, name, "0.png"))
+      ...     ds = load_cifar10(d)
+      >>> ds.train_images.shape, ds.test_labels.tolist()[:3], ds.class_names[1]
+      ((10, 32, 32, 3), [0, 1, 2], 'automobile')
     """
     candidates = candidate_dirs(data_dir, _SUBDIRS)
     root = next((d for d in candidates if _has_splits(d)), None)

@@ -118,6 +118,16 @@ def train_val_split(images: np.ndarray, labels: np.ndarray, val_size: int, seed:
 
     Raises:
       ValueError: if the lengths differ or ``val_size`` is not an int in ``[1, N)``.
+
+    Example:
+      >>> import numpy as np
+      >>> from pruneax.data import train_val_split
+      >>> images, labels = np.arange(10), np.arange(10) % 2
+      >>> split = train_val_split(images, labels, val_size=3, seed=0)
+      >>> len(split.train_images), len(split.val_images)
+      (7, 3)
+      >>> sorted(split.train_images.tolist() + split.val_images.tolist()) == images.tolist()
+      True
     """
     images = np.asarray(images)
     labels = np.asarray(labels)

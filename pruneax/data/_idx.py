@@ -97,6 +97,17 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         with the header (truncated or padded file); the message names the file.
 
     References: LeCun, Cortes & Burges, "The MNIST database of handwritten digits" (IDX format).
+
+    Example:
+      >>> import pathlib, struct, tempfile
+      >>> import numpy as np
+      >>> from pruneax.data import read_idx
+      >>> images = np.arange(8, dtype=np.uint8).reshape(2, 2, 2)  # two 2x2 images
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     path = pathlib.Path(d, "images-idx3-ubyte")
+      ...     _ = path.write_bytes(struct.pack(">4I", 2051, 2, 2, 2) + images.tobytes())
+      ...     read_idx(path).tolist()
+      [[[0, 1], [2, 3]], [[4, 5], [6, 7]]]
     """
     path = Path(path)
     return _parse_idx(_read_maybe_gzip(path), path)
@@ -133,6 +144,19 @@ def load_mnist(data_dir: str | os.PathLike[str]) -> ImageDataset:
 
     References: LeCun, Bottou, Bengio & Haffner, "Gradient-based learning applied to document
       recognition", Proc. IEEE 1998.
+
+    Example:
+      >>> import pathlib, struct, tempfile
+      >>> from pruneax.data import load_mnist
+      >>> with tempfile.TemporaryDirectory() as d:  # tiny stand-ins: 2 train, 1 test image
+      ...     for split, n in (("train", 2), ("t10k", 1)):
+      ...         images = struct.pack(">4I", 2051, n, 28, 28) + bytes(784 * n)
+      ...         _ = pathlib.Path(d, f"{split}-images-idx3-ubyte").write_bytes(images)
+      ...         labels = struct.pack(">2I", 2049, n) + bytes(n)
+      ...         _ = pathlib.Path(d, f"{split}-labels-idx1-ubyte").write_bytes(labels)
+      ...     ds = load_mnist(d)
+      >>> ds.train_images.shape, ds.test_labels.tolist(), ds.num_classes
+      ((2, 28, 28), [0], 10)
     """
     tried = []
     for directory in candidate_dirs(data_dir, ("mnist",)):

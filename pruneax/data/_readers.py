@@ -34,6 +34,12 @@ def load_digits() -> ImageDataset:
       ImportError: if scikit-learn is not installed.
 
     References: Alpaydin & Kaynak, "Optical Recognition of Handwritten Digits", UCI, 1998.
+
+    Example:
+      >>> from pruneax.data import load_digits
+      >>> ds = load_digits()
+      >>> ds.train_images.shape, ds.test_images.shape, ds.pixel_max
+      ((1437, 8, 8), (360, 8, 8), 16)
     """
     try:
         from sklearn.datasets import load_digits as sklearn_digits
@@ -105,6 +111,11 @@ def load_tfds(name: str, data_dir: str | os.PathLike[str] | None = None) -> Imag
       ValueError: if a split is missing or the records have no image / label.
 
     References: TensorFlow Datasets, https://www.tensorflow.org/datasets (``tfds.data_source``).
+
+    Example:
+      >>> from pruneax.data import load_tfds
+      >>> # skipped: needs the data prepared by `tfds build mnist`, a download (no offline form)
+      >>> ds = load_tfds("mnist")  # doctest: +SKIP
     """
     try:
         import tensorflow_datasets as tfds
@@ -179,6 +190,12 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> I
       FileNotFoundError: if neither ``data_dir`` nor ``$PRUNEAX_DATA_DIR`` is given, or the
         files are not there (the message lists the paths and files looked for, and how to
         provide them).
+
+    Example:
+      >>> from pruneax.data import load_dataset
+      >>> ds = load_dataset("digits")  # needs no files; "mnist" / "cifar10" read data_dir
+      >>> ds.name, ds.num_classes, ds.input_shape
+      ('digits', 10, (8, 8, 1))
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in DATASETS:

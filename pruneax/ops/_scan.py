@@ -266,6 +266,15 @@ def selective_scan(
     References: Gu & Dao, "Mamba", 2023 (arXiv:2312.00752), Alg. 2 and Sec. 3.5.2; Zhan et
       al., "Exploring Token Pruning in Vision State Space Models", NeurIPS 2024
       (arXiv:2409.18962), Sec. 4.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax.ops import selective_scan
+      >>> x, delta = jnp.ones((1, 4, 2)), jnp.full((1, 4, 2), 0.5)  # [B, L, E]
+      >>> A, B, C = -jnp.ones((2, 3)), jnp.ones((1, 4, 3)), jnp.ones((1, 4, 3))  # N = 3
+      >>> y = selective_scan(x, delta, A, B, C)
+      >>> y.shape, bool(jnp.allclose(y, selective_scan(x, delta, A, B, C, mode="sequential")))
+      ((1, 4, 2), True)
     """
     _check(x, delta, A, B, C, D, z, h0, keep, gap_delta, mode, chunk_size)
     out_dtype = jnp.result_type(x)
@@ -324,6 +333,13 @@ def gap_delta_sum(delta: jax.typing.ArrayLike, keep: jax.typing.ArrayLike) -> ja
 
     References: Zhan et al., "Exploring Token Pruning in Vision State Space Models", NeurIPS
       2024 (arXiv:2409.18962), Sec. 4 (hidden-state alignment).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax.ops import gap_delta_sum
+      >>> keep = jnp.array([[True, False, False, True, True]])
+      >>> gap_delta_sum(jnp.ones((1, 5, 1)), keep)[0, :, 0].tolist()  # 2 pruned before t = 3
+      [0.0, 0.0, 1.0, 2.0, 0.0]
     """
     ds = _shape(delta)
     if len(ds) != 3:

@@ -37,6 +37,13 @@ def coverage_matrix(
 
     Raises:
       ValueError: as :func:`coverage`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> x = jnp.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+      >>> T.coverage_matrix(x).shape, T.coverage_matrix(x, text=jnp.array([[0.0, 1.0]])).shape
+      ((4, 4), (5, 4))
     """
     _, _, m = _coverage_shapes(x, text, x_vision)
     alpha, tau_tv, tau_vv = _coverage_params(alpha, tau_tv, tau_vv)
@@ -85,6 +92,15 @@ def coverage(
 
     References:
       MMTok: "Multimodal Coverage Maximization for Efficient Inference of VLMs", 2025.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> x = jnp.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+      >>> T.coverage(x, 2).tolist()
+      [1, 3]
+      >>> T.coverage(x, 1, text=jnp.array([[0.0, 1.0]])).tolist()  # the token the text is about
+      [2]
     """
     n, _, m = _coverage_shapes(x, text, x_vision)
     alpha, tau_tv, tau_vv = _coverage_params(alpha, tau_tv, tau_vv)

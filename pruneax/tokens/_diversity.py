@@ -49,6 +49,13 @@ def maxmin_diversity(x: jax.typing.ArrayLike, k: int) -> jax.Array:
     References:
       Alvar et al., "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal
       Models", CVPR 2025.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> x = jnp.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+      >>> T.maxmin_diversity(x, 2).tolist()  # the two opposite tokens
+      [0, 3]
     """
     n, _ = _checks.real_array(x, "x", 2, "[N, D]")
     return _maxmin(x, _checks.budget(k, n))
@@ -145,6 +152,13 @@ def kcenter(
     References:
       Gonzalez, "Clustering to minimize the maximum intercluster distance", 1985; ToDRE
       (first version, greedy k-center on visual tokens), 2025.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> x = jnp.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+      >>> T.kcenter(x, 3, pivot=0).tolist()
+      [0, 2, 3]
     """
     n, _ = _checks.real_array(x, "x", 2, "[N, D]")
     if metric not in ("cosine", "l2"):
@@ -202,6 +216,13 @@ def maxsum_diversity(
     References:
       ToDRE (current version, greedy max-sum diversification), 2025; no public code, so
       implemented from the paper's description.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> x = jnp.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+      >>> T.maxsum_diversity(x, 2, pivot=0).tolist()
+      [0, 3]
     """
     n, _ = _checks.real_array(x, "x", 2, "[N, D]")
     return _maxsum(x, _pivot(pivot, n), _checks.budget(k, n))

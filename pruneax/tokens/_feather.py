@@ -19,6 +19,13 @@ def uniform_grid(grid: tuple[int, int], stride: int = 3) -> np.ndarray:
 
     Returns:
       int32 [ceil(rows / stride) * ceil(cols / stride)], ascending (a static NumPy array).
+
+    Example:
+      >>> import pruneax.tokens as T
+      >>> T.uniform_grid((4, 4), stride=2).tolist()
+      [0, 2, 8, 10]
+      >>> len(T.uniform_grid((27, 27)))
+      81
     """
     rows, cols = _checks.grid_shape(grid, _grid_size(grid))
     s = _checks.static_int(stride, "stride")
@@ -65,6 +72,13 @@ def feather(
     References:
       Endo et al., "Feather the Throttle: Revisiting Visual Token Pruning for Vision-Language
       Model Acceleration", 2024.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> scores = jnp.arange(16.0)  # a 4 x 4 grid; grid tokens 0, 2, 8, 10
+      >>> T.feather(scores, 6, grid=(4, 4), stride=2).tolist()
+      [0, 2, 8, 10, 14, 15]
     """
     (n,) = _checks.real_array(scores, "scores", 1, "[N]")
     grid = _checks.grid_shape(grid, n)

@@ -23,6 +23,11 @@ def hiprune_anchors(k: int, alpha: float) -> int:
 
     Raises:
       ValueError: if ``k`` is not a positive int or ``alpha`` is outside [0, 1].
+
+    Example:
+      >>> import pruneax.tokens as T
+      >>> [T.hiprune_anchors(k, 0.1) for k in (64, 128, 192)]
+      [1, 3, 4]
     """
     k = _checks.static_int(k, "k")
     if k < 1:
@@ -73,6 +78,13 @@ def hiprune(
     References:
       HiPrune: "Training-Free Visual Token Pruning via Hierarchical Attention in Vision
       Encoders", 2025.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> shallow, deep = jnp.arange(16.0), -jnp.arange(16.0)  # a 4 x 4 grid
+      >>> T.hiprune(shallow, deep, 6, grid=(4, 4), alpha=1.0).tolist()  # anchor 15 + 11, 14
+      [0, 1, 2, 11, 14, 15]
     """
     (n,) = _checks.real_array(shallow_scores, "shallow_scores", 1, "[N]")
     (nd,) = _checks.real_array(deep_scores, "deep_scores", 1, "[N]")

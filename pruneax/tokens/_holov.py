@@ -30,6 +30,11 @@ def holov_chunks(n: int, num_chunks: int) -> np.ndarray:
 
     Raises:
       ValueError: if ``n`` or ``num_chunks`` is not an int or ``num_chunks`` is outside [1, n].
+
+    Example:
+      >>> import pruneax.tokens as T
+      >>> T.holov_chunks(10, 3).tolist()
+      [4, 3, 3]
     """
     n = _checks.static_int(n, "n")
     num_chunks = _checks.static_int(num_chunks, "num_chunks")
@@ -77,6 +82,13 @@ def holov(
     References:
       Zou et al., "Don't Just Chase 'Highlighted Tokens' in MLLMs: Revisiting Visual Holistic
       Context Retention" (HoloV), NeurIPS 2025.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> scores = jnp.array([0.1, 0.1, 0.1, 0.1, 0.4, 0.3, 0.2, 0.1])
+      >>> T.holov(scores, jnp.eye(8), 3, num_chunks=2).tolist()  # the second chunk gets all 3
+      [4, 5, 6]
     """
     (n,) = _checks.real_array(scores, "scores", 1, "[N]")
     nx, _ = _checks.real_array(x, "x", 2, "[N, D]")

@@ -40,6 +40,12 @@ def gather(x: jax.typing.ArrayLike, idx: jax.typing.ArrayLike, *, axis: int = 0)
     Raises:
       ValueError: if ``idx`` is not a rank-1 integer array, ``axis`` is out of range, or
         concrete indices fall outside the axis (indices only known at run time that do give 0).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> T.gather(jnp.array([10, 20, 30, 40, 50]), jnp.array([1, 3])).tolist()
+      [20, 40]
     """
     shape = jnp.shape(x)
     if jnp.ndim(idx) != 1 or not jnp.issubdtype(jnp.result_type(idx), jnp.integer):
@@ -65,6 +71,12 @@ def keep_mask(idx: jax.typing.ArrayLike, n: int) -> jax.Array:
       ValueError: if ``idx`` is not a rank-1 integer array, ``n`` is not a positive int, or
         concrete indices fall outside [0, n) (indices only known at run time that do are
         ignored).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> T.keep_mask(jnp.array([0, 2]), 4).tolist()
+      [True, False, True, False]
     """
     n = _checks.static_int(n, "n")
     if n < 1 or jnp.ndim(idx) != 1 or not jnp.issubdtype(jnp.result_type(idx), jnp.integer):
@@ -97,6 +109,13 @@ def fuse_pruned(
     References:
       Liang et al., "Not All Patches are What You Need: Expediting Vision Transformers via
       Token Reorganizations" (EViT), ICLR 2022.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> x = jnp.eye(3)
+      >>> T.fuse_pruned(x, jnp.array([0]), jnp.array([0.5, 0.25, 0.25])).tolist()
+      [[1.0, 0.0, 0.0], [0.0, 0.25, 0.25]]
     """
     n, _ = _checks.real_array(x, "x", 2, "[N, D]")
     (nw,) = _checks.real_array(weights, "weights", 1, "[N]")
@@ -136,6 +155,11 @@ def unprotected_positions(n: int, protected: Sequence[int] = (0,)) -> np.ndarray
 
     Raises:
       ValueError: if ``protected`` is not distinct ints in [0, n) leaving a token.
+
+    Example:
+      >>> import pruneax.tokens as T
+      >>> T.unprotected_positions(5, protected=(0,)).tolist()
+      [1, 2, 3, 4]
     """
     p = _protected(n, protected)
     return np.setdiff1d(np.arange(n), p).astype(np.int32)
@@ -155,6 +179,13 @@ def with_protected(idx: jax.typing.ArrayLike, n: int, protected: Sequence[int] =
 
     Raises:
       ValueError: on a bad ``protected`` or an ``idx`` that is not rank-1 integer.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> idx = jnp.array([1, 3])  # indices into unprotected_positions(6) = [1, 2, 3, 4, 5]
+      >>> T.with_protected(idx, 6, protected=(0,)).tolist()
+      [0, 2, 4]
     """
     rest = unprotected_positions(n, protected)
     kept = gather(jnp.asarray(rest), idx)

@@ -122,6 +122,13 @@ def unregister(name: str) -> None:
 
     Raises:
       ValueError: if no method has that name.
+
+    Example:
+      >>> import pruneax.tokens as T
+      >>> _ = T.register(T.Method("lowest", lambda k, inp: T.topk(-inp["scores"], k), {"scores"}))
+      >>> T.unregister("lowest")
+      >>> "lowest" in T.METHODS
+      False
     """
     if name not in _METHODS:
         raise ValueError(f"unregister: no method named {name!r}; have {sorted(_METHODS)}")
@@ -139,6 +146,12 @@ def get_method(name: str) -> Method:
 
     Raises:
       ValueError: naming the known methods, if ``name`` is not registered.
+
+    Example:
+      >>> import pruneax.tokens as T
+      >>> m = T.get_method("topk")
+      >>> m.name, sorted(m.needs)
+      ('topk', ['scores'])
     """
     if not isinstance(name, str) or name not in _METHODS:
         raise ValueError(f"method must be one of {sorted(_METHODS)}; got {name!r}")

@@ -50,6 +50,13 @@ def cls_attention(
       Zhang et al., "[CLS] Attention is All You Need for Training-Free Visual Token Pruning:
       Make VLM Inference Faster" (FasterVLM), 2024; Liang et al., "Not All Patches are What
       You Need: Expediting Vision Transformers via Token Reorganizations" (EViT), ICLR 2022.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> attn = jnp.array([[[0.5, 0.125, 0.375], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+      >>> T.cls_attention(attn).tolist()  # the CLS row, CLS key dropped
+      [0.125, 0.375]
     """
     a, (_, q, kv) = _attention(attn)
     c = _checks.static_int(cls_index, "cls_index")
@@ -72,6 +79,13 @@ def received_attention(attn: jax.typing.ArrayLike, *, num_prefix: int = 1) -> ja
     References:
       HiPrune: "Training-Free Visual Token Pruning via Hierarchical Attention in Vision
       Encoders", 2025.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> attn = jnp.array([[[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]]])
+      >>> [round(s, 4) for s in T.received_attention(attn).tolist()]  # patch column means
+      [0.5833, 0.0833]
     """
     a, (_, _, kv) = _attention(attn)
     return jnp.mean(a[:, :, _prefix(num_prefix, kv) :], axis=(0, 1))
@@ -91,6 +105,13 @@ def last_query_attention(attn: jax.typing.ArrayLike, *, start: int, stop: int) -
     References:
       Chen et al., "An Image is Worth 1/2 Tokens After Layer 2: Plug-and-Play Inference
       Acceleration for Large Vision-Language Models" (FastV), ECCV 2024.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> attn = jnp.array([[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.25, 0.5, 0.25]]])
+      >>> T.last_query_attention(attn, start=1, stop=3).tolist()
+      [0.5, 0.25]
     """
     a, (_, _, kv) = _attention(attn)
     lo, hi = _checks.static_int(start, "start"), _checks.static_int(stop, "stop")
@@ -120,6 +141,15 @@ def query_key_attention(query: jax.typing.ArrayLike, keys: jax.typing.ArrayLike)
     References:
       Endo et al., "Feather the Throttle: Revisiting Visual Token Pruning for Vision-Language
       Model Acceleration", 2024.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> query = jnp.ones((4, 2))  # 4 query heads
+      >>> keys = jnp.array([[[0.0, 0.0], [1.0, 1.0], [-1.0, -1.0]]] * 2)  # 2 key heads (GQA)
+      >>> s = T.query_key_attention(query, keys)
+      >>> s.shape, int(s.argmax()), round(float(s.sum()), 4)
+      ((3,), 1, 1.0)
     """
     h, dh = _checks.real_array(query, "query", 2, "[heads, head_dim]")
     hk, _, dk = _checks.real_array(keys, "keys", 3, "[kv_heads, N, head_dim]")

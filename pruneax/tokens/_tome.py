@@ -49,6 +49,15 @@ def tome_merge(
 
     References:
       Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> x = jnp.array([[0.0], [1.0], [2.0], [3.0]])
+      >>> metric = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+      >>> merged, size, dest = T.tome_merge(x, metric, 1)  # token 2 merges into token 1
+      >>> merged.tolist(), size.tolist(), dest.tolist()
+      ([[0.0], [1.5], [3.0]], [1.0, 2.0, 1.0], [0, 1, 1, 2])
     """
     n, _ = _checks.real_array(x, "x", 2, "[N, D]")
     nm, _ = _checks.real_array(metric, "metric", 2, "[N, C]")

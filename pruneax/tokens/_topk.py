@@ -30,6 +30,12 @@ def topk(scores: jax.typing.ArrayLike, k: int) -> jax.Array:
     References:
       Zhang et al., "[CLS] Attention is All You Need for Training-Free Visual Token Pruning"
       (FasterVLM), 2024; Chen et al., "An Image is Worth 1/2 Tokens After Layer 2" (FastV), 2024.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> T.topk(jnp.array([0.1, 0.5, 0.3, 0.9]), 2).tolist()
+      [1, 3]
     """
     (n,) = _checks.real_array(scores, "scores", 1, "[N]")
     return _topk(scores, _checks.budget(k, n))
@@ -54,6 +60,13 @@ def random(key: jax.Array, n: int, k: int) -> jax.Array:
 
     Raises:
       ValueError: if ``key`` is not a PRNG key or ``n``, ``k`` are not ints in range.
+
+    Example:
+      >>> import jax
+      >>> import pruneax.tokens as T
+      >>> idx = T.random(jax.random.key(0), 10, 3)
+      >>> idx.shape, bool((idx[1:] > idx[:-1]).all())
+      ((3,), True)
     """
     _checks.prng_key(key)
     n = _checks.static_int(n, "n")
@@ -77,6 +90,11 @@ def budget(n: int, ratio: float) -> int:
 
     Raises:
       ValueError: if the result is outside [1, n] or ``ratio`` is not in (0, 1].
+
+    Example:
+      >>> import pruneax.tokens as T
+      >>> T.budget(576, 0.098), T.budget(10, 0.25)
+      (56, 2)
     """
     n = _checks.static_int(n, "n")
     ratio = _checks.positive_float(ratio, "ratio")

@@ -20,7 +20,15 @@ def _shapes(params, prunable):
 def uniform_sparsities(
     params: Any, sparsity: float, *, prunable: Selector = None
 ) -> dict[str, float]:
-    """``{name: sparsity}`` for every prunable leaf."""
+    """``{name: sparsity}`` for every prunable leaf.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"dense": {"kernel": jnp.array([[0.1, -3.0], [2.0, 0.5]]), "bias": jnp.ones(2)}}
+      >>> W.uniform_sparsities(params, 0.8)
+      {'dense/kernel': 0.8}
+    """
     sparsity = _check_fraction(sparsity, "sparsity")
     return dict.fromkeys(_shapes(params, prunable), sparsity)
 
@@ -41,6 +49,13 @@ def erk_sparsities(
 
     References:
       Evci et al., "Rigging the Lottery: Making All Tickets Winners", ICML 2020.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"a": {"kernel": jnp.zeros((10, 10))}, "b": {"kernel": jnp.zeros((10, 2))}}
+      >>> {name: round(s, 4) for name, s in W.erk_sparsities(params, 0.9).items()}
+      {'a/kernel': 0.925, 'b/kernel': 0.775}
     """
     sparsity = _check_fraction(sparsity, "sparsity")
     shapes = _shapes(params, prunable)

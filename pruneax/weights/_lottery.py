@@ -56,6 +56,14 @@ def prune_round(
 
     Raises:
       ValueError: rates outside [0, 1), an unknown scope, a selection matching nothing.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"dense": {"kernel": jnp.array([[0.1, -3.0], [2.0, 0.5]]), "bias": jnp.ones(2)}}
+      >>> masks = W.prune_round(params, None, 0.5)  # 2 of 4 kernel weights remain
+      >>> W.prune_round(params, masks, 0.5)["dense"]["kernel"].tolist()  # then 1 of 2
+      [[False, True], [False, False]]
     """
     rate = _check_fraction(rate, "rate")
     if scope not in ("layerwise", "global"):
@@ -89,6 +97,15 @@ def rewind(params: Any, saved: Any, masks: Any) -> Any:
 
     Raises:
       ValueError: if ``saved`` does not have the structure of ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"dense": {"kernel": jnp.array([[0.1, -3.0], [2.0, 0.5]]), "bias": jnp.ones(2)}}
+      >>> masks = W.layerwise_masks(W.magnitude_scores(params), 0.5)
+      >>> saved = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}  # e.g. the init
+      >>> W.rewind(params, saved, masks)["dense"]["kernel"].tolist()
+      [[0.0, 1.0], [1.0, 0.0]]
     """
     if jax.tree.structure(params) != jax.tree.structure(saved):
         raise ValueError("rewind: saved must have the structure of params")
@@ -97,7 +114,18 @@ def rewind(params: Any, saved: Any, masks: Any) -> Any:
 
 def random_masks(key: jax.Array, masks: Any) -> Any:
     """Random pruning at the same layerwise sparsity: per leaf, as many weights kept as in
-    ``masks``, at uniformly random positions (the LTH's random-pruning baseline)."""
+    ``masks``, at uniformly random positions (the LTH's random-pruning baseline).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"dense": {"kernel": jnp.array([[0.1, -3.0], [2.0, 0.5]]), "bias": jnp.ones(2)}}
+      >>> import jax
+      >>> masks = W.layerwise_masks(W.magnitude_scores(params), 0.5)
+      >>> shuffled = W.random_masks(jax.random.key(0), masks)
+      >>> int(shuffled["dense"]["kernel"].sum()), shuffled["dense"]["bias"]  # same count kept
+      (2, None)
+    """
     leaves, treedef = jax.tree.flatten(masks, is_leaf=lambda x: x is None)
     keys = jax.random.split(key, max(1, len(leaves)))
     out = []

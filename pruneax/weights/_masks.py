@@ -120,6 +120,14 @@ def layerwise_masks(
     Raises:
       ValueError: a fraction outside [0, 1), a selection or override matching nothing, or a
         sparsity mapping that misses a prunable leaf.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"dense": {"kernel": jnp.array([[0.1, -3.0], [2.0, 0.5]]), "bias": jnp.ones(2)}}
+      >>> masks = W.layerwise_masks(W.magnitude_scores(params), 0.5)
+      >>> masks["dense"]["kernel"].tolist(), masks["dense"]["bias"]  # biases are not pruned
+      ([[False, True], [True, False]], None)
     """
     names = _paths.prunable_names(scores, prunable)
     if isinstance(sparsity, Mapping):
@@ -160,6 +168,15 @@ def global_masks(
 
     Raises:
       ValueError: as :func:`layerwise_masks`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"a": {"kernel": jnp.array([[1.0, 2.0]])}}
+      >>> params["b"] = {"kernel": jnp.array([[3.0, 4.0]])}
+      >>> masks = W.global_masks(W.magnitude_scores(params), 0.5)  # the 2 smallest of all 4
+      >>> masks["a"]["kernel"].tolist(), masks["b"]["kernel"].tolist()
+      ([[False, False]], [[True, True]])
     """
     sparsity = _check_fraction(sparsity, "sparsity")
     names = _paths.prunable_names(scores, prunable)
@@ -192,6 +209,13 @@ def nm_masks(scores: Any, n: int, m: int, *, prunable: Selector = None, axis: in
 
     Raises:
       ValueError: if not ``0 < n <= m`` or a prunable leaf's ``axis`` is not divisible by ``m``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> scores = {"kernel": jnp.array([[1.0], [4.0], [2.0], [3.0]])}  # [in=4, out=1]
+      >>> W.nm_masks(scores, 2, 4)["kernel"].tolist()  # 2:4 along the input axis
+      [[False], [True], [False], [True]]
     """
     if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
         raise ValueError(f"need ints 0 < n <= m; got n={n!r}, m={m!r}")
@@ -224,6 +248,14 @@ def apply_masks(params: Any, masks: Any) -> Any:
 
     Raises:
       ValueError: if the trees' structures or a leaf's shape differ.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"dense": {"kernel": jnp.array([[0.1, -3.0], [2.0, 0.5]]), "bias": jnp.ones(2)}}
+      >>> masks = W.layerwise_masks(W.magnitude_scores(params), 0.5)
+      >>> W.apply_masks(params, masks)["dense"]["kernel"].tolist()
+      [[0.0, -3.0], [2.0, 0.0]]
     """
     try:
         return _paths.map_named(lambda n, p, m: p if m is None else _masked(n, p, m), params, masks)
@@ -293,7 +325,16 @@ class SparsityReport:
 
 
 def sparsity_report(masks: Any) -> SparsityReport:
-    """Counts kept weights per prunable leaf of a mask tree."""
+    """Counts kept weights per prunable leaf of a mask tree.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"dense": {"kernel": jnp.array([[0.1, -3.0], [2.0, 0.5]]), "bias": jnp.ones(2)}}
+      >>> report = W.sparsity_report(W.layerwise_masks(W.magnitude_scores(params), 0.5))
+      >>> report.kept, report.size, report.sparsity
+      (2, 4, 0.5)
+    """
     rows = []
     for path, m in jax.tree_util.tree_flatten_with_path(masks)[0]:
         m = np.asarray(m)

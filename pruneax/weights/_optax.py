@@ -65,6 +65,18 @@ def masked_optimizer(
       A ``GradientTransformation`` whose state is a :class:`MaskedState`. Change masks between
       rounds with :func:`set_masks` (one optimizer object then serves every round, so a jitted
       step that takes it as a static argument compiles once).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"dense": {"kernel": jnp.array([[0.1, -3.0], [2.0, 0.5]]), "bias": jnp.ones(2)}}
+      >>> import optax
+      >>> masks = W.layerwise_masks(W.magnitude_scores(params), 0.5)
+      >>> opt = W.masked_optimizer(optax.sgd(0.1), masks)
+      >>> grads = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+      >>> updates, state = opt.update(grads, opt.init(params), params)
+      >>> (optax.apply_updates(params, updates)["dense"]["kernel"] == 0).tolist()
+      [[True, False], [False, True]]
     """
 
     def init(params):
@@ -88,6 +100,18 @@ def masked_optimizer(
 
 def set_masks(state: MaskedState, masks: Any, inner: optax.GradientTransformation) -> MaskedState:
     """New masks for a :func:`masked_optimizer` state; the inner moments of newly pruned weights
-    are zeroed so no stale momentum reaches them."""
+    are zeroed so no stale momentum reaches them.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"dense": {"kernel": jnp.array([[0.1, -3.0], [2.0, 0.5]]), "bias": jnp.ones(2)}}
+      >>> import optax
+      >>> inner = optax.adam(1e-3)
+      >>> opt = W.masked_optimizer(inner)  # no masks yet: every weight trains
+      >>> masks = W.layerwise_masks(W.magnitude_scores(params), 0.75)
+      >>> W.set_masks(opt.init(params), masks, inner).masks["dense"]["kernel"].tolist()
+      [[False, True], [False, False]]
+    """
     full = _full(masks, state.masks)
     return MaskedState(full, _mask_moments(inner, state.inner_state, full))

@@ -32,12 +32,28 @@ def _key_name(key: Any) -> str | None:
 
 
 def path_name(path: Sequence[Any]) -> str:
-    """``"a/b/kernel"`` for a ``jax.tree_util`` key path."""
+    """``"a/b/kernel"`` for a ``jax.tree_util`` key path.
+
+    Example:
+      >>> import jax
+      >>> from pruneax import weights as W
+      >>> [(path, leaf)] = jax.tree_util.tree_flatten_with_path({"dense": {"kernel": 0}})[0]
+      >>> W.path_name(path)
+      'dense/kernel'
+    """
     return "/".join(n for n in (_key_name(k) for k in path) if n is not None)
 
 
 def leaf_names(tree: Any) -> list[str]:
-    """Names of the leaves of ``tree`` in ``jax.tree.leaves`` order."""
+    """Names of the leaves of ``tree`` in ``jax.tree.leaves`` order.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"dense": {"kernel": jnp.array([[0.1, -3.0], [2.0, 0.5]]), "bias": jnp.ones(2)}}
+      >>> W.leaf_names(params)
+      ['dense/bias', 'dense/kernel']
+    """
     return [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
@@ -51,6 +67,14 @@ def default_prunable(name: str, leaf: Any) -> bool:
     """Dense and convolution kernels: a leaf named ``kernel`` with at least 2 dimensions.
 
     Biases, norm scales and embeddings-by-other-names are never pruned by default.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> W.default_prunable("dense/kernel", jnp.zeros((3, 4)))
+      True
+      >>> W.default_prunable("dense/bias", jnp.zeros(4))
+      False
     """
     return name.rsplit("/", 1)[-1] == "kernel" and np.ndim(leaf) >= 2
 
@@ -77,6 +101,13 @@ def prunable_names(params: Any, prunable: Selector = None) -> list[str]:
 
     Raises:
       ValueError: if the selection matches no leaf (the message lists the leaf names).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import weights as W
+      >>> params = {"dense": {"kernel": jnp.array([[0.1, -3.0], [2.0, 0.5]]), "bias": jnp.ones(2)}}
+      >>> W.prunable_names(params), W.prunable_names(params, "*/bias")
+      (['dense/kernel'], ['dense/bias'])
     """
     pred = as_predicate(prunable)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]

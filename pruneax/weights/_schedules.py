@@ -12,14 +12,27 @@ Schedule = Callable[[int], float]
 
 
 def one_shot(sparsity: float, step: int = 0) -> Schedule:
-    """0 before ``step``, ``sparsity`` from ``step`` on."""
+    """0 before ``step``, ``sparsity`` from ``step`` on.
+
+    Example:
+      >>> from pruneax import weights as W
+      >>> schedule = W.one_shot(0.9, step=100)
+      >>> round(float(schedule(99)), 4), round(float(schedule(100)), 4)
+      (0.0, 0.9)
+    """
     sparsity = _check_fraction(sparsity, "sparsity")
     return lambda t: jnp.where(jnp.asarray(t) >= step, sparsity, 0.0)
 
 
 def iterative(rate: float) -> Schedule:
     """Sparsity after ``r`` rounds that each prune ``rate`` of the remaining weights:
-    ``1 - (1 - rate) ** r`` (IMP: rate 0.2 gives 20%, 36%, 48.8%, ...)."""
+    ``1 - (1 - rate) ** r`` (IMP: rate 0.2 gives 20%, 36%, 48.8%, ...).
+
+    Example:
+      >>> from pruneax import weights as W
+      >>> [round(float(W.iterative(0.2)(r)), 4) for r in (1, 2, 3)]
+      [0.2, 0.36, 0.488]
+    """
     rate = _check_fraction(rate, "rate")
     return lambda r: 1.0 - (1.0 - rate) ** jnp.asarray(r, jnp.float32)
 
@@ -36,6 +49,12 @@ def polynomial(
 
     Raises:
       ValueError: if fractions are outside [0, 1) or ``end_step <= begin_step``.
+
+    Example:
+      >>> from pruneax import weights as W
+      >>> schedule = W.polynomial(0.9, begin_step=0, end_step=100)
+      >>> [round(float(schedule(t)), 4) for t in (0, 50, 100, 200)]
+      [0.0, 0.7875, 0.9, 0.9]
     """
     final, initial = _check_fraction(final, "final"), _check_fraction(initial, "initial")
     if not end_step > begin_step:

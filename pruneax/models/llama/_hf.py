@@ -13,54 +13,94 @@ keep ``rope_theta`` / ``rope_scaling`` at the top level, v5 configs put both in
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from pruneax.models._shared.checkpoint import read_checkpoint
+from pruneax.models._shared.loader import ConfigRules, KeyMap, check_config, fill, read_config
 from pruneax.models.llama._model import LlamaConfig, LlamaLM
-from pruneax.weights import leaf_names
 
 SUPPORTED_LLM_TYPES = ("llama", "qwen2")
 
-# Defaults of transformers' config classes, for config.json files that leave keys out.
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": dict(
-        vocab_size=32000,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=None,
-        hidden_act="silu",
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        attention_bias=False,
-        mlp_bias=False,
-        head_dim=None,
+# Attributes that cannot change the logits: initializer_range (initialisation only),
+# attention_dropout (dropout is the identity at inference), pretraining_tp (transformers < 5
+# splits each projection into pretraining_tp slices and sums them -- the same product up to
+# float rounding; transformers 5 ignores it).
+_HARMLESS = frozenset({"initializer_range", "attention_dropout"})
+_ROPE = frozenset({"rope_parameters", "rope_theta", "rope_scaling", "partial_rotary_factor"})
+_SIZES = frozenset(
+    "vocab_size hidden_size intermediate_size num_hidden_layers num_attention_heads "
+    "num_key_value_heads head_dim hidden_act max_position_embeddings rms_norm_eps "
+    "tie_word_embeddings".split()
+)
+# transformers' LlamaConfig / Qwen2Config (v5) __init__ defaults. v4 configs keep RoPE in
+# rope_theta / rope_scaling (handled with rope_parameters). Derived when None: head_dim
+# (hidden_size // num_attention_heads), num_key_value_heads (num_attention_heads), layer_types
+# (from use_sliding_window / max_window_layers); rope_parameters None = theta 10000, default.
+_RULES: dict[str, ConfigRules] = {
+    "llama": ConfigRules(
+        "LlamaConfig",
+        dict(
+            vocab_size=32000,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=None,
+            hidden_act="silu",
+            max_position_embeddings=2048,
+            initializer_range=0.02,
+            rms_norm_eps=1e-6,
+            pretraining_tp=1,
+            tie_word_embeddings=False,
+            rope_parameters=None,
+            attention_bias=False,
+            attention_dropout=0.0,
+            mlp_bias=False,
+            head_dim=None,
+        ),
+        handled=_SIZES | _ROPE | {"attention_bias", "mlp_bias"},
+        harmless=_HARMLESS | {"pretraining_tp"},
     ),
-    "qwen2": dict(
-        vocab_size=151936,
-        hidden_size=4096,
-        intermediate_size=22016,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        hidden_act="silu",
-        max_position_embeddings=32768,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        use_sliding_window=False,
-        max_window_layers=28,
-        head_dim=None,
+    # Qwen2Config has no head_dim, but modeling_qwen2 reads getattr(config, "head_dim", None)
+    # (Qwen2 hard-codes q/k/v biases, so attention_bias / mlp_bias are not Qwen2 attributes).
+    "qwen2": ConfigRules(
+        "Qwen2Config",
+        dict(
+            vocab_size=151936,
+            hidden_size=4096,
+            intermediate_size=22016,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            hidden_act="silu",
+            max_position_embeddings=32768,
+            initializer_range=0.02,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            rope_parameters=None,
+            use_sliding_window=False,
+            sliding_window=4096,
+            max_window_layers=28,
+            layer_types=None,
+            attention_dropout=0.0,
+        ),
+        handled=_SIZES
+        | _ROPE
+        | {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types"},
+        harmless=_HARMLESS,
     ),
+}
+# LlamaConfig field -> transformers attribute.
+_FIELDS = {
+    **{k: k for k in ("vocab_size", "hidden_size", "intermediate_size", "rms_norm_eps")},
+    "max_position_embeddings": "max_position_embeddings",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
 }
 _SUFFIX = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
@@ -87,7 +127,7 @@ def _rope(cfg: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None
 
 def _config(cfg: dict[str, Any], model_type: str) -> LlamaConfig:
     where = "load_llm"
-    c = {**_DEFAULTS[model_type], **cfg}
+    c = _RULES[model_type].complete(cfg)
     if c["hidden_act"] != "silu":
         raise ValueError(f"{where}: hidden_act must be 'silu'; got {c['hidden_act']!r}")
     if model_type == "qwen2":
@@ -109,17 +149,10 @@ def _config(cfg: dict[str, Any], model_type: str) -> LlamaConfig:
     theta, scaling = _rope(c, where)
     try:
         return LlamaConfig(
-            vocab_size=c["vocab_size"],
-            hidden_size=c["hidden_size"],
-            intermediate_size=c["intermediate_size"],
-            num_layers=c["num_hidden_layers"],
-            num_heads=c["num_attention_heads"],
-            num_kv_heads=c["num_key_value_heads"],
-            head_dim=c["head_dim"],
-            rms_norm_eps=c["rms_norm_eps"],
+            **{field: c[key] for field, key in _FIELDS.items()},
+            head_dim=c.get("head_dim"),
             rope_theta=theta,
             rope_scaling=scaling,
-            max_position_embeddings=c["max_position_embeddings"],
             tie_word_embeddings=bool(c["tie_word_embeddings"]),
             attention_bias=qkv_bias,
             attention_out_bias=out_bias,
@@ -154,7 +187,10 @@ def load_llm(
     (Llama; Qwen2 always has q/k/v biases and no o_proj / MLP bias), RoPE from
     ``rope_parameters`` (transformers >= 5) or ``rope_theta`` + ``rope_scaling`` (< 5), types
     default, ``"linear"`` and ``"llama3"``; transformers' defaults for absent keys.
-    ``hidden_act`` must be ``"silu"``; Qwen2 sliding-window layers are refused.
+    ``hidden_act`` must be ``"silu"``; Qwen2 sliding-window layers are refused. Every other
+    attribute must keep transformers' default unless it cannot change the logits
+    (``initializer_range``, ``attention_dropout``, ``pretraining_tp``, bookkeeping such as
+    ``torch_dtype`` or token ids); anything else, unknown attributes included, is refused.
 
     Weights: ``model.embed_tokens``, ``model.layers.{i}.{input_layernorm,
     post_attention_layernorm}``, ``model.layers.{i}.self_attn.{q,k,v,o}_proj`` (+ biases),
@@ -174,67 +210,44 @@ def load_llm(
       FileNotFoundError: if the directory, ``config.json`` or the safetensors weights are
         missing.
       ValueError: for invalid JSON, an unsupported ``model_type`` / architecture / activation /
-        RoPE type / sliding window, a missing tensor or one of the wrong shape, or checkpoint
+        RoPE type / sliding window, a config attribute the loader does not handle that differs
+        from transformers' default (or that transformers' config class does not have), a
+        missing tensor or one of the wrong shape, or checkpoint
         tensors the model would not use.
+
+    Example:
+      >>> import json, pathlib, tempfile
+      >>> from pruneax.models.llama import load_llm
+      >>> path = pathlib.Path(tempfile.mkdtemp())
+      >>> config = {"model_type": "llama", "pretraining_tp": 2, "new_thing": 1}
+      >>> _ = (path / "config.json").write_text(json.dumps(config))
+      >>> load_llm(path)  # pretraining_tp cannot change the logits; new_thing might
+      Traceback (most recent call last):
+      ValueError: load_llm: config.json sets attributes the loader does not handle: new_thing=1 ...
 
     References: transformers' ``modeling_llama.py`` / ``modeling_qwen2.py``.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"load_llm: {str(root)!r} is not a directory")
-    config_file = root / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"load_llm: no config.json in {str(root)!r}; expected a transformers "
-            "save_pretrained directory (config.json + model.safetensors)"
-        )
-    try:
-        cfg = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"load_llm: {str(config_file)!r} is not valid JSON ({e})") from None
-    model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_LLM_TYPES:
-        raise ValueError(
-            f"load_llm: model_type {model_type!r} in {str(config_file)!r} is not supported; "
-            f"supported: {list(SUPPORTED_LLM_TYPES)}"
-        )
+    _, cfg, model_type = read_config(path, "load_llm", SUPPORTED_LLM_TYPES)
     arch = (cfg.get("architectures") or [None])[0]
     if arch is not None and not arch.endswith("ForCausalLM"):
         raise ValueError(
             f"load_llm: architecture {arch!r} is not supported; expected a *ForCausalLM "
             "checkpoint (LlamaForCausalLM, Qwen2ForCausalLM)"
         )
+    check_config(cfg, _RULES[model_type], "load_llm")
     config = _config(cfg, model_type)
-    tensors = read_checkpoint(root)
-    keys = set(tensors)
+    tensors = read_checkpoint(path)
     param_dtype = dtype if param_dtype is None else param_dtype
-
-    abstract = nnx.eval_shape(
-        lambda: LlamaLM(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    key_map = KeyMap(
+        candidates=lambda name: (_hf_name(name),),
+        # transformers ties lm_head to the embedding; old checkpoints store RoPE buffers
+        ignore=lambda key: key in tied or key.endswith("rotary_emb.inv_freq"),
     )
-    graphdef, state = nnx.split(abstract)
-    values, used, missing, wrong = [], set(), [], []
-    for name, leaf in zip(leaf_names(state), jax.tree.leaves(state), strict=True):
-        hf_name = _hf_name(name)
-        if hf_name not in tensors:
-            missing.append(hf_name)
-            continue
-        used.add(hf_name)
-        array = tensors[hf_name]
-        kernel = name.endswith("kernel")
-        want = tuple(leaf.shape)[::-1] if kernel else tuple(leaf.shape)
-        if tuple(array.shape) != want:
-            wrong.append(f"{hf_name}: {list(array.shape)}, expected {list(want)}")
-            continue
-        converted = np.asarray(array).T if kernel else np.asarray(array)
-        values.append(jnp.asarray(converted.astype(np.dtype(leaf.dtype))))
-    note = f" (model_type {model_type!r}, architectures {cfg.get('architectures')}, as {config})"
-    if missing:
-        raise ValueError(f"load_llm: tensors missing from the checkpoint: {missing}{note}")
-    if wrong:
-        raise ValueError(f"load_llm: tensors of the wrong shape: {wrong}{note}")
-    ignorable = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    unused = sorted(k for k in keys - used - ignorable if not k.endswith("rotary_emb.inv_freq"))
-    if unused:
-        raise ValueError(f"load_llm: checkpoint tensors the model does not use: {unused}{note}")
-    return nnx.merge(graphdef, jax.tree.unflatten(jax.tree.structure(state), values))
+    return fill(
+        lambda: LlamaLM(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype),
+        tensors,
+        key_map,
+        loader="load_llm",
+        note=f" (model_type {model_type!r}, architectures {cfg.get('architectures')}, as {config})",
+    )

@@ -1,9 +1,8 @@
-"""Hugging Face checkpoint import for the ViT: a NumPy safetensors reader and weight mapping.
+"""Hugging Face checkpoint import for the ViT: config rules, config mapping and key map.
 
-``load_vit(path)`` reads a directory written by ``transformers``' ``save_pretrained``
-(``config.json`` + ``model.safetensors`` or a sharded ``model.safetensors.index.json``) without
-torch, ``transformers`` or the ``safetensors`` package, and returns a ``ViT`` whose outputs match
-the PyTorch model's (logits, every hidden state, attention probabilities).
+``load_vit(path)`` reads a ``save_pretrained`` directory with the shared loader
+(``_shared/loader.py``; no torch, ``transformers`` or ``safetensors`` package) and returns a
+``ViT`` whose outputs match the PyTorch model's (logits, hidden states, attention probabilities).
 
 Supported ``model_type``: ``"vit"`` (``ViTModel`` with or without pooler,
 ``ViTForImageClassification``), ``"deit"`` (``DeiTModel``, ``DeiTForImageClassification``,
@@ -14,26 +13,30 @@ Supported ``model_type``: ``"vit"`` (``ViTModel`` with or without pooler,
 (``layers.{i}.attention.q_proj``, written by ``save_pretrained(save_original_format=False)``)
 load, with or without the base-model prefix (``vit.``, ``deit.``, ``vision_model.``).
 
-References: the safetensors format, https://github.com/huggingface/safetensors (README,
-"Format"); transformers' ``modeling_vit.py``, ``modeling_deit.py``, ``modeling_clip.py``.
+References: transformers' ``modeling_vit.py``, ``modeling_deit.py``, ``modeling_clip.py`` and
+their ``configuration_*.py``.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from pruneax.models._shared.checkpoint import read_checkpoint
+from pruneax.models._shared.loader import (
+    ConfigRules,
+    KeyMap,
+    check_config,
+    fill,
+    read_config,
+    torch_shape,
+)
 from pruneax.models.vit._model import ViT, ViTConfig
-from pruneax.weights import leaf_names
 
 SUPPORTED_MODEL_TYPES = ("vit", "deit", "clip_vision_model", "clip")
 
@@ -47,30 +50,88 @@ _ACTIVATIONS = {
     "quick_gelu": "quick_gelu",
 }
 
-# Defaults of transformers' config classes, for config.json files that leave keys out.
+# transformers' ViTConfig / DeiTConfig (v5) __init__ defaults (pooler_output_size None =
+# hidden_size). Harmless at inference: the two dropouts (identity at eval), initializer_range
+# (initialisation only), encoder_stride (only ViTForMaskedImageModeling's decoder reads it; its
+# weights would be unused tensors here) and tie_word_embeddings (a v4 PretrainedConfig field; a
+# ViT has no word embeddings).
 _VIT_DEFAULTS = dict(
     hidden_size=768,
     num_hidden_layers=12,
     num_attention_heads=12,
     intermediate_size=3072,
     hidden_act="gelu",
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    initializer_range=0.02,
     layer_norm_eps=1e-12,
     image_size=224,
     patch_size=16,
     num_channels=3,
     qkv_bias=True,
+    encoder_stride=16,
+    pooler_output_size=None,
     pooler_act="tanh",
 )
-_CLIP_VISION_DEFAULTS = dict(
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    intermediate_size=3072,
-    hidden_act="quick_gelu",
-    layer_norm_eps=1e-5,
-    image_size=224,
-    patch_size=32,
-    num_channels=3,
+_HANDLED = frozenset(
+    "hidden_size num_hidden_layers num_attention_heads intermediate_size hidden_act "
+    "layer_norm_eps image_size patch_size num_channels".split()
+)
+_VIT_RULES = {
+    name: ConfigRules(
+        name,
+        _VIT_DEFAULTS,
+        handled=_HANDLED | {"qkv_bias", "pooler_output_size", "pooler_act"},
+        harmless=frozenset(
+            "hidden_dropout_prob attention_probs_dropout_prob initializer_range encoder_stride "
+            "tie_word_embeddings".split()
+        ),
+    )
+    for name in ("ViTConfig", "DeiTConfig")
+}
+# transformers' CLIPVisionConfig (v5) __init__ defaults. Harmless: projection_dim (the
+# visual_projection is not part of the ViT), attention_dropout / dropout (v4), the initialiser
+# scales, tie_word_embeddings (v4 PretrainedConfig field).
+_CLIP_VISION_RULES = ConfigRules(
+    "CLIPVisionConfig",
+    dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        projection_dim=512,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_channels=3,
+        image_size=224,
+        patch_size=32,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        attention_dropout=0.0,
+        initializer_range=0.02,
+        initializer_factor=1.0,
+    ),
+    handled=_HANDLED,
+    harmless=frozenset(
+        "projection_dim attention_dropout dropout initializer_range initializer_factor "
+        "tie_word_embeddings".split()
+    ),
+)
+# transformers' CLIPConfig (v5) __init__ defaults: only the vision tower is loaded, so the text
+# config, the projections' width and the logit scale cannot change it. transformers < 4.2x wrote
+# vision_config_dict beside vision_config (its values win), handled the same way here.
+_CLIP_RULES = ConfigRules(
+    "CLIPConfig",
+    dict(
+        text_config=None,
+        vision_config=None,
+        projection_dim=512,
+        logit_scale_init_value=2.6592,
+        initializer_factor=1.0,
+    ),
+    handled=frozenset({"vision_config", "vision_config_dict"}),
+    harmless=frozenset(
+        "text_config text_config_dict projection_dim logit_scale_init_value "
+        "initializer_factor".split()
+    ),
 )
 
 # ------------------------------------------------------------------------------ config mapping
@@ -147,24 +208,17 @@ _CLIP_TOP = {
 _PARAM_SUFFIX = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 
 
+@dataclasses.dataclass(frozen=True)
 class _Spec:
     """What ``load_vit`` needs for one checkpoint: the config and the name mapping."""
 
-    def __init__(
-        self,
-        config: ViTConfig,
-        block: dict[str, tuple[str, ...]],
-        top: dict[str, tuple[str, ...]],
-        prefix: str,
-        heads: dict[str, str],
-        vision: Callable[[str], bool],
-    ):
-        self.config = config
-        self.block = block
-        self.top = top
-        self.prefix = prefix  # base-model prefix of the backbone keys ("vit.", "" ...)
-        self.heads = heads  # our module -> HF module (no prefix): "head" -> "classifier"
-        self.vision = vision  # keys that must all be used
+    config: ViTConfig
+    block: dict[str, tuple[str, ...]]  # block module -> HF candidates ("{i}" = block index)
+    top: dict[str, tuple[str, ...]]  # other modules -> HF candidates
+    prefix: str  # base-model prefix of the backbone keys ("vit.", "" ...)
+    heads: dict[str, str]  # our module -> HF module (no prefix): "head" -> "classifier"
+    vision: Callable[[str], bool]  # the checkpoint keys that must all be used
+    unbatched: dict[str, int] = dataclasses.field(default_factory=dict)  # leading axes HF lacks
 
     def candidates(self, name: str) -> tuple[str, ...]:
         """HF key candidates of our leaf ``name`` (``"blocks/3/attn/query/kernel"``)."""
@@ -183,10 +237,35 @@ class _Spec:
             return mods
         return tuple(f"{m}.{_PARAM_SUFFIX[param]}" for m in mods)
 
+    def hf_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The PyTorch shape of the tensor that fills our leaf ``name`` of shape ``shape``."""
+        if name in self.unbatched:
+            return shape[self.unbatched[name] :]
+        return torch_shape(name, shape)
 
-def _arch(cfg: dict[str, Any]) -> str | None:
-    archs = cfg.get("architectures") or []
-    return archs[0] if archs else None
+    def key_map(self) -> KeyMap:
+        """The loader's ``KeyMap``; keys outside the vision model and position-id buffers may
+        stay unused."""
+        return KeyMap(
+            candidates=self.candidates,
+            hf_shape=self.hf_shape,
+            ignore=lambda k: not self.vision(k) or k.endswith("position_ids"),
+        )
+
+
+def _sizes(c: dict[str, Any]) -> dict[str, Any]:
+    """The ``ViTConfig`` fields that ViT, DeiT and CLIP configs name alike."""
+    return dict(
+        image_size=_hw(c["image_size"], "image_size"),
+        patch_size=_patch(c),
+        num_channels=int(c["num_channels"]),
+        hidden_size=int(c["hidden_size"]),
+        num_layers=int(c["num_hidden_layers"]),
+        num_heads=int(c["num_attention_heads"]),
+        mlp_dim=int(c["intermediate_size"]),
+        hidden_act=_activation(c["hidden_act"]),
+        layer_norm_eps=float(c["layer_norm_eps"]),
+    )
 
 
 def _base_prefix(keys: set[str], prefix: str) -> str:
@@ -194,10 +273,12 @@ def _base_prefix(keys: set[str], prefix: str) -> str:
 
 
 def _vit_spec(cfg: dict[str, Any], keys: set[str], model_type: str) -> _Spec:
-    c = {**_VIT_DEFAULTS, **cfg}
+    rules = _VIT_RULES["DeiTConfig" if model_type == "deit" else "ViTConfig"]
+    check_config(cfg, rules, "load_vit")
+    c = rules.complete(cfg)
     deit = model_type == "deit"
     prefix = _base_prefix(keys, f"{model_type}.")
-    arch = _arch(cfg) or ""
+    arch = (cfg.get("architectures") or [""])[0]
     num_labels = _num_labels(cfg)
     if arch.endswith("ForImageClassificationWithTeacher"):
         kind = "teacher"
@@ -222,28 +303,20 @@ def _vit_spec(cfg: dict[str, Any], keys: set[str], model_type: str) -> _Spec:
     # classification checkpoint that carries one (HF ignores it there) gets it too.
     pooler = f"{prefix}pooler.dense.weight" in keys
     if pooler:
-        size = c.get("pooler_output_size", c["hidden_size"])
+        size = c["pooler_output_size"] or c["hidden_size"]
         if size != c["hidden_size"] or c["pooler_act"] != "tanh":
             raise ValueError(
                 f"load_vit: only a tanh pooler of width hidden_size is supported; got "
                 f"pooler_output_size={size}, pooler_act={c['pooler_act']!r}"
             )
     config = ViTConfig(
-        image_size=_hw(c["image_size"], "image_size"),
-        patch_size=_patch(c),
-        num_channels=int(c["num_channels"]),
-        hidden_size=int(c["hidden_size"]),
-        num_layers=int(c["num_hidden_layers"]),
-        num_heads=int(c["num_attention_heads"]),
-        mlp_dim=int(c["intermediate_size"]),
+        **_sizes(c),
         num_classes=num_labels if kind != "none" else 0,
         class_token=True,
         distillation_token=deit,
         pos_embed="learned",
         final_norm="all",
         pool="cls_dist" if kind == "teacher" else "cls",
-        hidden_act=_activation(c["hidden_act"]),
-        layer_norm_eps=float(c["layer_norm_eps"]),
         qkv_bias=bool(c["qkv_bias"]),
         pooler=pooler,
         patch_bias=True,
@@ -253,54 +326,35 @@ def _vit_spec(cfg: dict[str, Any], keys: set[str], model_type: str) -> _Spec:
 
 def _clip_spec(cfg: dict[str, Any], keys: set[str], model_type: str) -> _Spec:
     if model_type == "clip":
+        check_config(cfg, _CLIP_RULES, "load_vit")
         vision_cfg = cfg.get("vision_config")
         if not isinstance(vision_cfg, dict):
             raise ValueError("load_vit: a 'clip' config.json must have a 'vision_config' object")
+        vision_cfg = {**vision_cfg, **(cfg.get("vision_config_dict") or {})}
+        check_config(vision_cfg, _CLIP_VISION_RULES, "load_vit", "config.json vision_config")
         prefix = "vision_model."
         vision = lambda k: k.startswith(prefix)
     else:
+        check_config(cfg, _CLIP_VISION_RULES, "load_vit")
         vision_cfg = cfg
         prefix = _base_prefix(keys, "vision_model.")
         # CLIPVisionModelWithProjection's projection is not part of the ViT.
         vision = lambda k: not k.startswith("visual_projection.")
-    c = {**_CLIP_VISION_DEFAULTS, **vision_cfg}
+    c = _CLIP_VISION_RULES.complete(vision_cfg)
     config = ViTConfig(
-        image_size=_hw(c["image_size"], "image_size"),
-        patch_size=_patch(c),
-        num_channels=int(c["num_channels"]),
-        hidden_size=int(c["hidden_size"]),
-        num_layers=int(c["num_hidden_layers"]),
-        num_heads=int(c["num_attention_heads"]),
-        mlp_dim=int(c["intermediate_size"]),
+        **_sizes(c),
         num_classes=0,
         class_token=True,
         pos_embed="learned",
         pre_norm=True,
         final_norm="pooled",
         pool="cls",
-        hidden_act=_activation(c["hidden_act"]),
-        layer_norm_eps=float(c["layer_norm_eps"]),
         qkv_bias=True,
         patch_bias=False,
     )
-    return _Spec(config, _CLIP_BLOCK, _CLIP_TOP, prefix, {}, vision=vision)
-
-
-def _hf_shape(name: str, shape: tuple[int, ...], clip: bool) -> tuple[int, ...]:
-    """The PyTorch shape of the tensor that fills our leaf ``name`` of shape ``shape``."""
-    if name.endswith("kernel"):
-        return shape[::-1] if len(shape) == 2 else (shape[3], shape[2], shape[0], shape[1])
-    if clip and name == "cls_token":
-        return shape[2:]  # class_embedding [D]
-    if clip and name == "pos_embed":
-        return shape[1:]  # position_embedding.weight [N + 1, D]
-    return shape
-
-
-def _convert(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if name.endswith("kernel"):
-        array = array.T if array.ndim == 2 else array.transpose(2, 3, 1, 0)
-    return array.reshape(shape)
+    # class_embedding [D] and position_embedding.weight [N + 1, D] fill [1, 1, D], [1, N + 1, D]
+    unbatched = {"cls_token": 2, "pos_embed": 1}
+    return _Spec(config, _CLIP_BLOCK, _CLIP_TOP, prefix, {}, vision, unbatched)
 
 
 # ------------------------------------------------------------------------------ load_vit
@@ -341,67 +395,32 @@ def load_vit(
       FileNotFoundError: if the directory, ``config.json`` or the safetensors weights are
         missing (with a hint when only ``pytorch_model.bin`` is there).
       ValueError: for a corrupt file, an unsupported ``model_type`` / activation / pooler, a
-        missing tensor or one of the wrong shape, or checkpoint weights of the vision model
-        that the ViT would not use.
+        config attribute the loader does not handle that differs from transformers' default
+        (or that transformers' config class does not have), a missing tensor or one of the
+        wrong shape, or checkpoint weights of the vision model that the ViT would not use.
+
+    Example:
+      >>> from pruneax.models.vit import load_vit
+      >>> vit = load_vit("downloads/vit-base-patch16-224")  # doctest: +SKIP
+      >>> load_vit("no/such/dir")
+      Traceback (most recent call last):
+      FileNotFoundError: load_vit: 'no/such/dir' is not a directory
 
     References: Dosovitskiy et al., ICLR 2021; Touvron et al. (DeiT), ICML 2021; Radford et
       al. (CLIP), ICML 2021; transformers' ``modeling_vit.py`` / ``modeling_deit.py`` /
       ``modeling_clip.py``.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"load_vit: {str(root)!r} is not a directory")
-    config_file = root / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"load_vit: no config.json in {str(root)!r}; expected a transformers "
-            "save_pretrained directory (config.json + model.safetensors)"
-        )
-    try:
-        cfg = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"load_vit: {str(config_file)!r} is not valid JSON ({e})") from None
-    model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"load_vit: model_type {model_type!r} in {str(config_file)!r} is not supported; "
-            f"supported: {list(SUPPORTED_MODEL_TYPES)}"
-        )
-    tensors = read_checkpoint(root)
-    keys = set(tensors)
-    clip = model_type.startswith("clip")
-    spec = (_clip_spec if clip else _vit_spec)(cfg, keys, model_type)
-
-    abstract = nnx.eval_shape(
-        lambda: ViT(spec.config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
+    _, cfg, model_type = read_config(path, "load_vit", SUPPORTED_MODEL_TYPES)
+    tensors = read_checkpoint(path)
+    make_spec = _clip_spec if model_type.startswith("clip") else _vit_spec
+    spec = make_spec(cfg, set(tensors), model_type)
+    return fill(
+        lambda: ViT(spec.config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype),
+        tensors,
+        spec.key_map(),
+        loader="load_vit",
+        note=(
+            f" (model_type {model_type!r}, architectures {cfg.get('architectures')}, "
+            f"as {spec.config})"
+        ),
     )
-    graphdef, state = nnx.split(abstract)
-    leaves = jax.tree.leaves(state)
-    values, used, missing, wrong = [], set(), [], []
-    for name, leaf in zip(leaf_names(state), leaves, strict=True):
-        options = spec.candidates(name)
-        hf_name = next((k for k in options if k in tensors), None)
-        if hf_name is None:
-            missing.append(options[0])
-            continue
-        used.add(hf_name)
-        array = tensors[hf_name]
-        want = _hf_shape(name, tuple(leaf.shape), clip)
-        if tuple(array.shape) != want:
-            wrong.append(f"{hf_name}: {list(array.shape)}, expected {list(want)}")
-            continue
-        converted = _convert(name, np.asarray(array), tuple(leaf.shape))
-        values.append(jnp.asarray(converted.astype(np.dtype(leaf.dtype))))
-    config_note = (
-        f" (model_type {model_type!r}, architectures {cfg.get('architectures')}, as {spec.config})"
-    )
-    if missing:
-        raise ValueError(f"load_vit: tensors missing from the checkpoint: {missing}{config_note}")
-    if wrong:
-        raise ValueError(f"load_vit: tensors of the wrong shape: {wrong}{config_note}")
-    unused = sorted(k for k in keys - used if spec.vision(k) and not k.endswith("position_ids"))
-    if unused:
-        raise ValueError(
-            f"load_vit: checkpoint tensors the ViT does not use: {unused}{config_note}"
-        )
-    return nnx.merge(graphdef, jax.tree.unflatten(jax.tree.structure(state), values))

@@ -11,6 +11,10 @@ The default leaves out batch 64 at the LLaVA-NeXT shape (N=2880): one such call 
 Writes a markdown report to ``--out`` (default ``results/benchmarks/selection.md``), prints it,
 and writes every number (raw repeat times included) next to it as ``<out>.json``.
 
+Selectors: every method registered in ``pruneax.tokens.METHODS`` (read when the run starts),
+called through ``pruneax.tokens.select_tokens``, plus the variants of ``VARIANTS``; ``PROFILES``
+adds each method's cost model and NumPy reference (a method without one is timed in JAX only).
+
 What is measured, per selector, shape and batch B:
 
 - JAX: ``jax.jit(jax.vmap(selector))`` over B examples, compiled ahead of time (compilation is
@@ -18,9 +22,9 @@ What is measured, per selector, shape and batch B:
   with ``block_until_ready``; repeats are adaptive (about ``--target-s`` seconds per cell, at
   least ``--min-reps``, fewer for runs over 10 s); reported: median batch time / B = time per
   image. The compiled program is also searched for an N x N array.
-- NumPy: a plain NumPy implementation of the same algorithm (``tests/oracles.py`` when it
-  provides one, else a minimal one in this file; the report says which and whether its picks
-  match), one example, BLAS limited to one thread (``--numpy-threads``), at batch 1 only.
+- NumPy: the independent NumPy reference of the same algorithm in ``tests/oracles.py`` (the
+  report says which and whether its picks match), one example, BLAS limited to one thread
+  (``--numpy-threads``), at batch 1 only.
 - The machine's limits, measured in the same run: float32 matmul rate (a large square product,
   each shape's Gram product ``[N, D] x [D, N]`` and HoloV's chunk products), read bandwidth
   (a jitted repeated gemv, and a repeated sum, at working sets in L2, L3 and DRAM and at every
@@ -182,170 +186,36 @@ def _cost_holov(s: Shape) -> list[Phase]:
     ]
 
 
-# ---------------------------------------------------------------------------------------------
-# NumPy baselines (fallbacks when tests/oracles.py lacks a function)
-# ---------------------------------------------------------------------------------------------
+def _cost_uniform(s: Shape) -> list[Phase]:
+    return [Phase("constant indices", 0.0, s.k * F32, s.k * F32)]
 
 
-def _np_l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.sqrt(np.sum(x * x, axis=-1, keepdims=True)), np.float32(1e-8))
+def _cost_inputs(inputs: tuple[str, ...]) -> Callable[[Shape], list[Phase]]:
+    """No cost model: the per-example inputs read once (a method missing from PROFILES)."""
 
+    def cost(s: Shape) -> list[Phase]:
+        size = {"features": s.n * s.d, "vision_features": s.n * s.d, "text": TEXT_TOKENS * s.d}
+        nbytes = sum(size.get(i, s.n) for i in inputs) * F32
+        return [Phase("inputs read once (no cost model)", 0.0, nbytes, nbytes)]
 
-def _np_softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _np_top(scores: np.ndarray, k: int) -> np.ndarray:
-    return np.argsort(-np.asarray(scores, np.float32), kind="stable")[:k]
-
-
-def own_topk(scores, k):
-    return np.sort(_np_top(scores, k)).astype(np.int32)
-
-
-def own_maxmin_diversity(x, k):
-    xn = _np_l2n(x)
-    dist = 1.0 - xn @ xn.T
-    n = dist.shape[0]
-    second = np.partition(dist, 1, axis=0)[1]
-    avail = np.ones(n, bool)
-    c = int(np.argmax(second))
-    sel, mind = [c], dist[c].copy()
-    avail[c] = False
-    for _ in range(k - 1):
-        c = int(np.argmax(np.where(avail, mind, -np.inf)))
-        sel.append(c)
-        avail[c] = False
-        mind = np.minimum(mind, dist[c])
-    return np.sort(np.asarray(sel, np.int32))
-
-
-def own_kcenter(x, k, pivot_index, metric="cosine"):
-    xn = _np_l2n(x)
-    p = int(np.argmax(pivot_index)) if np.ndim(pivot_index) else int(pivot_index)
-    avail = np.ones(len(xn), bool)
-    avail[p] = False
-    sel, mind = [p], 1.0 - xn @ xn[p]
-    for _ in range(k - 1):
-        c = int(np.argmax(np.where(avail, mind, -np.inf)))
-        sel.append(c)
-        avail[c] = False
-        mind = np.minimum(mind, 1.0 - xn @ xn[c])
-    return np.sort(np.asarray(sel, np.int32))
-
-
-def own_maxsum_diversity(x, k, pivot_index):
-    xn = _np_l2n(x)
-    p = int(np.argmax(pivot_index)) if np.ndim(pivot_index) else int(pivot_index)
-    s = xn @ xn[p]
-    s[p] = np.inf
-    sel = [p]
-    for _ in range(k - 1):
-        c = int(np.argmin(s))
-        sel.append(c)
-        s += xn @ xn[c]
-        s[c] = np.inf
-    return np.sort(np.asarray(sel, np.int32))
-
-
-def own_coverage(x, k, text=None, x_vision=None, alpha=0.5, tau_tv=0.01, tau_vv=0.2):
-    xn = _np_l2n(x)
-    n = len(xn)
-    v = xn if x_vision is None else _np_l2n(x_vision)
-    rows = [alpha * _np_softmax(v @ v.T / tau_vv) / n]
-    if text is not None and len(text):
-        rows.insert(0, _np_softmax(_np_l2n(text) @ xn.T / tau_tv) / len(text))
-    c = np.concatenate(rows).astype(np.float32)
-    best = np.zeros(len(c), np.float32)
-    avail = np.ones(n, bool)
-    sel = []
-    for _ in range(k):
-        gain = np.maximum(c - best[:, None], 0.0).sum(axis=0)
-        j = int(np.argmax(np.where(avail, gain, -np.inf)))
-        sel.append(j)
-        avail[j] = False
-        best = np.maximum(best, c[:, j])
-    return np.sort(np.asarray(sel, np.int32))
-
-
-def _priority_top(levels: np.ndarray, key: np.ndarray, k: int) -> np.ndarray:
-    order = np.lexsort((np.arange(len(key)), -np.asarray(key, np.float32), -levels))
-    return np.sort(order[:k]).astype(np.int32)
-
-
-def own_hiprune(shallow, deep, k, grid, alpha=0.1):
-    rows, cols = grid
-    n = rows * cols
-    levels = np.zeros(n, np.int64)
-    anchors = _np_top(shallow, min(round(k * alpha / 5), k))
-    for a in anchors:
-        r, c = divmod(int(a), cols)
-        for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-            if 0 <= rr < rows and 0 <= cc < cols:
-                levels[rr * cols + cc] = 1
-    levels[anchors] = 2
-    return _priority_top(levels, deep, k)
-
-
-def own_feather(scores, k, grid, stride=3):
-    rows, cols = grid
-    levels = np.zeros(rows * cols, np.int64)
-    levels[np.arange(rows * cols).reshape(rows, cols)[::stride, ::stride].reshape(-1)] = 1
-    return _priority_top(levels, scores, k)
-
-
-def own_holov(scores, x, k, num_chunks=16):
-    a = np.asarray(scores, np.float32)
-    x = np.asarray(x, np.float32)
-    n = len(a)
-    base, rem = divmod(n, num_chunks)
-    sizes = np.array([base + (i < rem) for i in range(num_chunks)])
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    cs = np.zeros(num_chunks, np.float32)
-    for p, (lo, m) in enumerate(zip(starts, sizes, strict=True)):
-        f = x[lo : lo + m]
-        f = f / (np.sqrt((f * f).sum(-1, keepdims=True)) + 1e-6)
-        sim = f @ f.T
-        np.fill_diagonal(sim, 0.0)
-        mean = sim.sum(-1) / (m - 1)
-        var = ((sim - mean[:, None]) ** 2).sum(-1) / (m - 1)
-        a_s = 1e3 * a[lo : lo + m]
-        scale = np.abs(a_s).mean() / (np.abs(var).mean() + 1e-6)
-        cs[p] = (a_s + 0.09 * var * scale).mean()
-    w = cs / (cs.sum() + 1e-6)
-    alloc = np.floor(w * k).astype(np.int64)
-    alloc[_np_top(w, max(0, k - int(alloc.sum())))] += 1
-    chosen = np.zeros(n, np.int64)
-    for lo, m, c in zip(starts, sizes, np.minimum(alloc, sizes), strict=True):
-        chosen[lo + _np_top(a[lo : lo + m], int(c))] = 1
-    return _priority_top(chosen, a, k)
-
-
-def own_random(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    return np.sort(rng.permutation(n)[:k]).astype(np.int32)
+    return cost
 
 
 def load_oracles() -> Any | None:
     """``tests/oracles.py`` as a module, or None when it is absent or does not import."""
     path = REPO_ROOT / "tests" / "oracles.py"
-    if not path.exists():
-        return None
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     try:
         spec = importlib.util.spec_from_file_location("_pruneax_bench_oracles", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except Exception as e:  # a broken oracle file must not break the benchmark
-        print(f"[selection] tests/oracles.py does not import ({e!r}); using own NumPy baselines")
+        print(f"[selection] tests/oracles.py does not import ({e!r}); no NumPy baselines")
         return None
     return module
 
 
 # ---------------------------------------------------------------------------------------------
-# Selectors
+# Selectors: every method of the registry (pruneax.tokens.METHODS), plus variants
 # ---------------------------------------------------------------------------------------------
 
 # A NumPy caller gets (shape, one example as a dict of NumPy arrays, the function) and runs it.
@@ -353,151 +223,132 @@ NpCaller = Callable[[Shape, dict[str, np.ndarray], Callable[..., np.ndarray]], n
 
 
 @dataclasses.dataclass(frozen=True)
-class Selector:
-    name: str
-    inputs: tuple[str, ...]  # batched inputs, in the order the JAX function takes them
-    make: Callable[[Shape], Callable[..., jax.Array]]  # one-example JAX function
+class Profile:
+    """What the benchmark knows of a method beyond the registry: its cost model, whether it is
+    a greedy loop / needs an N x N matrix, and its NumPy reference in ``tests/oracles.py``."""
+
     cost: Callable[[Shape], list[Phase]]
-    greedy: bool
-    needs_nn: bool  # whether the method itself needs an N x N matrix
-    oracle: str | None  # name in tests/oracles.py
-    own: Callable[..., np.ndarray]
-    np_call: NpCaller
+    greedy: bool = False
+    needs_nn: bool = False
+    oracle: str | None = None
+    np_call: NpCaller | None = None
     note: str = ""
 
 
-def _coverage_fn(s: Shape, with_text: bool) -> Callable[..., jax.Array]:
-    kw = {"alpha": ALPHA, "tau_tv": TAU_TV, "tau_vv": TAU_VV}
-    if with_text:
-        return lambda x, text: T.coverage(x, s.k, text=text, **kw)
-    return lambda x: T.coverage(x, s.k, **kw)
-
-
-def _np_feather(s: Shape, e: dict, f: Callable[..., np.ndarray]) -> np.ndarray:
-    if f is own_feather:
-        return f(e["scores"], s.k, s.grid, FEATHER_STRIDE)
-    return f(e["scores"], s.grid, FEATHER_STRIDE, int(0.3 * s.n))  # the published union
-
-
-_SELECTOR_LIST = [
-    Selector(
-        name="topk",
-        inputs=("scores",),
-        make=lambda s: lambda scores: T.topk(scores, s.k),
-        cost=_cost_topk,
-        greedy=False,
-        needs_nn=False,
-        oracle="np_topk",
-        own=own_topk,
-        np_call=lambda s, e, f: f(e["scores"], s.k),
-    ),
-    Selector(
-        name="random",
-        inputs=("key",),
-        make=lambda s: lambda key: T.random(key, s.n, s.k),
-        cost=_cost_random,
-        greedy=False,
-        needs_nn=False,
-        oracle=None,
-        own=own_random,
+_COVERAGE = {"alpha": ALPHA, "tau_tv": TAU_TV, "tau_vv": TAU_VV}
+OPTIONS: dict[str, dict[str, Any]] = {  # registry options that differ from its defaults
+    "coverage": _COVERAGE,
+    "feather": {"stride": FEATHER_STRIDE},
+    "holov": {"num_chunks": HOLOV_CHUNKS},
+}
+PROFILES: dict[str, Profile] = {
+    "topk": Profile(_cost_topk, oracle="np_topk", np_call=lambda s, e, f: f(e["scores"], s.k)),
+    "random": Profile(
+        _cost_random,
+        oracle="np_random",
         np_call=lambda s, e, f: f(e["rng"], s.n, s.k),
         note="NumPy: Generator.permutation[:k] (different picks by construction)",
     ),
-    Selector(
-        name="maxmin_diversity",
-        inputs=("x",),
-        make=lambda s: lambda x: T.maxmin_diversity(x, s.k),
-        cost=_cost_maxmin,
-        greedy=True,
-        needs_nn=True,
-        oracle="np_maxmin_diversity",
-        own=own_maxmin_diversity,
-        np_call=lambda s, e, f: f(e["x"], s.k),
+    "uniform": Profile(_cost_uniform, oracle="np_uniform", np_call=lambda s, e, f: f(s.k, s.grid)),
+    "divprune": Profile(
+        _cost_maxmin, True, True, "np_maxmin_diversity", lambda s, e, f: f(e["features"], s.k)
     ),
-    Selector(
-        name="kcenter",
-        inputs=("x", "scores"),
-        make=lambda s: lambda x, scores: T.kcenter(x, s.k, pivot=scores),
-        cost=_cost_matvec_greedy,
-        greedy=True,
-        needs_nn=False,
-        oracle="np_kcenter",
-        own=own_kcenter,
-        np_call=lambda s, e, f: f(e["x"], s.k, e["scores"], "cosine"),
-        note="cosine, pivot = argmax of a score array",
+    "kcenter": Profile(
+        _cost_matvec_greedy,
+        True,
+        False,
+        "np_kcenter",
+        lambda s, e, f: f(e["features"], s.k, e["scores"], "cosine"),
+        "cosine, pivot = argmax of a score array",
     ),
-    Selector(
-        name="maxsum_diversity",
-        inputs=("x", "scores"),
-        make=lambda s: lambda x, scores: T.maxsum_diversity(x, s.k, pivot=scores),
-        cost=_cost_matvec_greedy,
-        greedy=True,
-        needs_nn=False,
-        oracle="np_maxsum_diversity",
-        own=own_maxsum_diversity,
-        np_call=lambda s, e, f: f(e["x"], s.k, e["scores"]),
-        note="pivot = argmax of a score array",
+    "maxsum": Profile(
+        _cost_matvec_greedy,
+        True,
+        False,
+        "np_maxsum_diversity",
+        lambda s, e, f: f(e["features"], s.k, e["scores"]),
+        "pivot = argmax of a score array",
     ),
-    Selector(
-        name="coverage",
-        inputs=("x",),
-        make=lambda s: _coverage_fn(s, with_text=False),
-        cost=_cost_coverage(0),
-        greedy=True,
-        needs_nn=True,
-        oracle="np_coverage",
-        own=own_coverage,
-        np_call=lambda s, e, f: f(e["x"], s.k, None, None, ALPHA, TAU_TV, TAU_VV),
-        note="vision only, x_vision = x",
+    "coverage": Profile(
+        _cost_coverage(0),
+        True,
+        True,
+        "np_coverage",
+        lambda s, e, f: f(e["features"], s.k, None, None, **_COVERAGE),
+        "vision only, x_vision = x",
     ),
-    Selector(
-        name="coverage_text",
-        inputs=("x", "text"),
-        make=lambda s: _coverage_fn(s, with_text=True),
-        cost=_cost_coverage(TEXT_TOKENS),
-        greedy=True,
-        needs_nn=True,
-        oracle="np_coverage",
-        own=own_coverage,
-        np_call=lambda s, e, f: f(e["x"], s.k, e["text"], None, ALPHA, TAU_TV, TAU_VV),
-        note=f"text m = {TEXT_TOKENS}, x_vision = x",
+    "coverage_text": Profile(
+        _cost_coverage(TEXT_TOKENS),
+        True,
+        True,
+        "np_coverage",
+        lambda s, e, f: f(e["features"], s.k, e["text"], None, **_COVERAGE),
+        f"text m = {TEXT_TOKENS}, x_vision = x",
     ),
-    Selector(
-        name="hiprune",
-        inputs=("shallow", "deep"),
-        make=lambda s: lambda shallow, deep: T.hiprune(shallow, deep, s.k, grid=s.grid),
-        cost=_cost_hiprune,
-        greedy=False,
-        needs_nn=False,
+    "hiprune": Profile(
+        _cost_hiprune,
         oracle="np_hiprune",
-        own=own_hiprune,
-        np_call=lambda s, e, f: f(e["shallow"], e["deep"], s.k, s.grid),
+        np_call=lambda s, e, f: f(e["shallow_scores"], e["deep_scores"], s.k, s.grid),
     ),
-    Selector(
-        name="feather",
-        inputs=("scores",),
-        make=lambda s: lambda scores: T.feather(scores, s.k, grid=s.grid, stride=FEATHER_STRIDE),
-        cost=_cost_topk,
-        greedy=False,
-        needs_nn=False,
-        oracle="np_feather_published_union",
-        own=own_feather,
-        np_call=_np_feather,
-        note="NumPy oracle: the published stage-1 union (top int(0.3 N) | grid), variable size",
+    "feather": Profile(
+        _cost_topk,
+        oracle="np_feather",
+        np_call=lambda s, e, f: f(e["scores"], s.k, s.grid, FEATHER_STRIDE),
     ),
-    Selector(
-        name="holov",
-        inputs=("scores", "x"),
-        make=lambda s: lambda scores, x: T.holov(scores, x, s.k, num_chunks=HOLOV_CHUNKS),
-        cost=_cost_holov,
-        greedy=False,
-        needs_nn=False,
+    "holov": Profile(
+        _cost_holov,
         oracle="np_holov",
-        own=own_holov,
-        np_call=lambda s, e, f: f(e["scores"], e["x"], s.k, HOLOV_CHUNKS),
+        np_call=lambda s, e, f: f(e["scores"], e["features"], s.k, HOLOV_CHUNKS),
     ),
-]
-SELECTORS: dict[str, Selector] = {sel.name: sel for sel in _SELECTOR_LIST}
+}
+# Variants: benchmark name -> (registry method, optional inputs it also gets).
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {"coverage_text": ("coverage", ("text",))}
+
+
+@dataclasses.dataclass(frozen=True)
+class Selector:
+    name: str
+    method: str  # the registry method
+    inputs: tuple[str, ...]  # batched inputs (registry input names), in call order
+    cost: Callable[[Shape], list[Phase]]
+    greedy: bool
+    needs_nn: bool
+    oracle: str | None  # name in tests/oracles.py
+    np_call: NpCaller | None
+    note: str = ""
+
+    def make(self, s: Shape) -> Callable[..., jax.Array]:
+        """The one-example JAX function of this selector at shape ``s``."""
+        m = T.get_method(self.method)
+        static = {"grid": s.grid} if "grid" in m.needs | m.optional else {}
+        kw = {**static, **OPTIONS.get(self.method, {})}
+        used = [i in m.needs | m.optional for i in self.inputs]
+
+        def fn(*args):
+            given = {i: a for i, a, u in zip(self.inputs, args, used, strict=True) if u}
+            return T.select_tokens(self.method, s.k, **given, **kw)
+
+        return fn
+
+
+def selector(name: str) -> Selector:
+    """The benchmark's ``Selector`` for a registry method or a variant (see ``VARIANTS``)."""
+    method, extra = VARIANTS.get(name, (name, ()))
+    m = T.get_method(method)
+    # A method without per-example inputs (uniform) still gets the scores to carry the batch.
+    inputs = tuple(i for i in T.INPUTS if i in m.needs | set(extra) and i != "grid")
+    inputs = inputs or ("scores",)
+    prof = PROFILES.get(name) or Profile(_cost_inputs(inputs), note="no cost model, no NumPy")
+    fields = {f.name: getattr(prof, f.name) for f in dataclasses.fields(Profile)}
+    return Selector(name=name, method=method, inputs=inputs, **fields)
+
+
+def selectors() -> dict[str, Selector]:
+    """Every method registered now, then the variants."""
+    return {n: selector(n) for n in [*T.METHODS, *VARIANTS]}
+
+
+SELECTORS: dict[str, Selector] = selectors()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -949,10 +800,10 @@ def _nn_in_hlo(hlo: str, n: int) -> bool:
 def make_inputs(s: Shape, batch: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
-        "x": rng.standard_normal((batch, s.n, s.d), dtype=np.float32),
+        "features": rng.standard_normal((batch, s.n, s.d), dtype=np.float32),
         "scores": rng.random((batch, s.n), dtype=np.float32),
-        "shallow": rng.random((batch, s.n), dtype=np.float32),
-        "deep": rng.random((batch, s.n), dtype=np.float32),
+        "shallow_scores": rng.random((batch, s.n), dtype=np.float32),
+        "deep_scores": rng.random((batch, s.n), dtype=np.float32),
         "text": rng.standard_normal((batch, TEXT_TOKENS, s.d), dtype=np.float32),
     }
 
@@ -965,12 +816,6 @@ def _device_args(sel: Selector, data: dict[str, np.ndarray], batch: int, seed: i
         else:
             args.append(jnp.asarray(data[name][:batch]))
     return args
-
-
-def _numpy_fn(sel: Selector, oracles: Any | None) -> tuple[Callable[..., np.ndarray], str]:
-    if sel.oracle and oracles is not None and hasattr(oracles, sel.oracle):
-        return getattr(oracles, sel.oracle), f"tests/oracles.py:{sel.oracle}"
-    return sel.own, f"benchmarks/selection.py:{sel.own.__name__}"
 
 
 def _blas_threads(n: int | None):
@@ -989,37 +834,27 @@ def run_numpy(
     oracles: Any | None,
     timing: Timing,
     threads: int | None = 1,
-) -> tuple[dict[str, Any], np.ndarray]:
-    with _blas_threads(threads):
-        return _run_numpy(sel, s, example, oracles, timing)
-
-
-def _run_numpy(
-    sel: Selector, s: Shape, example: dict[str, Any], oracles: Any | None, timing: Timing
-) -> tuple[dict[str, Any], np.ndarray]:
-    fn, source = _numpy_fn(sel, oracles)
+) -> tuple[dict[str, Any], np.ndarray] | None:
+    """The NumPy reference of ``sel`` (``tests/oracles.py``) on one example, timed; None when
+    there is none."""
+    fn = getattr(oracles, sel.oracle, None) if sel.oracle and oracles is not None else None
+    if fn is None or sel.np_call is None:
+        return None
     call = lambda: sel.np_call(s, example, fn)
-    try:
+    with _blas_threads(threads):
         t0 = time.perf_counter()
         picks = call()
         first = time.perf_counter() - t0
-    except Exception as e:
-        if fn is sel.own:
-            raise
-        print(f"[selection] {source} failed on {s.name} ({e!r}); using the own NumPy version")
-        fn, source = sel.own, f"benchmarks/selection.py:{sel.own.__name__} (oracle failed)"
-        call = lambda: sel.np_call(s, example, fn)
-        t0 = time.perf_counter()
-        picks = call()
-        first = time.perf_counter() - t0
-    # Slow baselines: the first call counts (NumPy has no compilation to warm up), and one
-    # more run below 5 s; otherwise adaptive.
-    if first >= 5.0:
-        times = [first]
-    elif first >= 1.0:
-        times = [first, _once(call)]
-    else:
-        times = time_calls(call, dataclasses.replace(timing, max_reps=min(timing.max_reps, 20)))
+        # Slow baselines: the first call counts (NumPy has no compilation to warm up), and one
+        # more run below 5 s; otherwise adaptive.
+        if first >= 5.0:
+            times = [first]
+        elif first >= 1.0:
+            times = [first, _once(call)]
+        else:
+            reps = dataclasses.replace(timing, max_reps=min(timing.max_reps, 20))
+            times = time_calls(call, reps)
+    source = f"tests/oracles.py:{sel.oracle}"
     return {"source": source, "times_s": times, "per_image_s": statistics.median(times)}, picks
 
 
@@ -1073,7 +908,6 @@ class Config:
     json_out: Path | None = None
     timing: Timing = dataclasses.field(default_factory=Timing)
     numpy: bool = True
-    oracles: bool = True  # use tests/oracles.py where it has the function
     numpy_threads: int | None = 1  # BLAS threads of the NumPy baselines (None: NumPy's default)
     seed: int = 0
     # XLA options for every compilation; --quick turns the backend optimiser off (compile time)
@@ -1090,19 +924,20 @@ def run(config: Config) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown shapes {unknown}; known: {sorted(all_shapes)}")
     shapes = [all_shapes[n] for n in shape_names]
-    sel_names = config.selectors or list(SELECTORS)
-    unknown = [n for n in sel_names if n not in SELECTORS]
+    known = selectors()  # read now: a method registered after import is benchmarked too
+    sel_names = config.selectors or list(known)
+    unknown = [n for n in sel_names if n not in known]
     if unknown:
-        raise ValueError(f"unknown selectors {unknown}; known: {sorted(SELECTORS)}")
-    selectors = [SELECTORS[n] for n in sel_names]
-    oracles = load_oracles() if config.numpy and config.oracles else None
+        raise ValueError(f"unknown selectors {unknown}; known: {sorted(known)}")
+    chosen = [known[n] for n in sel_names]
+    oracles = load_oracles() if config.numpy else None
 
     machine = machine_info()
     load_start = _loadavg()
     print(f"[selection] {machine['cpu']}, {machine['cores']} cores, jax {machine['jax']}")
     print("[selection] measuring machine limits ...", flush=True)
     copts = config.compiler_options
-    limits = measure_limits(shapes, machine, config.quick, copts, selectors)
+    limits = measure_limits(shapes, machine, config.quick, copts, chosen)
 
     rows: list[dict[str, Any]] = []
     for s in shapes:
@@ -1110,7 +945,7 @@ def run(config: Config) -> dict[str, Any]:
         data = make_inputs(s, max(batches), config.seed)
         example = {k: v[0] for k, v in data.items()}
         example["rng"] = np.random.default_rng(config.seed)
-        for sel in selectors:
+        for sel in chosen:
             jax_picks = None
             for b in sorted(batches):
                 label = f"{sel.name} {s.name} B={b}"
@@ -1144,9 +979,11 @@ def run(config: Config) -> dict[str, Any]:
                 )
             if config.numpy:
                 print(f"[selection] {sel.name} {s.name} NumPy ...", end=" ", flush=True)
-                nrow, np_picks = run_numpy(
-                    sel, s, example, oracles, config.timing, config.numpy_threads
-                )
+                got = run_numpy(sel, s, example, oracles, config.timing, config.numpy_threads)
+                if got is None:
+                    print("no NumPy reference", flush=True)
+                    continue
+                nrow, np_picks = got
                 if sel.name != "random" and jax_picks is not None:
                     common = np.intersect1d(np.asarray(np_picks), jax_picks).size
                     nrow["agree"] = common / s.k
@@ -1169,7 +1006,7 @@ def run(config: Config) -> dict[str, Any]:
         "limits": limits,
         "shapes": [dataclasses.asdict(s) for s in shapes],
         "selectors": {
-            s.name: {"greedy": s.greedy, "needs_nn": s.needs_nn, "note": s.note} for s in selectors
+            s.name: {"greedy": s.greedy, "needs_nn": s.needs_nn, "note": s.note} for s in chosen
         },
         "timing": dataclasses.asdict(config.timing),
         "compiler_options": copts,
@@ -1193,8 +1030,6 @@ def config_argv(config: Config) -> list[str]:
         argv += ["--selectors", ",".join(config.selectors)]
     if not config.numpy:
         argv.append("--no-numpy")
-    if not config.oracles:
-        argv.append("--own-numpy")
     if config.numpy_threads != 1:
         argv += ["--numpy-threads", str(config.numpy_threads or 0)]
     return argv
@@ -1466,11 +1301,6 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     p.add_argument("--max-reps", type=int, default=None)
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy baselines")
     p.add_argument(
-        "--own-numpy",
-        action="store_true",
-        help="use this file's NumPy baselines even where tests/oracles.py has one",
-    )
-    p.add_argument(
         "--numpy-threads",
         type=int,
         default=1,
@@ -1501,7 +1331,6 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         json_out=a.json,
         timing=timing,
         numpy=not a.no_numpy,
-        oracles=not a.own_numpy,
         numpy_threads=a.numpy_threads or None,
         seed=a.seed,
         compiler_options=QUICK_COMPILER_OPTIONS if a.quick else None,

@@ -24,7 +24,8 @@ image (the vision tower runs once per image), orbax checkpoints every ``ckpt_eve
 killed run resumes from the last one; batches are a function of (seed, step)).
 
 Evaluation (training-free, on a fixed set of ``eval_size`` questions about test-split digits,
-families in equal numbers): dense; every pre-LLM method (``VisualSelect``) and every in-LLM
+families in equal numbers): dense; every pre-LLM method (``pre_methods()``: every method of
+the token registry, as a ``VisualSelect``) and every in-LLM
 method (FastV at layer ``fastv_layer``; FEATHER / ToDRE specs when ``pruneax.models`` has them)
 at each of ``keep_ratios`` of the N visual tokens; pre-LLM + FastV combinations; and, for
 ``position_ablation``, pre-LLM selection with the kept tokens at their original RoPE positions
@@ -68,28 +69,37 @@ from pruneax.models.llama import FastVSpec, FeatherSpec, TodreSpec, init_cache, 
 from pruneax.models.vit import ViTConfig
 from pruneax.models.vlm import (
     VLM,
+    VLM_SELECT_ALIASES,
     VisualSelect,
     VLMConfig,
     llm_tokens_per_layer,
     vlm_prefill_flops,
 )
-from pruneax.tokens import uniform_grid
+from pruneax.tokens import METHODS, uniform_grid
 
 _TAG = "[vlm_token_pruning]"
-PRE_METHODS = (
-    "fastervlm",
-    "divprune",
-    "kcenter",
-    "maxsum",
-    "coverage",
-    "coverage_vision",  # MMTok without the question (vision-only coverage)
-    "hiprune",
-    "holov",
-    "random",
-    "uniform",
-)
 LLM_SPECS: dict[str, type] = {"fastv": FastVSpec, "feather": FeatherSpec, "todre": TodreSpec}
 LLM_METHODS = tuple(LLM_SPECS)
+# The experiment's own pre-LLM variants: name -> (registry method, VisualSelect fields).
+PRE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "coverage_vision": ("coverage", {"coverage_text": False}),  # MMTok without the question
+}
+
+
+def pre_methods() -> tuple[str, ...]:
+    """The pre-LLM methods: every method of ``pruneax.tokens.METHODS`` (read now) under the
+    VLM's name for it (``"fastervlm"`` for ``"topk"``; ``"<name>_pre"`` where an in-LLM method
+    has the same name, as ``"feather_pre"``), each followed by its ``PRE_VARIANTS``."""
+    shown = {m: a for a, m in VLM_SELECT_ALIASES.items()}
+    out: list[str] = []
+    for m in METHODS:
+        name = shown.get(m, m)
+        out.append(f"{name}_pre" if name in LLM_SPECS else name)
+        out += [v for v, (base, _) in PRE_VARIANTS.items() if base == m]
+    return tuple(out)
+
+
+PRE_METHODS = pre_methods()
 FAMILIES = ("locate", "count", "exists")
 
 
@@ -332,16 +342,17 @@ def _check(cfg: Config) -> None:
             f"ckpt_every ({cfg.ckpt_every}) must be a multiple of log_every ({cfg.log_every}) "
             "so that a resumed run logs the same losses"
         )
-    bad = sorted(set(cfg.methods) - set(PRE_METHODS))
+    pre = pre_methods()  # read now: a method registered after import counts
+    bad = sorted(set(cfg.methods) - set(pre))
     if bad:
-        raise ValueError(f"methods must be among {PRE_METHODS}; got unknown {bad}")
+        raise ValueError(f"methods must be among {pre}; got unknown {bad}")
     bad = sorted(set(cfg.llm_methods) - set(LLM_METHODS))
     if bad:
         raise ValueError(f"llm_methods must be among {LLM_METHODS}; got unknown {bad}")
     for name in ("combos", "position_ablation"):
-        bad = sorted(set(getattr(cfg, name)) - set(PRE_METHODS))
+        bad = sorted(set(getattr(cfg, name)) - set(pre))
         if bad:
-            raise ValueError(f"{name} must be among {PRE_METHODS}; got unknown {bad}")
+            raise ValueError(f"{name} must be among {pre}; got unknown {bad}")
     if not cfg.keep_ratios or not all(0.0 < r <= 1.0 for r in cfg.keep_ratios):
         raise ValueError(f"keep_ratios must lie in (0, 1]; got {cfg.keep_ratios}")
     if cfg.aux_weight < 0:
@@ -396,10 +407,12 @@ def settings(cfg: Config, vcfg: VLMConfig) -> list[Setting]:
 
 
 def pre_select(method: str, ratio: float) -> VisualSelect:
-    """The ``VisualSelect`` of a pre-LLM method name (``coverage_vision``: MMTok without text)."""
-    if method == "coverage_vision":
-        return VisualSelect("coverage", keep=ratio, coverage_text=False)
-    return VisualSelect(method, keep=ratio)
+    """The ``VisualSelect`` of a name of ``pre_methods()`` (``coverage_vision``: MMTok without
+    text; ``feather_pre``: the registry's ``"feather"``)."""
+    name, fields = PRE_VARIANTS.get(method, (method, {}))
+    if name.endswith("_pre") and name[: -len("_pre")] in LLM_SPECS:
+        name = name[: -len("_pre")]
+    return VisualSelect(name, keep=ratio, **fields)
 
 
 def _llm_spec(method: str, cls: type, start: int, grid: tuple[int, int], k: int, layer: int):
@@ -966,7 +979,7 @@ def _plot_kept(job: Job, params, ev, all_settings, path: pathlib.Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = common.experiment_parser(__doc__, PRESETS)
-    parser.add_argument("--methods", nargs="+", choices=PRE_METHODS, help="pre-LLM methods")
+    parser.add_argument("--methods", nargs="+", choices=pre_methods(), help="pre-LLM methods")
     parser.add_argument("--llm_methods", nargs="+", choices=LLM_METHODS, help="in-LLM methods")
     parser.add_argument(
         "--model_parallel", type=int, help="devices per model group: shard the LLM's parameters"

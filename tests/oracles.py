@@ -590,3 +590,135 @@ def np_query_key_attention(query, keys) -> np.ndarray:
     kk = np.repeat(kk, rep, axis=0)  # [heads, N, hd]
     logits = np.einsum("hd,hnd->hn", q, kk).astype(F32) / F32(np.sqrt(hd))
     return np.mean(_softmax(logits, axis=-1), axis=0, dtype=F32)
+
+
+def np_random(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """``k`` of ``n`` indices uniformly at random without replacement, sorted: a NumPy
+    ``Generator``'s permutation cut to ``k`` (not the same picks as ``jax.random``)."""
+    return np.sort(rng.permutation(n)[:k]).astype(np.int32)
+
+
+def np_uniform(k: int, grid: tuple[int, int]) -> np.ndarray:
+    """The ``"uniform"`` method: ``k`` patches spread over the ``(rows, cols)`` grid, no scores.
+
+    Every ``s``-th row and column from (0, 0) at the largest stride ``s`` whose grid still holds
+    ``k`` patches; when it holds ``m > k``, its entries at ``round(linspace(0, m - 1, k))``.
+    """
+    rows, cols = grid
+    for s in range(max(rows, cols), 0, -1):
+        base = np.asarray([r * cols + c for r in range(0, rows, s) for c in range(0, cols, s)])
+        if len(base) >= k:
+            return base[np.round(np.linspace(0, len(base) - 1, k)).astype(np.int64)].astype(
+                np.int32
+            )
+    raise ValueError(f"np_uniform: k={k} exceeds the {rows * cols} patches")
+
+
+# ---------------------------------------------------------------------------------------------
+# ViT blocks with ToMe / EViT inside (the published ToMeBlock and EViT Block)
+# ---------------------------------------------------------------------------------------------
+
+
+def np_layer_norm(x, scale, bias, eps: float) -> np.ndarray:
+    x = _f32(x)
+    mu = np.mean(x, axis=-1, keepdims=True, dtype=F32)
+    var = np.mean((x - mu) ** 2, axis=-1, keepdims=True, dtype=F32)
+    return ((x - mu) / np.sqrt(var + F32(eps)) * _f32(scale) + _f32(bias)).astype(F32)
+
+
+def _np_gelu(x) -> np.ndarray:
+    """Exact (erf) GELU, ``torch.nn.GELU()``."""
+    from math import erf, sqrt
+
+    x = _f32(x)
+    erf_ = np.vectorize(erf, otypes=[np.float64])
+    return (0.5 * x * (1.0 + erf_(x.astype(np.float64) / sqrt(2.0)))).astype(F32)
+
+
+def np_vit_attention(x, w: dict, size=None, eps: float = 1e-6):
+    """Attention half of a pre-norm ViT block on ONE example, as ``ToMeAttention``:
+    ``x + out(softmax(q k^T / sqrt(hd) + log(size)) v)`` on ``norm1(x)``.
+
+    ``w``: ``heads`` and (kernel [in, out], bias) pairs ``q``, ``k``, ``v``, ``out``, ``norm1``
+    (scale, bias). Returns ``(x [T, D], probs [H, T, T], keys [H, T, hd])``.
+    """
+    x = _f32(x)
+    h = np_layer_norm(x, *w["norm1"], eps)
+    t, heads = x.shape[0], w["heads"]
+    proj = lambda name: (h @ _f32(w[name][0]) + _f32(w[name][1])).reshape(t, heads, -1)
+    q, k, v = (proj(n).transpose(1, 0, 2) for n in ("q", "k", "v"))
+    logits = (q @ k.transpose(0, 2, 1)).astype(F32) * F32(q.shape[-1] ** -0.5)
+    if size is not None:  # proportional attention
+        logits = logits + np.log(_f32(size))[None, None, :]
+    probs = _softmax(logits, axis=-1)
+    o = (probs @ v).transpose(1, 0, 2).reshape(t, -1)
+    return (x + o @ _f32(w["out"][0]) + _f32(w["out"][1])).astype(F32), probs, k
+
+
+def np_vit_mlp(x, w: dict, eps: float = 1e-6) -> np.ndarray:
+    """MLP half of a pre-norm ViT block: ``x + fc2(gelu(fc1(norm2(x))))``."""
+    h = np_layer_norm(x, *w["norm2"], eps)
+    h = _np_gelu(h @ _f32(w["fc1"][0]) + _f32(w["fc1"][1]))
+    return (_f32(x) + h @ _f32(w["fc2"][0]) + _f32(w["fc2"][1])).astype(F32)
+
+
+def np_tome_vit_blocks(x, blocks, rs, class_token: bool = True, eps: float = 1e-6, trace=None):
+    """The published ToMe ViT (``tome/patch/timm.py``) over ``blocks`` on ONE example.
+
+    Each ``ToMeBlock``: attention with proportional attention (``log size`` once tokens have
+    been merged), residual, then, if its ``r > 0``, ``bipartite_soft_matching`` on the keys
+    averaged over heads and ``merge_wavg`` (``np_tome_published``: output ``[unmerged A; B]``),
+    then the MLP on the merged tokens.
+
+    Returns ``(outputs, size, rep)``: the stream after every block, the final token sizes and
+    ``rep`` [T_final], the input position of the token each row's survivors chain back to.
+    ``trace["margins"]`` collects every step's rounding-sensitive gaps.
+    """
+    x = _f32(x)
+    size = None
+    rep = np.arange(x.shape[0])
+    outputs = []
+    for w, r in zip(blocks, rs, strict=True):
+        x, _, keys = np_vit_attention(x, w, size, eps)
+        if r > 0:
+            tr = {} if trace is not None else None
+            x, size, out_pos, _ = np_tome_published(
+                x, keys.mean(axis=0), r, size, class_token=class_token, trace=tr
+            )
+            rep = rep[out_pos]
+            if trace is not None:
+                trace.setdefault("margins", []).extend(tr.get("margins", []))
+        x = np_vit_mlp(x, w, eps)
+        outputs.append(x)
+    return outputs, (np.ones(x.shape[0], F32) if size is None else size), rep
+
+
+def np_evit_vit_blocks(x, blocks, keep_rates, eps: float = 1e-6):
+    """The published EViT (``youweiliang/evit``, ``evit.py``, ``fuse_token=True``) over
+    ``blocks`` on ONE example with a CLS token at position 0.
+
+    A block with ``keep_rate < 1`` keeps ``ceil(rate * (N - 1))`` non-CLS tokens by the
+    head-averaged CLS attention (``topk``, largest first; ties to the lower index), after the
+    attention residual; the rest become one token ``sum(attn_i x_i)`` appended last; the MLP
+    runs on ``[CLS; kept; fused]``.
+
+    Returns ``(outputs, label)``: the stream after every block and, per final token, the input
+    position it comes from, or ``-1 - b`` for the token fused in block ``b``.
+    """
+    x = _f32(x)
+    label = np.arange(x.shape[0])
+    outputs = []
+    for b, (w, rate) in enumerate(zip(blocks, keep_rates, strict=True)):
+        x, probs, _ = np_vit_attention(x, w, None, eps)
+        n = x.shape[0] - 1
+        left = int(np.ceil(rate * n))  # math.ceil(keep_rate * (N - 1))
+        if rate < 1 and left < n:
+            cls_attn = np.mean(probs[:, 0, 1:], axis=0, dtype=F32)
+            idx = _top_indices(cls_attn, left)
+            rest = np.setdiff1d(np.arange(n), idx)
+            fused = np.sum(x[1:][rest] * cls_attn[rest, None], axis=0, dtype=F32)
+            x = np.concatenate([x[:1], x[1:][idx], fused[None]], axis=0)
+            label = np.concatenate([label[:1], label[1:][idx], [-1 - b]])
+        x = np_vit_mlp(x, w, eps)
+        outputs.append(x)
+    return outputs, label

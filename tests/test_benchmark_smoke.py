@@ -39,17 +39,18 @@ def test_quick_benchmark_writes_a_row_per_selector(tmp_path):
     assert "| kcenter * |" in out.read_text()
 
 
-def test_own_numpy_baselines_match_pruneax():
-    """The benchmark's fallback NumPy versions pick what pruneax picks (a tiny example)."""
+def test_numpy_references_match_pruneax():
+    """The benchmark's NumPy references (tests/oracles.py) pick what pruneax picks."""
     shape = selection.QUICK_SHAPES["tiny"]
     data = selection.make_inputs(shape, 1, seed=1)
     example = {name: v[0] for name, v in data.items()}
+    oracles = selection.load_oracles()
     for sel in selection.SELECTORS.values():
         if sel.name == "random":
             continue
         args = [data[name][0] for name in sel.inputs]
         expected = np.asarray(sel.make(shape)(*args))
-        got = np.asarray(sel.np_call(shape, example, sel.own))
+        got = np.asarray(sel.np_call(shape, example, getattr(oracles, sel.oracle)))
         np.testing.assert_array_equal(got, expected, err_msg=sel.name)
 
 

@@ -46,35 +46,51 @@ FINITE = st.floats(-4, 4, width=32, allow_subnormal=False)
 ELEMS = st.one_of(st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0]), FINITE)
 
 
-def _holov(a, k):
-    n = a["x"].shape[0]
-    return T.holov(jnp.abs(a["s"]), a["x"], k, num_chunks=max(1, n // 3))
+# Inputs of a registered method (``pruneax.tokens.INPUTS``) from the test's arrays: the scores
+# of every consumer are attention, so non-negative here (HoloV requires it).
+def registry_inputs(name, a):
+    n = a["s"].shape[0]
+    have = {
+        "scores": jnp.abs(a["s"]),
+        "shallow_scores": jnp.abs(a["s2"]),
+        "deep_scores": jnp.abs(a["s"]),
+        "features": a["x"],
+        "vision_features": a["v"],
+        "text": a["t"],
+        "grid": GRIDS[n],
+        "key": a["key"],
+    }
+    return {i: v for i, v in have.items() if i in T.get_method(name).needs}
 
 
-# name -> call(arrays, k) -> indices. Variants of one function get their own name.
-SELECTORS = {
-    "topk": lambda a, k: T.topk(a["s"], k),
-    "random": lambda a, k: T.random(a["key"], a["s"].shape[0], k),
-    "maxmin_diversity": lambda a, k: T.maxmin_diversity(a["x"], k),
-    "kcenter_cosine": lambda a, k: T.kcenter(a["x"], k, pivot=a["s"]),
+# Options the positional guarantees below need on these small grids (an anchor at k >= 3,
+# FEATHER's grid at stride 2); every other method runs with its registry defaults.
+TEST_OPTIONS = {"hiprune": {"alpha": 1.0}, "feather": {"stride": 2}}
+
+
+def registered(name):
+    """call(arrays, k) of the registered method ``name`` (``select_tokens``, needs only)."""
+    return lambda a, k: T.select_tokens(
+        name, k, **registry_inputs(name, a), **TEST_OPTIONS.get(name, {})
+    )
+
+
+# name -> call(arrays, k) -> indices: every method of the registry (read when this module is
+# imported; ``select`` also runs one registered later), then variants with other inputs.
+SELECTORS = {name: registered(name) for name in T.METHODS} | {
     "kcenter_l2": lambda a, k: T.kcenter(a["x"], k, pivot=a["s"], metric="l2"),
     "kcenter_index": lambda a, k: T.kcenter(a["x"], k, pivot=a["x"].shape[0] // 2),
-    "maxsum_diversity": lambda a, k: T.maxsum_diversity(a["x"], k, pivot=a["s"]),
-    "coverage": lambda a, k: T.coverage(a["x"], k),
     "coverage_text": lambda a, k: T.coverage(a["x"], k, text=a["t"]),
     "coverage_vision": lambda a, k: T.coverage(a["x"], k, text=a["t"], x_vision=a["v"]),
-    "hiprune": lambda a, k: T.hiprune(a["s"], a["s2"], k, grid=GRIDS[a["s"].shape[0]], alpha=1.0),
-    "feather": lambda a, k: T.feather(a["s"], k, grid=GRIDS[a["s"].shape[0]], stride=2),
-    "holov": _holov,
 }
 MIN_N = {"holov": 2}  # holov needs num_chunks <= N // 2, so N >= 2
 # The core contract runs on every selector; the variants only add compile time elsewhere.
 CORE = [s for s in SELECTORS if s not in ("kcenter_index", "coverage_vision")]
 FEATURE_SELECTORS = [
-    "maxmin_diversity",
-    "kcenter_cosine",
+    "divprune",
+    "kcenter",
     "kcenter_l2",
-    "maxsum_diversity",
+    "maxsum",
     "coverage",
     "coverage_text",
 ]
@@ -130,7 +146,8 @@ def n_of(a):
 
 
 def select(name, a, k):
-    return SELECTORS[name](a, k)
+    """``SELECTORS[name]``, or the registered method ``name`` (one registered after import)."""
+    return (SELECTORS[name] if name in SELECTORS else registered(name))(a, k)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +199,7 @@ def test_contract_degenerate_inputs(name, fill):
         assert_contract(select(name, a, k), n, k)
 
 
-@pytest.mark.parametrize("name", ["maxmin_diversity", "kcenter_cosine", "maxsum_diversity"])
+@pytest.mark.parametrize("name", ["divprune", "kcenter", "maxsum"])
 def test_duplicates_are_not_repeated_before_distinct_rows(name):
     """Two distinct rows, each repeated: k=2 keeps one of each (max-min/k-center/max-sum)."""
     x = np.array([[1.0, 0, 0]] * 4 + [[0, 1.0, 0]] * 2, np.float32)
@@ -286,10 +303,10 @@ def test_coverage_objective_monotone_in_k(with_text, data):
 
 NESTED = [
     "topk",
-    "maxmin_diversity",
-    "kcenter_cosine",
+    "divprune",
+    "kcenter",
     "kcenter_l2",
-    "maxsum_diversity",
+    "maxsum",
     "coverage",
     "coverage_text",
     "feather",
@@ -341,7 +358,7 @@ def test_feather_keeps_uniform_grid(a_k):
 def test_hiprune_keeps_anchors(a_k):
     """The top round(k * alpha / 5) tokens by shallow score are always kept."""
     a, k = a_k
-    s = a["s"]
+    s = np.abs(a["s2"])  # the registry's shallow_scores (registry_inputs)
     num = T.hiprune_anchors(k, 1.0)
     order = np.argsort(-s, kind="stable")
     anchors = set(order[:num].tolist())
@@ -408,7 +425,7 @@ def test_vmap_equals_loop(name, batch, vmapped):
     np.testing.assert_array_equal(vmapped[name], want)
 
 
-@pytest.mark.parametrize("name", ["topk", "maxmin_diversity", "holov"])
+@pytest.mark.parametrize("name", ["topk", "divprune", "holov"])
 def test_eager_vmap_equals_loop(name, batch):
     """Plain jax.vmap, no outer jit (the batching rule of each selector's own jit)."""
     stacked = {key: jnp.stack([e[key] for e in batch]) for key in batch[0]}
@@ -438,14 +455,14 @@ def test_bfloat16_equals_upcast_float32(name, data):
     np.testing.assert_array_equal(ALL_JIT(a16, k)[name], ALL_JIT(a32, k)[name])
 
 
-@pytest.mark.parametrize("name", ["topk", "maxsum_diversity", "feather"])
+@pytest.mark.parametrize("name", ["topk", "maxsum", "feather"])
 def test_bfloat16_direct_call_equals_upcast_float32(name):
     rng = np.random.default_rng(9)
     a16 = to_dtype(random_arrays(rng, 6), jnp.bfloat16)
     np.testing.assert_array_equal(select(name, a16, 2), select(name, to_dtype(a16, np.float32), 2))
 
 
-@pytest.mark.parametrize("name", ["topk", "maxmin_diversity"])
+@pytest.mark.parametrize("name", ["topk", "divprune"])
 def test_float16_inputs_equal_upcast_float32(name):
     rng = np.random.default_rng(3)
     a16 = to_dtype(random_arrays(rng, 6), np.float16)
@@ -619,7 +636,8 @@ def positional_picks(name, a, k):
     if name != "hiprune":
         return set()
     num = T.hiprune_anchors(k, 1.0)
-    key = np.where(np.isnan(a["s"]), -np.inf, a["s"])
+    shallow = np.abs(a["s2"])  # the registry's shallow_scores (registry_inputs)
+    key = np.where(np.isnan(shallow), -np.inf, shallow)
     out = set()
     for t in np.argsort(-key, kind="stable")[:num].tolist():
         r, c = divmod(t, cols)

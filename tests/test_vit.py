@@ -20,8 +20,7 @@ import pytest
 from flax import nnx
 
 import pruneax.models as M
-from pruneax.models.vit import PruneStage
-from pruneax.models.vit import _model as _vit
+from pruneax.models.vit import FixedEmbedding, PruneStage, ViTStage
 from pruneax.weights import leaf_names, prunable_names
 from tests._models import random_model
 
@@ -220,51 +219,81 @@ def test_proportional_attention_equals_duplicated_tokens(tiny):
 # ------------------------------------------------------------------------------ plan plumbing
 
 
-def test_plan_plumbing(monkeypatch, tiny):
-    """The forward loop calls ``apply_stage`` as documented and composes ``kept``."""
-    calls = []
+_CALLS: list[dict] = []
 
-    def fake_apply_stage(stage, x, *, size, aux, patch_ids, num_prefix, grid, key):
-        calls.append(dict(layer=stage.layer, aux=aux, ids=patch_ids, p=num_prefix, grid=grid))
-        n = patch_ids.shape[1]
-        k = stage.kept(n)
+
+@dataclasses.dataclass(frozen=True)
+class ReverseStage:
+    """A user-defined stage (the public ``ViTStage`` protocol): keeps the LAST ``keep`` patch
+    tokens in reverse order, sizes 2, and optionally one synthetic token."""
+
+    layer: int
+    keep: int
+    read: tuple[bool, bool] = (False, True)
+    synthetic: bool = False
+    in_block: bool = False
+    uses_size: bool = True
+
+    def reads(self):
+        return {self.layer - 1: self.read}
+
+    def out_tokens(self, n):
+        return self.keep + self.synthetic
+
+    def apply(self, x, *, size, aux, patch_ids, num_prefix, grid, key):
+        _CALLS.append(dict(layer=self.layer, aux=aux, ids=patch_ids, p=num_prefix, grid=grid))
+        n, k = patch_ids.shape[1], self.keep
         src = jnp.broadcast_to(jnp.arange(n - 1, n - 1 - k, -1, dtype=jnp.int32), (x.shape[0], k))
-        if stage.method == "evit":  # one synthetic token
+        if self.synthetic:
             src = jnp.concatenate([src, jnp.full((x.shape[0], 1), -1, jnp.int32)], axis=1)
         patches = jnp.take_along_axis(x[:, num_prefix:], jnp.maximum(src, 0)[..., None], axis=1)
         new_x = jnp.concatenate([x[:, :num_prefix], patches], axis=1)
         new_size = jnp.concatenate([size[:, :num_prefix], 2 * jnp.ones(src.shape)], axis=1)
         return new_x, new_size, src
 
-    monkeypatch.setattr(_vit, "apply_stage", fake_apply_stage)
-    plan = M.PruningPlan((PruneStage(layer=1, keep=6, method="tome"),))
+
+def test_plan_plumbing(tiny):
+    """The forward loop calls a user's stage through the public protocol and composes kept."""
+    assert isinstance(ReverseStage(1, 6), ViTStage)
+    _CALLS.clear()
+    plan = M.PruningPlan((ReverseStage(layer=1, keep=6),))
     out = tiny(images(TINY), plan=plan, return_attention=True)
-    assert len(calls) == 1 and calls[0]["layer"] == 1 and calls[0]["p"] == 1
-    assert calls[0]["grid"] == (4, 4)
-    assert set(calls[0]["aux"]) == {0} and calls[0]["aux"][0]["keys"].shape == (2, 4, 17, 8)
-    np.testing.assert_array_equal(calls[0]["ids"], np.tile(np.arange(16), (2, 1)))
+    assert len(_CALLS) == 1 and _CALLS[0]["layer"] == 1 and _CALLS[0]["p"] == 1
+    assert _CALLS[0]["grid"] == (4, 4)
+    assert set(_CALLS[0]["aux"]) == {0} and _CALLS[0]["aux"][0]["keys"].shape == (2, 4, 17, 8)
+    np.testing.assert_array_equal(_CALLS[0]["ids"], np.tile(np.arange(16), (2, 1)))
     np.testing.assert_array_equal(out.kept[0], np.tile(np.arange(15, 9, -1), (2, 1)))
     assert out.hidden.shape == (2, 7, 32) and out.attentions[1].shape == (2, 4, 7, 7)
     np.testing.assert_array_equal(out.sizes, np.array([[1] + [2] * 6] * 2))
 
-    calls.clear()
-    plan = M.PruningPlan((PruneStage(layer=1, keep=5, method="evit"),))
-    out = tiny(images(TINY), plan=plan)
-    assert calls[0]["aux"][0]["attn"].shape == (2, 4, 17, 17)
+    _CALLS.clear()  # in a block: after block 0's attention, before its MLP
+    stage = ReverseStage(layer=1, keep=5, read=(True, False), synthetic=True, in_block=True)
+    out = tiny(images(TINY), plan=M.PruningPlan((stage,)), return_hidden_states=True)
+    assert _CALLS[0]["aux"][0]["attn"].shape == (2, 4, 17, 17)
     np.testing.assert_array_equal(out.kept[0][0], [15, 14, 13, 12, 11, -1])
+    assert out.hidden_states[1].shape == (2, 7, 32)  # block 0's MLP ran on the kept tokens
 
 
-def test_mean_pool_is_size_weighted_after_merging(monkeypatch):
-    def fake_apply_stage(stage, x, *, size, aux, patch_ids, num_prefix, grid, key):
-        src = jnp.broadcast_to(jnp.arange(2, dtype=jnp.int32), (x.shape[0], 2))
-        new_size = jnp.asarray([[1.0, 3.0]] * x.shape[0])
-        return x[:, :2], new_size, src
+def test_mean_pool_is_size_weighted_after_merging():
+    @dataclasses.dataclass(frozen=True)
+    class FirstTwo:  # keeps patch tokens 0 and 1 with sizes 1 and 3
+        layer: int = 1
+        in_block: bool = False
+        uses_size: bool = True
 
-    monkeypatch.setattr(_vit, "apply_stage", fake_apply_stage)
+        def reads(self):
+            return {}
+
+        def out_tokens(self, n):
+            return 2
+
+        def apply(self, x, *, size, aux, patch_ids, num_prefix, grid, key):
+            src = jnp.broadcast_to(jnp.arange(2, dtype=jnp.int32), (x.shape[0], 2))
+            return x[:, :2], jnp.asarray([[1.0, 3.0]] * x.shape[0]), src
+
     config = dataclasses.replace(TINY, class_token=False, pool="mean", final_norm="pooled")
     model = materialize(config)
-    plan = M.PruningPlan.at(1, 2, method="tome")
-    # a jit of its own: a shared cache could hold a trace with the real apply_stage
+    plan = M.PruningPlan((FirstTwo(),))
     out = nnx.jit(lambda m, x: m(x, plan=plan))(model, images(config))
     want = model.norm((out.hidden[:, 0] + 3 * out.hidden[:, 1]) / 4)
     np.testing.assert_allclose(out.pooled, want, atol=1e-5)
@@ -373,7 +402,7 @@ def _mae_sincos(embed_dim, grid_size):
 
 def test_sincos_position_embedding_is_fixed(real):
     pos = real.pos_embed
-    assert isinstance(pos, _vit.FixedEmbedding) and not isinstance(pos, nnx.Param)
+    assert isinstance(pos, FixedEmbedding) and not isinstance(pos, nnx.Param)
     assert pos.shape == (1, 2 + 16, 32)
     np.testing.assert_array_equal(pos[...][0, :2], 0.0)  # CLS / distillation positions
     np.testing.assert_allclose(pos[...][0, 2:], _mae_sincos(32, 4), atol=1e-6)

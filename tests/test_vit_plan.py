@@ -90,7 +90,12 @@ def test_tome_merges_by_size_weighted_mean_and_reports_representatives():
     assert x_new.shape == (B, P + 12, D) and src.shape == (B, 12)
     np.testing.assert_allclose(size_new.sum(1), T_)
     for b in range(B):
-        assert np.all(np.diff(src[b]) > 0)
+        # the published output order: unmerged set-A tokens (even stream positions), then all
+        # of set B (odd positions), each ascending
+        parity = (src[b] + P) % 2
+        n_a = int(np.sum(parity == 0))
+        assert np.all(parity[:n_a] == 0) and np.all(parity[n_a:] == 1)
+        assert np.all(np.diff(src[b][:n_a]) > 0) and np.all(np.diff(src[b][n_a:]) > 0)
         untouched = size_new[b, P:] == 1
         np.testing.assert_allclose(x_new[b, P:][untouched], x[b, P + src[b][untouched]])
         # a merged row is the mean of its representative (odd position in the full stream) and
@@ -310,3 +315,48 @@ def test_proportional_attention_adds_log_size_to_the_key_logits(vit):
     want /= want.sum(-1, keepdims=True)
     np.testing.assert_allclose(probs, want, atol=1e-5)
     np.testing.assert_allclose(keys, k, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+def test_a_selector_registered_at_run_time_runs_in_a_plan(vit):
+    """A user's selector (one function + one registry entry) works in a ViT plan, with the
+    inputs its entry asks for and its options taken from the stage."""
+    from pruneax import tokens as T
+
+    def lowest(k, inp, *, shift):  # the k patches with the LEAST CLS attention
+        return T.topk(shift - inp["scores"], k)
+
+    T.register(T.Method("lowest_cls", lowest, {"scores"}, options={"shift": 0.0}))
+    try:
+        assert METHODS["lowest_cls"] == (True, False) and "lowest_cls" in METHODS
+        model, x = vit
+        plan = PruningPlan.at(2, 7, "lowest_cls", options={"shift": 1.0})
+        assert plan.stages[0].method_options == {"shift": 1.0} and not plan.stages[0].in_block
+        out = _jit_call(model, x, plan)
+        dense = model(x, return_attention=True)
+        a = np.asarray(dense.attentions[1]).mean(1)[:, 0, P:]
+        want = np.sort(np.argsort(a, axis=1, kind="stable")[:, :7], axis=1)
+        np.testing.assert_array_equal(out.kept[0], want)
+        with pytest.raises(ValueError, match="option 'alpha' does not apply"):
+            PruneStage(2, 7, "lowest_cls", alpha=0.3)
+    finally:
+        T.unregister("lowest_cls")
+    with pytest.raises(ValueError, match="method must be one of"):
+        PruneStage(2, 7, "lowest_cls")
+
+
+def test_stage_fields_are_registry_options():
+    from pruneax import tokens as T
+
+    stage = PruneStage(layer=3, keep=6, method="feather", stride=2)
+    assert stage.method_options == {"stride": 2}
+    (_x, attn, _), (_, _, src) = _run(stage)
+    for b in range(B):
+        s = jnp.asarray(attn[b].mean(0)[0, P:])
+        np.testing.assert_array_equal(src[b], np.asarray(T.feather(s, 6, grid=GRID, stride=2)))
+    with pytest.raises(ValueError, match="option 'stride' does not apply to method 'topk'"):
+        PruneStage(layer=3, keep=6, stride=2)
+    with pytest.raises(ValueError, match="placement must be one of"):
+        PruneStage(layer=3, keep=6, placement="after_mlp")

@@ -121,7 +121,7 @@ def _by_hand(method, vlm, images, question, k, key):
     keys = jax.random.split(key, B)
     for b in range(B):
         f, x = feats[b].astype(np.float32), proj[b].astype(np.float32)
-        if method == "fastervlm":
+        if method in ("fastervlm", "topk"):  # "fastervlm" is the VLM's alias of "topk"
             i = T.topk(cls[b], k)
         elif method == "divprune":
             i = T.maxmin_diversity(x, k)
@@ -138,6 +138,8 @@ def _by_hand(method, vlm, images, question, k, key):
             i = T.hiprune(shallow, deep, k, grid=(4, 4), alpha=1.0)
         elif method == "holov":
             i = T.holov(cls[b], x, k, num_chunks=8)  # min(16, N // 2)
+        elif method == "feather":
+            i = T.feather(cls[b], k, grid=(4, 4), stride=3)
         elif method == "random":
             i = T.random(keys[b], 16, k)
         elif method == "uniform":

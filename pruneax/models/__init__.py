@@ -15,7 +15,8 @@
   HF ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``. In-LLM visual-token pruning: one static spec
   passed as ``prune=``: ``FastVSpec``, ``FeatherSpec`` (two stages, no-RoPE criterion + uniform
   grid), ``TodreSpec`` (ToDRE stage 2: drop every image token when the text-visual attention
-  shares fall below tau).
+  shares fall below tau), or any class of yours implementing the ``PruneSpec`` protocol
+  (``apply`` receives a ``PruneContext`` and returns a ``PruneStep``).
 - ``VLM`` / ``VLMConfig``: LLaVA-style vision-language model (ViT hidden state -2 -> MLP
   projector -> ``LlamaLM``) with pre-LLM visual-token selection (``VisualSelect``: FasterVLM,
   DivPrune, k-center, max-sum, MMTok coverage with the question, HiPrune, HoloV, random,
@@ -28,6 +29,11 @@
   ``config_flops``, ``unit_counts``.
 - ``MambaLM`` / ``MambaMixer`` / ``MambaConfig``: Mamba (selective state-space) language model
   and mixer; ``load_mamba(path)`` imports a Hugging Face ``MambaForCausalLM`` / ``MambaModel``.
+  ``pruned_mixer_forward(mixer, x_kept, positions, length=L, mode=...)``: ToP-ViM's three modes
+  (``naive``, ``aligned_exact``, ``aligned_gap``) for any Mamba mixer (``SSMMixer``: one or more
+  ``SSMBranch``es; ``MambaMixer`` and ``BiMambaMixer`` are two), returning a ``MixerOutput``
+  with the step sizes; ``mixer_forward``, ``causal_conv`` (position aware) and ``gap_counts``
+  are its pieces.
 - ``Vim`` / ``VimConfig`` / ``vim_config(name)``: Vision Mamba (hustvl/Vim v2, bidirectional,
   middle class token) with ToP-ViM token pruning (``VimPruningPlan`` of ``VimPruneStage``s; modes
   ``naive``, ``aligned_exact``, ``aligned_gap``), ``vim_flops`` and ``vim_token_scores``.
@@ -56,6 +62,9 @@ from pruneax.models.llama import (
     LlamaConfig,
     LlamaLM,
     LlamaOutput,
+    PruneContext,
+    PruneSpec,
+    PruneStep,
     TodreSpec,
     feather_criterion,
     generate_greedy,
@@ -70,7 +79,14 @@ from pruneax.models.mamba import (
     MambaLM,
     MambaMixer,
     MambaOutput,
+    MixerOutput,
+    SSMBranch,
+    SSMMixer,
+    causal_conv,
+    gap_counts,
     load_mamba,
+    mixer_forward,
+    pruned_mixer_forward,
 )
 from pruneax.models.structured import (
     StructuredKeep,
@@ -109,6 +125,7 @@ from pruneax.models.vit import (
     ViT,
     ViTConfig,
     ViTOutput,
+    ViTStage,
     load_vit,
     vit_config,
 )
@@ -149,9 +166,15 @@ __all__ = [
     "MambaLM",
     "MambaMixer",
     "MambaOutput",
+    "MixerOutput",
+    "PruneContext",
+    "PruneSpec",
     "PruneStage",
+    "PruneStep",
     "PruningPlan",
     "ResNet20",
+    "SSMBranch",
+    "SSMMixer",
     "StructuredKeep",
     "TodreSpec",
     "VLMConfig",
@@ -159,6 +182,7 @@ __all__ = [
     "ViT",
     "ViTConfig",
     "ViTOutput",
+    "ViTStage",
     "Vim",
     "VimBlock",
     "VimConfig",
@@ -167,11 +191,13 @@ __all__ = [
     "VimPruningPlan",
     "VisualSelect",
     "allocate_units",
+    "causal_conv",
     "config_flops",
     "config_from_json",
     "config_param_count",
     "config_to_json",
     "feather_criterion",
+    "gap_counts",
     "generate_greedy",
     "head_importance",
     "init_cache",
@@ -181,9 +207,11 @@ __all__ = [
     "load_mamba",
     "load_pruned",
     "load_vit",
+    "mixer_forward",
     "mlp_importance",
     "param_count",
     "prune_structured",
+    "pruned_mixer_forward",
     "read_checkpoint",
     "read_safetensors",
     "save_pruned",

@@ -91,8 +91,8 @@ def register(method: Method, *, replace: bool = False) -> Method:
       ``method``.
 
     Raises:
-      ValueError: if ``method`` is not a ``Method`` or its name is taken and ``replace`` is
-        false.
+      ValueError: if ``method`` is not a ``Method``, its name is the reserved ``"none"``, or
+        its name is taken and ``replace`` is false.
 
     Example:
       >>> import jax.numpy as jnp
@@ -105,6 +105,8 @@ def register(method: Method, *, replace: bool = False) -> Method:
     """
     if not isinstance(method, Method):
         raise ValueError(f"register: method must be a Method; got {type(method).__name__}")
+    if method.name == "none":
+        raise ValueError('register: "none" is reserved (consumers use it for keeping every token)')
     if method.name in _METHODS and not replace:
         raise ValueError(f"register: a method named {method.name!r} exists; pass replace=True")
     _METHODS[method.name] = method

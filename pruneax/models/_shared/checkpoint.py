@@ -66,6 +66,17 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         offsets outside the data or not matching the shape).
 
     References: https://github.com/huggingface/safetensors, README section "Format".
+
+    Example:
+      >>> import json, struct, tempfile, pathlib
+      >>> import numpy as np
+      >>> from pruneax.models import read_safetensors
+      >>> data = np.arange(6, dtype="<f4").tobytes()
+      >>> head = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}})
+      >>> f = pathlib.Path(tempfile.mkdtemp()) / "model.safetensors"
+      >>> _ = f.write_bytes(struct.pack("<Q", len(head)) + head.encode() + data)
+      >>> read_safetensors(f)["w"].tolist()
+      [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     """
     path = Path(path)
     if not path.is_file():
@@ -143,6 +154,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
         missing.
       ValueError: for a corrupt file, an index without ``weight_map``, or a tensor the index
         lists but its shard lacks.
+
+    Example:
+      >>> import json, struct, tempfile, pathlib
+      >>> from pruneax.models import read_checkpoint
+      >>> d = pathlib.Path(tempfile.mkdtemp())
+      >>> head = json.dumps({"b": {"dtype": "I32", "shape": [2], "data_offsets": [0, 8]}})
+      >>> raw = struct.pack("<Q", len(head)) + head.encode() + struct.pack("<2i", 7, 9)
+      >>> _ = (d / "model.safetensors").write_bytes(raw)
+      >>> read_checkpoint(d)["b"].tolist()
+      [7, 9]
     """
     root = Path(path)
     if not root.is_dir():

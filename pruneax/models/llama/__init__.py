@@ -1,28 +1,46 @@
 """Llama-family decoder (Llama, Qwen2): config, model, KV cache, greedy generation, Hugging Face
-import and in-LLM visual-token pruning specs.
+import, and in-LLM visual-token pruning (the ``PruneSpec`` protocol and its built-in specs).
 """
 
+from pruneax.models.llama._cache import (
+    KVCache,
+    init_cache,
+)
+from pruneax.models.llama._config import (
+    LLM_VARIANTS,
+    LlamaConfig,
+    llm_config,
+)
+from pruneax.models.llama._generate import (
+    GenerationOutput,
+    generate_greedy,
+)
 from pruneax.models.llama._hf import (
     load_llm,
 )
 from pruneax.models.llama._model import (
-    LLM_VARIANTS,
-    GenerationOutput,
-    KVCache,
-    LlamaConfig,
     LlamaLM,
     LlamaOutput,
-    generate_greedy,
-    init_cache,
-    llm_config,
-    rope_inv_freq,
 )
 from pruneax.models.llama._prune import (
+    PruneContext,
+    PruneSpec,
+    PruneStep,
+    check_prune,
+)
+from pruneax.models.llama._prune_fastv import (
     FastVSpec,
+)
+from pruneax.models.llama._prune_feather import (
     FeatherSpec,
-    TodreSpec,
     feather_criterion,
+)
+from pruneax.models.llama._prune_todre import (
+    TodreSpec,
     todre_shares,
+)
+from pruneax.models.llama._rope import (
+    rope_inv_freq,
 )
 
 __all__ = [
@@ -34,7 +52,11 @@ __all__ = [
     "LlamaConfig",
     "LlamaLM",
     "LlamaOutput",
+    "PruneContext",
+    "PruneSpec",
+    "PruneStep",
     "TodreSpec",
+    "check_prune",
     "feather_criterion",
     "generate_greedy",
     "init_cache",

@@ -15,149 +15,26 @@ path) and state-spaces/mamba ``mamba_ssm/modules/mamba_simple.py``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from pruneax.models._shared.common import is_size
-from pruneax.ops import MODES, selective_scan
+from pruneax.models.mamba._config import (
+    LM_HEADS,
+    MambaConfig,
+    _dt_bias_init,
+    _symmetric_uniform,
+    _torch_uniform,
+    _zeros,
+)
+from pruneax.models.mamba._ssm import SSMBranch, mixer_forward
 
-LM_HEADS = ("tied", "untied", "none")
+__all__ = ["LM_HEADS", "MambaBlock", "MambaConfig", "MambaLM", "MambaMixer", "MambaOutput"]
 
-# PyTorch's default Linear / Conv1d weight init (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)).
-_torch_uniform = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-_zeros = jax.nn.initializers.zeros
 _F32 = jnp.float32
-
-
-@dataclasses.dataclass(frozen=True)
-class MambaConfig:
-    """Hyperparameters of a ``MambaLM`` / ``MambaMixer`` (frozen, hashable: static under jit).
-
-    Field names follow transformers' ``MambaConfig`` where they can (``num_layers`` is its
-    ``num_hidden_layers``, ``lm_head`` replaces ``tie_word_embeddings``).
-
-    Attributes:
-      hidden_size: model width D.
-      num_layers: Mamba blocks.
-      vocab_size: embedding rows V.
-      state_size: SSM state size N per channel (``d_state``).
-      expand: d_inner = expand * hidden_size (the mixer's channels E).
-      conv_kernel: width K of the causal depthwise conv1d (left padding K - 1).
-      time_step_rank: rank R of the delta projection, or ``"auto"`` = ceil(D / 16); stored
-        resolved (an int).
-      use_bias: biases on in_proj and out_proj.
-      use_conv_bias: bias on the conv1d.
-      layer_norm_epsilon: epsilon of every RMSNorm.
-      residual_in_fp32: keep the residual stream in float32 whatever the compute dtype.
-      lm_head: ``"tied"`` (logits = hidden @ embedding^T), ``"untied"`` (its own
-        ``lm_head`` [D, V], no bias) or ``"none"`` (no logits: a ``MambaModel`` backbone).
-      scan_mode: ``selective_scan``'s mode, ``"associative"`` or ``"sequential"``.
-      scan_chunk: ``selective_scan``'s ``chunk_size`` (associative mode), or None.
-      scan_remat: ``selective_scan``'s ``remat`` (associative mode).
-      time_step_min, time_step_max, time_step_floor, time_step_scale: initialisation of
-        ``dt_proj`` for training from scratch (Mamba's: bias = softplus^-1 of a log-uniform
-        step in [min, max] clamped at floor; weight U(+-scale / sqrt(R))).
-
-    Raises:
-      ValueError: for non-positive sizes, a bad ``time_step_rank``, unknown ``lm_head`` /
-        ``scan_mode``, a bad ``scan_chunk`` or non-bool flags.
-    """
-
-    hidden_size: int = 768
-    num_layers: int = 24
-    vocab_size: int = 50280
-    state_size: int = 16
-    expand: int = 2
-    conv_kernel: int = 4
-    time_step_rank: int | str = "auto"
-    use_bias: bool = False
-    use_conv_bias: bool = True
-    layer_norm_epsilon: float = 1e-5
-    residual_in_fp32: bool = True
-    lm_head: str = "tied"
-    scan_mode: str = "associative"
-    scan_chunk: int | None = None
-    scan_remat: bool = False
-    time_step_min: float = 0.001
-    time_step_max: float = 0.1
-    time_step_floor: float = 1e-4
-    time_step_scale: float = 1.0
-
-    def __post_init__(self):
-        for name in (
-            "hidden_size",
-            "num_layers",
-            "vocab_size",
-            "state_size",
-            "expand",
-            "conv_kernel",
-        ):
-            value = getattr(self, name)
-            if not is_size(value):
-                raise ValueError(f"MambaConfig: {name} must be a positive int; got {value!r}")
-            object.__setattr__(self, name, int(value))
-        rank = self.time_step_rank
-        if rank == "auto":
-            object.__setattr__(self, "time_step_rank", math.ceil(self.hidden_size / 16))
-        elif is_size(rank):
-            object.__setattr__(self, "time_step_rank", int(rank))
-        else:
-            raise ValueError(
-                f"MambaConfig: time_step_rank must be a positive int or 'auto'; got {rank!r}"
-            )
-        for name in ("use_bias", "use_conv_bias", "residual_in_fp32", "scan_remat"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"MambaConfig: {name} must be a bool; got {getattr(self, name)!r}")
-        if self.lm_head not in LM_HEADS:
-            raise ValueError(
-                f"MambaConfig: lm_head must be one of {list(LM_HEADS)}; got {self.lm_head!r}"
-            )
-        if self.scan_mode not in MODES:
-            raise ValueError(
-                f"MambaConfig: scan_mode must be one of {list(MODES)}; got {self.scan_mode!r}"
-            )
-        if self.scan_chunk is not None and not is_size(self.scan_chunk):
-            raise ValueError(
-                f"MambaConfig: scan_chunk must be a positive int or None; got {self.scan_chunk!r}"
-            )
-        positive = ("layer_norm_epsilon", "time_step_min", "time_step_max", "time_step_floor")
-        for name in (*positive, "time_step_scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-                raise ValueError(f"MambaConfig: {name} must be a float > 0; got {value!r}")
-            object.__setattr__(self, name, float(value))
-
-    @property
-    def d_inner(self) -> int:
-        """The mixer's channels E = expand * hidden_size (HF's ``intermediate_size``)."""
-        return self.expand * self.hidden_size
-
-
-def _symmetric_uniform(bound: float) -> jax.nn.initializers.Initializer:
-    """U(-bound, bound)."""
-
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = _F32) -> jax.Array:
-        return jax.random.uniform(key, shape, _F32, -bound, bound).astype(dtype)
-
-    return init
-
-
-def _dt_bias_init(cfg: MambaConfig) -> jax.nn.initializers.Initializer:
-    """Mamba's dt bias: softplus^-1(dt), dt log-uniform in [min, max], clamped at floor."""
-
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = _F32) -> jax.Array:
-        lo, hi = math.log(cfg.time_step_min), math.log(cfg.time_step_max)
-        dt = jnp.exp(jax.random.uniform(key, shape, _F32) * (hi - lo) + lo)
-        dt = jnp.maximum(dt, cfg.time_step_floor)
-        return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
-
-    return init
 
 
 class MambaMixer(nnx.Module):
@@ -183,7 +60,14 @@ class MambaMixer(nnx.Module):
 
     Raises:
       ValueError: at call time if ``x`` is not a floating [B, L, D] (and as
-        ``selective_scan`` for ``keep`` / ``gap_delta`` / ``mode``).
+        ``mixer_forward`` / ``selective_scan`` for the pruning options and ``mode``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> mixer = MambaMixer(MambaConfig(hidden_size=8, num_layers=1), rngs=nnx.Rngs(0))
+      >>> mixer(jnp.ones((2, 5, 8))).shape
+      (2, 5, 8)
 
     References: Gu & Dao, "Mamba", 2023 (arXiv:2312.00752), Fig. 3 and Alg. 2.
     """
@@ -230,22 +114,39 @@ class MambaMixer(nnx.Module):
         self.D = nnx.Param(jnp.ones((e,), param_dtype))
         self.out_proj = nnx.Linear(e, d, use_bias=cfg.use_bias, dtype=dtype, **kw)
 
+    def branches(self) -> tuple[SSMBranch, ...]:
+        """The one forward SSM branch (``SSMMixer`` protocol)."""
+        return (SSMBranch(self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D),)
+
     def __call__(
         self,
         x: jax.Array,
         *,
         keep: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        length: int | None = None,
+        gap_rule: str = "own",
         gap_delta: jax.Array | None = None,
         mode: str | None = None,
         return_y: bool = False,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Mixes the tokens of ``x`` [B, L, D] causally along L.
 
+        Token pruning (ToP-ViM; ``pruned_mixer_forward`` is the mode-level interface and
+        returns the step sizes too, ``mixer_forward`` the same for this call's options):
+
+        - ``keep`` (``aligned_exact``, full sequence): a pruned position is an empty slot: its
+          in_proj x is zeroed BEFORE the conv (no kept output reads a pruned token), it enters
+          the scan with zero input and its own decay, and its ``out`` and ``y`` are 0.
+        - ``positions`` + ``length`` (``aligned_gap``): ``x`` holds the kept tokens only, at
+          these original positions: position-aware conv and ``gap_rule``'s gap decay.
+
         Args:
           x: [B, L, D] floating.
-          keep: optional bool [B, L] for ``selective_scan``: pruned positions enter the
-            scan with zero input but their own decay (ToP-ViM alignment). Only the scan is
-            masked: the conv still sees every position of ``x``.
+          keep: optional bool [B, L] (see above).
+          positions: optional int [B, L], strictly increasing, in ``[0, length)``.
+          length: the full length for ``positions``.
+          gap_rule: ``"own"``, ``"prev"`` or ``"true"`` (with ``positions``).
           gap_delta: optional [B, L, E] extra decay steps (``selective_scan``'s compact form).
           mode: the scan mode; None uses ``config.scan_mode``.
           return_y: also return the scan's gated output ``y`` [B, L, E] (before out_proj),
@@ -255,44 +156,43 @@ class MambaMixer(nnx.Module):
           ``out`` [B, L, D] in the compute dtype, or ``(out, y)``.
 
         Raises:
-          ValueError: if ``x`` is not a floating [B, L, D], or as ``selective_scan``.
+          ValueError: if ``x`` is not a floating [B, L, D], or as ``mixer_forward`` /
+            ``selective_scan``.
         """
-        cfg = self.config
-        if x.ndim != 3 or x.shape[-1] != cfg.hidden_size:
-            raise ValueError(
-                f"MambaMixer: x must be [B, L, D] with D = {cfg.hidden_size}; got shape "
-                f"{tuple(x.shape)}"
-            )
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"MambaMixer: x must be floating point; got dtype {x.dtype}")
-        e, n, r = cfg.d_inner, cfg.state_size, cfg.time_step_rank
-        xs, z = jnp.split(self.in_proj(x), [e], axis=-1)
-        xs = jax.nn.silu(self.conv1d(xs))
-        dt, b, c = jnp.split(self.x_proj(xs), [r, r + n], axis=-1)
-        delta = jax.nn.softplus(self.dt_proj(dt.astype(_F32)))
-        a = -jnp.exp(self.A_log[...].astype(_F32))
-        y = selective_scan(
-            xs,
-            delta,
-            a,
-            b,
-            c,
-            self.D[...],
-            z,
+        r = mixer_forward(
+            self,
+            x,
             keep=keep,
+            positions=positions,
+            length=length,
+            gap_rule=gap_rule,
             gap_delta=gap_delta,
-            mode=cfg.scan_mode if mode is None else mode,
-            chunk_size=cfg.scan_chunk,
-            remat=cfg.scan_remat,
+            scan_mode=mode,
         )
-        out = self.out_proj(y)
-        return (out, y) if return_y else out
+        return (r.out, r.y) if return_y else r.out
 
 
 class MambaBlock(nnx.Module):
     """Pre-norm residual block: ``x + mixer(norm(x))`` (HF's ``MambaBlock``).
 
     The residual is float32 when ``config.residual_in_fp32``, else the compute dtype.
+
+    Args:
+      config: a ``MambaConfig``; rngs, dtype, param_dtype: as ``MambaLM``.
+
+    Returns (call):
+      ``(x + mixer(norm(x)), y)`` for ``x`` [B, L, D].
+
+    Raises:
+      ValueError: as ``MambaMixer``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> cfg = MambaConfig(hidden_size=8, num_layers=1)
+      >>> block = MambaBlock(cfg, rngs=nnx.Rngs(0), dtype=jnp.float32, param_dtype=jnp.float32)
+      >>> [v.shape for v in block(jnp.ones((1, 4, 8)))]
+      [(1, 4, 8), (1, 4, 16)]
     """
 
     def __init__(self, config: MambaConfig, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any):
@@ -328,6 +228,11 @@ class MambaOutput:
         ``MambaModel`` returns instead the ``num_layers`` block outputs followed by
         ``hidden``: ours ``[1:]`` + ``(hidden,)``.)
       ys: when asked, each block's mixer output ``y`` [B, L, E] before out_proj (gated).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> MambaOutput(logits=None, hidden=jnp.zeros((1, 2, 8))).hidden_states is None
+      True
     """
 
     logits: jax.Array | None
@@ -358,6 +263,13 @@ class MambaLM(nnx.Module):
     Raises:
       ValueError: at construction if ``config`` is not a ``MambaConfig``; at call time if
         ``input_ids`` is not an integer [B, L].
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> lm = MambaLM(MambaConfig(hidden_size=8, num_layers=1, vocab_size=11), rngs=nnx.Rngs(0))
+      >>> lm(jnp.zeros((1, 3), jnp.int32)).logits.shape
+      (1, 3, 11)
 
     References: Gu & Dao, "Mamba", 2023 (arXiv:2312.00752); transformers'
       ``MambaForCausalLM``.

@@ -1,33 +1,57 @@
 """Vision Transformer (ViT, DeiT, CLIP image tower) with static token-pruning plans, and its
 Hugging Face import.
+
+Modules: ``_config`` (``ViTConfig``, variants), ``_layers`` (attention, MLP, block), ``_model``
+(``ViT``), ``_stage`` (``ViTStage`` protocol, ``PruneStage``), ``_ops`` (ToMe, EViT, registry
+selectors on the stream), ``_plan`` (``PruningPlan``), ``_hf`` (``load_vit``).
 """
 
+from pruneax.models.vit._config import (
+    VIT_VARIANTS,
+    ViTConfig,
+    vit_config,
+)
 from pruneax.models.vit._hf import (
     load_vit,
 )
+from pruneax.models.vit._layers import (
+    Attention,
+    Block,
+    FixedEmbedding,
+    Mlp,
+    sincos_pos_embed,
+)
 from pruneax.models.vit._model import (
-    VIT_VARIANTS,
     ViT,
-    ViTConfig,
     ViTOutput,
-    vit_config,
 )
 from pruneax.models.vit._plan import (
-    METHODS,
-    PruneStage,
     PruningPlan,
     apply_stage,
+)
+from pruneax.models.vit._stage import (
+    METHODS,
+    PLACEMENTS,
+    PruneStage,
+    ViTStage,
 )
 
 __all__ = [
     "METHODS",
+    "PLACEMENTS",
     "VIT_VARIANTS",
+    "Attention",
+    "Block",
+    "FixedEmbedding",
+    "Mlp",
     "PruneStage",
     "PruningPlan",
     "ViT",
     "ViTConfig",
     "ViTOutput",
+    "ViTStage",
     "apply_stage",
     "load_vit",
+    "sincos_pos_embed",
     "vit_config",
 ]

@@ -1,131 +1,101 @@
-"""Static token-pruning plans for the ViT: at which blocks, how many tokens, which method.
+"""``PruningPlan``: an ordered tuple of ViT pruning stages, static under ``jax.jit``.
 
-A ``PruningPlan`` is a frozen, hashable tuple of ``PruneStage``s (static under ``jax.jit``).
-Stage ``s`` runs just BEFORE block ``s.layer`` (0-based), on the residual stream that block
-``s.layer - 1`` produced, and reads that block's attention probabilities / keys when the method
-needs them. Prefix tokens (CLS, distillation, registers) are never dropped; kept patch tokens stay
-in their original order; the model reports which original patches survive each stage.
+See ``_stage.py`` for what a stage is (the ``ViTStage`` protocol, ``PruneStage``) and where it
+runs (``"in_block"``: inside block ``layer - 1`` before its MLP, as the published ToMe and
+EViT; ``"between_blocks"``: before block ``layer``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from pruneax import tokens as T
+from pruneax.models.vit._stage import METHODS, PruneStage, ViTStage
 
-# method -> (needs attention probabilities, needs keys) from the block before the stage
-METHODS: dict[str, tuple[bool, bool]] = {
-    "random": (False, False),
-    "topk": (True, False),  # FasterVLM / EViT without fusion: head-averaged CLS attention
-    "evit": (True, False),  # top-k by CLS attention + the rest fused into one token
-    "tome": (False, True),  # bipartite merging on head-averaged keys, proportional attention
-    "divprune": (False, False),  # max-min diversity on the token features
-    "kcenter": (True, False),  # k-center, pivot = highest CLS attention
-    "maxsum": (True, False),  # max-sum diversity, pivot = highest CLS attention
-    "coverage": (False, False),  # MMTok vision-only coverage
-    "hiprune": (True, False),  # anchors from a shallow layer, registers from the deep one
-    "feather": (True, False),  # uniform grid + top-k by CLS attention
-    "holov": (True, False),  # holistic chunks scored by CLS attention
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class PruneStage:
-    """One pruning stage.
-
-    Attributes:
-      layer: block index (0-based) the stage runs before; ``1 <= layer < num_layers``.
-      keep: patch tokens kept: an int count, or a float ratio in (0, 1] of the patch tokens that
-        reach this stage (``ceil(ratio * n)``, as EViT). For ``tome`` it is the count/ratio left
-        after merging (``r = n - keep`` tokens are merged away). For ``evit`` the fused token
-        comes on top of ``keep``.
-      method: one of ``METHODS``.
-      shallow_layer: ``hiprune`` only: the block whose received attention picks the anchors
-        (default: ``layer // 2``); it must run after the previous stage.
-      alpha: ``hiprune`` anchor fraction.
-      stride: ``feather`` grid stride.
-      num_chunks: ``holov`` chunks (at most half the patch tokens that reach the stage).
-    """
-
-    layer: int
-    keep: int | float
-    method: str = "topk"
-    shallow_layer: int | None = None
-    alpha: float = 0.1
-    stride: int = 3
-    num_chunks: int = 16
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(
-                f"PruneStage: method must be one of {sorted(METHODS)}; got {self.method!r}"
-            )
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
-            raise ValueError(f"PruneStage: layer must be an int >= 1; got {self.layer!r}")
-        if isinstance(self.keep, bool) or not isinstance(self.keep, int | float):
-            raise ValueError(f"PruneStage: keep must be an int or a float; got {self.keep!r}")
-        if isinstance(self.keep, float) and not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"PruneStage: keep as a ratio must be in (0, 1]; got {self.keep}")
-        if isinstance(self.keep, int) and self.keep < 1:
-            raise ValueError(f"PruneStage: keep as a count must be >= 1; got {self.keep}")
-        if self.shallow_layer is not None and self.method != "hiprune":
-            raise ValueError("PruneStage: shallow_layer only applies to method='hiprune'")
-
-    def kept(self, n: int) -> int:
-        """Patch tokens left by this stage when ``n`` reach it (fused EViT token excluded)."""
-        k = self.keep if isinstance(self.keep, int) else math.ceil(self.keep * n - 1e-9)
-        if not 1 <= k <= n:
-            raise ValueError(
-                f"PruneStage(layer={self.layer}, keep={self.keep!r}): keeps {k} of the {n} patch "
-                f"tokens that reach it; expected 1 <= keep <= {n}"
-            )
-        return k
-
-    @property
-    def shallow(self) -> int:
-        return self.layer // 2 if self.shallow_layer is None else self.shallow_layer
+__all__ = ["METHODS", "PruneStage", "PruningPlan", "ViTStage", "apply_stage"]
 
 
 @dataclasses.dataclass(frozen=True)
 class PruningPlan:
-    """An ordered tuple of stages at strictly increasing layers."""
+    """An ordered tuple of stages (``ViTStage``s, e.g. ``PruneStage``) at increasing layers.
 
-    stages: tuple[PruneStage, ...] = ()
+    Attributes:
+      stages: the stages; their ``layer`` strictly increases.
+
+    Raises:
+      ValueError: if a stage is not a hashable ``ViTStage``, layers do not strictly increase,
+        a full-grid method (HiPrune, FEATHER, uniform) is not the first stage, or a stage reads
+        a block before the previous stage (whose tokens are gone).
+
+    Example:
+      >>> from pruneax.models.vit import PruningPlan
+      >>> plan = PruningPlan.at((4, 7), 0.7, "evit")
+      >>> plan.token_counts(196), plan.wants(3), plan.wants(4)
+      ((139, 99), (True, False), (False, False))
+    """
+
+    stages: tuple[Any, ...] = ()
 
     def __post_init__(self):
         stages = tuple(self.stages)
         object.__setattr__(self, "stages", stages)
         for s in stages:
-            if not isinstance(s, PruneStage):
-                raise ValueError(f"PruningPlan: stages must be PruneStage; got {type(s).__name__}")
+            if not isinstance(s, ViTStage):
+                raise ValueError(
+                    "PruningPlan: stages must be ViTStage objects (e.g. PruneStage); got "
+                    f"{type(s).__name__}"
+                )
+            try:
+                hash(s)
+            except TypeError:
+                raise ValueError(
+                    f"PruningPlan: stages must be hashable (a frozen dataclass); got "
+                    f"{type(s).__name__}"
+                ) from None
         layers = [s.layer for s in stages]
         if layers != sorted(set(layers)):
             raise ValueError(f"PruningPlan: stage layers must strictly increase; got {layers}")
         prev = 0
         for i, s in enumerate(stages):
-            if i and s.method in ("hiprune", "feather"):
+            if i and getattr(s, "needs_full_grid", False):
                 raise ValueError(
                     f"PruningPlan: {s.method!r} works on the full patch grid, so it must be the "
                     f"first stage; got it at stage {i} (layer {s.layer})"
                 )
-            if s.method == "hiprune" and not prev <= s.shallow < s.layer:
-                raise ValueError(
-                    f"PruningPlan: hiprune stage at layer {s.layer} reads shallow_layer "
-                    f"{s.shallow}; expected {prev} <= shallow_layer < {s.layer} (after the "
-                    "previous stage)"
-                )
+            for block in s.reads():
+                if not prev <= block < s.layer:
+                    raise ValueError(
+                        f"PruningPlan: the stage at layer {s.layer} reads block {block}'s "
+                        f"attention; expected {prev} <= block < {s.layer}, after the previous "
+                        "stage (for hiprune: its shallow_layer)"
+                    )
             prev = s.layer
 
     @classmethod
     def at(
         cls, layers: int | tuple[int, ...], keep: int | float, method: str = "topk", **kw: Any
     ) -> PruningPlan:
-        """The same stage (method, keep, options) at each of ``layers``."""
+        """The same ``PruneStage`` (method, keep, options) at each of ``layers``.
+
+        Args:
+          layers: one layer or a tuple of layers.
+          keep: ``PruneStage.keep``.
+          method: ``PruneStage.method``.
+          **kw: further ``PruneStage`` fields.
+
+        Returns:
+          The plan.
+
+        Raises:
+          ValueError: as ``PruneStage`` and ``PruningPlan``.
+
+        Example:
+          >>> from pruneax.models.vit import PruningPlan
+          >>> [s.layer for s in PruningPlan.at((2, 5), 8).stages]
+          [2, 5]
+        """
         layers = (layers,) if isinstance(layers, int) else tuple(layers)
         return cls(tuple(PruneStage(layer=i, keep=keep, method=method, **kw) for i in layers))
 
@@ -136,7 +106,25 @@ class PruningPlan:
         """ToMe stages at ``layer, layer + 1, ...`` until ``keep`` patch tokens remain.
 
         Each step merges as many tokens as one bipartite step can (about half), so the target is
-        reached in the fewest blocks; the ToMe paper instead merges a constant ``r`` per block.
+        reached in the fewest blocks; ``PruningPlan.tome`` merges a constant ``r`` per block as
+        the ToMe paper.
+
+        Args:
+          layer: the first stage's layer (it merges inside block ``layer - 1``).
+          keep: patch tokens left at the end (count, or ratio of ``num_patches``).
+          num_patches: patch tokens of the input.
+          num_prefix: prefix tokens (never merged).
+
+        Returns:
+          The plan.
+
+        Raises:
+          ValueError: for a bad ``keep`` or a target one bipartite step cannot reach.
+
+        Example:
+          >>> from pruneax.models.vit import PruningPlan
+          >>> [s.keep for s in PruningPlan.merging(1, 0.25, num_patches=16).stages]
+          [8, 4]
         """
         target = PruneStage(layer=layer, keep=keep, method="tome").kept(num_patches)
         stages, n, i = [], num_patches, layer
@@ -150,7 +138,48 @@ class PruningPlan:
             i += 1
         return cls(tuple(stages))
 
-    def stage_at(self, layer: int) -> PruneStage | None:
+    @classmethod
+    def tome(
+        cls, r: int, *, num_layers: int, num_patches: int, num_prefix: int = 1, start: int = 0
+    ) -> PruningPlan:
+        """The ToMe paper's schedule: merge ``r`` tokens in every block from ``start`` on.
+
+        As the published ``bipartite_soft_matching``, a block merges ``min(r, (t - P) // 2)``
+        of its ``t`` tokens (P prefix tokens); blocks where that is 0 merge nothing. The last
+        block does not merge (``validate``): with CLS pooling its merge changes no output.
+
+        Args:
+          r: tokens merged per block, an int >= 1.
+          num_layers: blocks of the model; blocks ``start .. num_layers - 2`` merge.
+          num_patches: patch tokens of the input.
+          num_prefix: prefix tokens P.
+          start: the first merging block (0-based).
+
+        Returns:
+          The plan: in-block ToMe stages at layers ``start + 1 ... num_layers - 1``.
+
+        Raises:
+          ValueError: if ``r`` is not an int >= 1 or ``start`` not in [0, num_layers).
+
+        Example:
+          >>> from pruneax.models.vit import PruningPlan
+          >>> [s.keep for s in PruningPlan.tome(8, num_layers=12, num_patches=196).stages][:3]
+          [188, 180, 172]
+        """
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f"PruningPlan.tome: r must be an int >= 1; got {r!r}")
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < num_layers:
+            raise ValueError(f"PruningPlan.tome: start must be in [0, {num_layers}); got {start}")
+        stages, n = [], num_patches
+        for block in range(start, num_layers - 1):
+            step = min(r, n // 2, n - 1)  # the published cap (t - P) // 2, t = P + n
+            if step > 0:
+                n -= step
+                stages.append(PruneStage(layer=block + 1, keep=n, method="tome"))
+        return cls(tuple(stages))
+
+    def stage_at(self, layer: int) -> Any | None:
+        """The stage whose ``layer`` is ``layer``, or None."""
         for s in self.stages:
             if s.layer == layer:
                 return s
@@ -160,30 +189,63 @@ class PruningPlan:
         """(attention probabilities, keys) the model must keep from block ``layer``."""
         attn = keys = False
         for s in self.stages:
-            need_attn, need_keys = METHODS[s.method]
-            if s.layer == layer + 1:
-                attn |= need_attn
-                keys |= need_keys
-            if s.method == "hiprune" and s.shallow == layer:
-                attn = True
+            a, k = s.reads().get(layer, (False, False))
+            attn, keys = attn or a, keys or k
         return attn, keys
 
     @property
     def uses_size(self) -> bool:
-        """True when a ToMe stage makes token sizes (proportional attention) matter."""
-        return any(s.method == "tome" for s in self.stages)
+        """True when a stage makes token sizes matter (ToMe's proportional attention)."""
+        return any(s.uses_size for s in self.stages)
 
     def token_counts(self, num_patches: int) -> tuple[int, ...]:
-        """Patch tokens (incl. a fused EViT token) entering each block, for ``num_layers``."""
+        """Patch tokens (incl. synthetic ones such as EViT's fused token) after each stage."""
         counts = []
         n = num_patches
         for s in self.stages:
-            n = s.kept(n) + (1 if s.method == "evit" else 0)
+            n = s.out_tokens(n)
             counts.append(n)
         return tuple(counts)
 
+    def block_tokens(self, num_layers: int, num_patches: int) -> tuple[tuple[int, int], ...]:
+        """Patch tokens each block's attention and MLP run on (for FLOP counts).
+
+        Args:
+          num_layers: blocks of the model.
+          num_patches: patch tokens of the input.
+
+        Returns:
+          ``num_layers`` pairs ``(attention tokens, MLP tokens)``, prefix tokens excluded; they
+          differ in a block where an in-block stage (ToMe, EViT) runs.
+
+        Raises:
+          ValueError: as ``validate``.
+
+        Example:
+          >>> from pruneax.models.vit import PruningPlan
+          >>> PruningPlan.at(2, 0.5, "evit").block_tokens(3, 16)
+          ((16, 16), (16, 9), (9, 9))
+        """
+        self.validate(num_layers, num_patches)
+        layers = [s.layer for s in self.stages]
+        counts = dict(zip(layers, self.token_counts(num_patches), strict=True))
+        inside = {s.layer for s in self.stages if s.in_block}
+        out, n = [], num_patches
+        for i in range(num_layers):
+            if i in counts and i not in inside:
+                n = counts[i]
+            attn = n
+            if i + 1 in inside:
+                n = counts[i + 1]
+            out.append((attn, n))
+        return tuple(out)
+
     def validate(self, num_layers: int, num_patches: int) -> None:
-        """Raises ``ValueError`` unless the plan fits a model of this depth and patch count."""
+        """Raises ``ValueError`` unless the plan fits a model of this depth and patch count.
+
+        Every stage needs ``layer < num_layers``, in-block ones too: a merge inside the last
+        block would only shorten its MLP and leaves the CLS output unchanged.
+        """
         for s in self.stages:
             if s.layer >= num_layers:
                 raise ValueError(
@@ -194,7 +256,7 @@ class PruningPlan:
 
 
 def apply_stage(
-    stage: PruneStage,
+    stage: Any,
     x: jax.Array,
     *,
     size: jax.Array,
@@ -204,109 +266,44 @@ def apply_stage(
     grid: tuple[int, int],
     key: jax.Array | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Runs one stage on a batch.
+    """Runs one stage on a batch (``stage.apply``), wherever the model would place it.
 
     Args:
+      stage: a ``ViTStage`` (e.g. ``PruneStage``).
       x: ``[B, P + n, D]`` residual stream (P prefix tokens first).
       size: ``[B, P + n]`` float32 token sizes (1 unless ToMe merged tokens).
-      aux: block index -> ``{"attn": [B, H, T, T] probabilities, "keys": [B, H, T, dh]}`` for the
-        blocks ``plan.wants`` asked for since the previous stage.
+      aux: block index -> ``{"attn": [B, H, T, T] probabilities, "keys": [B, H, T, dh]}`` for
+        the blocks the stage ``reads``.
       patch_ids: ``[B, n]`` original patch index of each patch token (-1: synthetic).
       num_prefix: P.
       grid: the patch grid ``(rows, cols)`` of the input image.
-      key: PRNG key (``random`` only).
+      key: PRNG key (methods that need one, e.g. ``random``).
 
     Returns:
       ``(x, size, src)``: the new stream ``[B, P + n', D]``, sizes ``[B, P + n']`` and ``src``
       ``[B, n']`` int32, the index into the current patch tokens each new patch token comes from
       (-1 for a synthetic token such as EViT's fused token).
+
+    Raises:
+      ValueError: if the stage's inputs are missing (attention not kept, no key, a pruned grid)
+        or its budget does not fit.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from pruneax.models.vit import PruneStage, apply_stage
+      >>> x = jax.random.normal(jax.random.key(0), (1, 5, 8))
+      >>> s = PruneStage(layer=1, keep=2, method="divprune")
+      >>> y, size, src = apply_stage(s, x, size=jnp.ones((1, 5)), aux={},
+      ...     patch_ids=jnp.arange(4)[None], num_prefix=1, grid=(2, 2), key=None)
+      >>> y.shape, src.shape
+      ((1, 3, 8), (1, 2))
     """
-    method = stage.method
-    p = num_prefix
-    b, t, _ = x.shape
-    n = t - p
-    k = stage.kept(n)
-    xp = x[:, p:]
-    need_attn, need_keys = METHODS[method]
-    prev = stage.layer - 1
-    if (need_attn or need_keys) and prev not in aux:
-        raise ValueError(
-            f"apply_stage: the {method!r} stage at layer {stage.layer} needs block {prev}'s "
-            "attention; the model did not keep it (call it through ViT with this plan)"
-        )
-    if method in ("hiprune", "feather") and n != grid[0] * grid[1]:
-        raise ValueError(
-            f"PruneStage(method={method!r}, layer={stage.layer}) needs the full {grid[0]}x"
-            f"{grid[1]} patch grid, but {n} patch tokens reach it (an earlier stage pruned): "
-            "make it the first stage"
-        )
-
-    def scores():  # head-averaged CLS attention over the patch keys; received attention w/o CLS
-        attn = aux[prev]["attn"]
-        if p == 0:
-            return jax.vmap(lambda a: T.received_attention(a, num_prefix=0))(attn)
-        return jax.vmap(lambda a: T.cls_attention(a, num_prefix=p))(attn)
-
-    if method == "tome":
-        r = n - k
-        bound = (t + 1) // 2 - (p + 1) // 2
-        if r > bound:
-            raise ValueError(
-                f"PruneStage(method='tome', layer={stage.layer}, keep={stage.keep!r}): merging "
-                f"{r} of {n} patch tokens in one step; one ToMe step merges at most {bound} "
-                "(set A); spread it over layers with PruningPlan.merging(...)"
-            )
-        metric = aux[prev]["keys"].mean(axis=1)  # [B, T, dh]
-        merged, new_size, dest = jax.vmap(
-            lambda xi, mi, si: T.tome_merge(xi, mi, r, size=si, num_protected=p)
-        )(x, metric, size)
-        # src: each output row's surviving input token. A row holds one survivor plus the set-A
-        # (even-position) tokens merged into it, whose partner is an odd-position (set-B) token;
-        # so the survivor is the row's odd-position token if any, else its only token.
-        rows = jnp.arange(t, dtype=jnp.int32)
-        key_rows = jnp.where(rows % 2 == 1, rows + t, rows)
-        src_row = jax.vmap(lambda d: jax.ops.segment_max(key_rows, d, num_segments=t - r))(dest)
-        src = src_row[:, p:] % t - p
-        return merged, new_size, src.astype(jnp.int32)
-
-    if method == "random":
-        if key is None:
-            raise ValueError("apply_stage: method='random' needs a PRNG key (ViT(..., key=...))")
-        idx = jax.vmap(lambda kk: T.random(kk, n, k))(jax.random.split(key, b))
-    elif method in ("topk", "evit"):
-        idx = jax.vmap(lambda s: T.topk(s, k))(scores())
-    elif method == "divprune":
-        idx = jax.vmap(lambda f: T.maxmin_diversity(f, k))(xp)
-    elif method == "kcenter":
-        idx = jax.vmap(lambda f, s: T.kcenter(f, k, pivot=s))(xp, scores())
-    elif method == "maxsum":
-        idx = jax.vmap(lambda f, s: T.maxsum_diversity(f, k, pivot=s))(xp, scores())
-    elif method == "coverage":
-        idx = jax.vmap(lambda f: T.coverage(f, k))(xp)
-    elif method == "hiprune":
-        rec = jax.vmap(lambda a: T.received_attention(a, num_prefix=p))
-        shallow, deep = rec(aux[stage.shallow]["attn"]), rec(aux[prev]["attn"])
-        idx = jax.vmap(lambda s, d: T.hiprune(s, d, k, grid=grid, alpha=stage.alpha))(shallow, deep)
-    elif method == "feather":
-        idx = jax.vmap(lambda s: T.feather(s, k, grid=grid, stride=stage.stride))(scores())
-    elif method == "holov":
-        idx = jax.vmap(
-            lambda s, f: T.holov(s, f, k, num_chunks=max(1, min(stage.num_chunks, n // 2)))
-        )(scores(), xp)
-    else:  # pragma: no cover - PruneStage validates the method
-        raise AssertionError(method)
-
-    kept_x = jnp.take_along_axis(xp, idx[..., None], axis=1)
-    kept_size = jnp.take_along_axis(size[:, p:], idx, axis=1)
-    src = idx
-    if method == "evit":
-        a = scores()
-        fused = jax.vmap(T.fuse_pruned)(xp, idx, a.astype(xp.dtype))[:, -1:]
-        pruned = 1.0 - jax.vmap(lambda i: T.keep_mask(i, n))(idx).astype(jnp.float32)
-        fused_size = (size[:, p:] * pruned).sum(axis=1, keepdims=True)
-        kept_x = jnp.concatenate([kept_x, fused], axis=1)
-        kept_size = jnp.concatenate([kept_size, fused_size], axis=1)
-        src = jnp.concatenate([idx, jnp.full((b, 1), -1, jnp.int32)], axis=1)
-    x_new = jnp.concatenate([x[:, :p], kept_x], axis=1)
-    size_new = jnp.concatenate([size[:, :p], kept_size], axis=1)
-    return x_new, size_new, src.astype(jnp.int32)
+    return stage.apply(
+        x,
+        size=size,
+        aux=aux,
+        patch_ids=patch_ids,
+        num_prefix=num_prefix,
+        grid=tuple(grid),
+        key=key,
+    )

@@ -28,159 +28,39 @@ ECCV 2024 (arXiv:2403.06764).
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx, struct
 
 from pruneax import tokens as T
 from pruneax.models._shared.common import check_images
-from pruneax.models.llama._model import FastVSpec, KVCache, LlamaConfig, LlamaLM, LlamaOutput
+from pruneax.models.llama._model import KVCache, LlamaConfig, LlamaLM, LlamaOutput
 from pruneax.models.vit._model import ViT, ViTConfig
+from pruneax.models.vlm._select import (
+    NO_SELECT,
+    VLM_SELECT_ALIASES,
+    VLM_SELECT_METHODS,
+    VisualSelect,
+    _ids,
+    _is_int,
+    uniform_visual_indices,
+)
 
-# method -> (needs vision attention, uses the question) ; "none" keeps every visual token
-VLM_SELECT_METHODS: dict[str, tuple[bool, bool]] = {
-    "none": (False, False),
-    "fastervlm": (True, False),  # top-k by [CLS] attention of the feature layer
-    "divprune": (False, False),  # max-min diversity on projector outputs
-    "kcenter": (True, False),  # k-center on projector outputs, pivot = top [CLS] attention
-    "maxsum": (True, False),  # ToDRE v2 max-sum diversity, pivot = top [CLS] attention
-    "coverage": (False, True),  # MMTok: text + vision coverage (vision-only without question)
-    "hiprune": (True, False),  # anchors (shallow layer) + buffers + registers (feature layer)
-    "holov": (True, False),  # holistic chunk budgets by [CLS] attention
-    "random": (False, False),
-    "uniform": (False, False),  # FEATHER's uniform grid, no scores
-}
+__all__ = [
+    "NO_SELECT",
+    "VLM",
+    "VLM_SELECT_ALIASES",
+    "VLM_SELECT_METHODS",
+    "VLMConfig",
+    "VLMOutput",
+    "VisualSelect",
+    "uniform_visual_indices",
+]
 
 _normal02 = jax.nn.initializers.normal(0.02)
 _zeros = jax.nn.initializers.zeros
-
-
-def _is_real(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, numbers.Real) and np.isfinite(value)
-
-
-def _is_int(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
-
-
-@dataclasses.dataclass(frozen=True)
-class VisualSelect:
-    """A pre-LLM visual-token selection (frozen, hashable: static under jit).
-
-    Attributes:
-      method: one of ``VLM_SELECT_METHODS``: ``"none"`` (keep all), ``"fastervlm"`` (top-k by the
-        [CLS] attention of the feature layer; received attention when the encoder has no CLS),
-        ``"divprune"`` (max-min diversity of the projector outputs), ``"kcenter"`` /
-        ``"maxsum"`` (ToDRE v1 / v2 on the projector outputs, pivot = top [CLS] attention),
-        ``"coverage"`` (MMTok: projector outputs, vision features and the question's LLM
-        input embeddings; vision-only when there is no question), ``"hiprune"``,
-        ``"holov"``, ``"random"`` (needs a key) or ``"uniform"`` (``uniform_visual_indices``).
-      keep: visual tokens kept: an int count, or a ratio in (0, 1] of the N visual tokens
-        (``pruneax.tokens.budget``: Python ``round(ratio * N)``).
-      hiprune_alpha: HiPrune's anchor-and-buffer fraction (0.1).
-      shallow_layer: HiPrune's "object" layer, a 0-based vision block; None means
-        ``round(L_run * 9 / 24) - 1`` for the ``L_run`` blocks that run (layer 9 of 24,
-        1-based, for CLIP-L), at least 0.
-      num_chunks: HoloV's raster chunks (16), capped at N // 2.
-      coverage_alpha, tau_tv, tau_vv: MMTok's weights and temperatures (LLaVA: 0.5, 0.02, 0.2).
-      coverage_text: ``"coverage"`` uses the question's token embeddings as text targets
-        (True, MMTok); False gives vision-only coverage even when there is a question.
-      keep_positions: RoPE positions of the prompt after selection. False (default, what the
-        published pre-LLM methods do: they drop tokens from ``inputs_embeds``): the LLM
-        numbers the shortened prompt contiguously. True: the kept visual tokens keep their
-        original positions ``P + i`` and the question stays at ``P + N + j``, as FastV /
-        FEATHER keep positions inside the LLM (an ablation that separates which tokens are
-        kept from the renumbering).
-
-    Raises:
-      ValueError: for an unknown method, a bad ``keep``, or out-of-range options.
-    """
-
-    method: str = "none"
-    keep: int | float = 1.0
-    hiprune_alpha: float = 0.1
-    shallow_layer: int | None = None
-    num_chunks: int = 16
-    coverage_alpha: float = 0.5
-    tau_tv: float = 0.02
-    tau_vv: float = 0.2
-    coverage_text: bool = True
-    keep_positions: bool = False
-
-    def __post_init__(self):
-        if self.method not in VLM_SELECT_METHODS:
-            raise ValueError(
-                f"VisualSelect: method must be one of {list(VLM_SELECT_METHODS)}; got "
-                f"{self.method!r}"
-            )
-        keep = self.keep
-        if _is_int(keep):
-            if keep < 1:
-                raise ValueError(f"VisualSelect: keep as a count must be >= 1; got {keep}")
-            object.__setattr__(self, "keep", int(keep))
-        elif _is_real(keep):
-            if not 0.0 < keep <= 1.0:
-                raise ValueError(f"VisualSelect: keep as a ratio must be in (0, 1]; got {keep}")
-            object.__setattr__(self, "keep", float(keep))
-        else:
-            raise ValueError(f"VisualSelect: keep must be an int or a float; got {keep!r}")
-        if self.method == "none" and (isinstance(self.keep, int) or self.keep != 1.0):
-            raise ValueError(f"VisualSelect: method='none' keeps every token; got keep={keep!r}")
-        if not _is_real(self.hiprune_alpha) or not 0.0 <= self.hiprune_alpha <= 1.0:
-            raise ValueError(
-                f"VisualSelect: hiprune_alpha must be in [0, 1]; got {self.hiprune_alpha!r}"
-            )
-        if self.shallow_layer is not None and (
-            not _is_int(self.shallow_layer) or self.shallow_layer < 0
-        ):
-            raise ValueError(
-                f"VisualSelect: shallow_layer must be an int >= 0 or None; got "
-                f"{self.shallow_layer!r}"
-            )
-        if not _is_int(self.num_chunks) or self.num_chunks < 1:
-            raise ValueError(
-                f"VisualSelect: num_chunks must be an int >= 1; got {self.num_chunks!r}"
-            )
-        if not _is_real(self.coverage_alpha) or self.coverage_alpha < 0:
-            raise ValueError(
-                f"VisualSelect: coverage_alpha must be a float >= 0; got {self.coverage_alpha!r}"
-            )
-        for name in ("tau_tv", "tau_vv"):
-            value = getattr(self, name)
-            if not _is_real(value) or not value > 0:
-                raise ValueError(f"VisualSelect: {name} must be a float > 0; got {value!r}")
-        if not isinstance(self.keep_positions, bool):
-            raise ValueError(
-                f"VisualSelect: keep_positions must be a bool; got {self.keep_positions!r}"
-            )
-        if not isinstance(self.coverage_text, bool):
-            raise ValueError(
-                f"VisualSelect: coverage_text must be a bool; got {self.coverage_text!r}"
-            )
-
-    def num_kept(self, n: int) -> int:
-        """Visual tokens kept out of ``n``.
-
-        Raises:
-          ValueError: if the budget is outside [1, n].
-        """
-        if self.method == "none":
-            return n
-        if isinstance(self.keep, int):
-            if self.keep > n:
-                raise ValueError(
-                    f"VisualSelect: keep={self.keep} exceeds the {n} visual tokens; expected "
-                    f"1 <= keep <= {n}"
-                )
-            return self.keep
-        return T.budget(n, self.keep)
-
-
-NO_SELECT = VisualSelect()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,30 +139,6 @@ class VLMOutput:
     @property
     def cache(self) -> KVCache | None:
         return self.llm.cache
-
-
-def uniform_visual_indices(grid: tuple[int, int], k: int) -> np.ndarray:
-    """``k`` patch indices spread over the grid without scores (the ``"uniform"`` method).
-
-    FEATHER's uniform sample (every ``s``-th row and column from (0, 0),
-    ``pruneax.tokens.uniform_grid``) at the largest stride ``s`` that still holds ``k`` tokens,
-    thinned to exactly ``k`` by taking evenly spaced entries (``round(linspace(0, m - 1,
-    k))``) of that grid when it holds ``m > k``.
-
-    Returns:
-      int32 [k], ascending, unique (a static NumPy array).
-
-    Raises:
-      ValueError: if ``k`` is outside [1, rows * cols].
-    """
-    rows, cols = int(grid[0]), int(grid[1])
-    n = rows * cols
-    if not _is_int(k) or not 1 <= k <= n:
-        raise ValueError(f"uniform_visual_indices: k must be an int in [1, {n}]; got {k!r}")
-    s = max(s for s in range(1, max(rows, cols) + 1) if len(T.uniform_grid(grid, s)) >= k)
-    base = T.uniform_grid(grid, s)
-    take = np.round(np.linspace(0, len(base) - 1, k)).astype(np.int64)
-    return base[take].astype(np.int32)
 
 
 class Projector(nnx.Module):
@@ -399,82 +255,79 @@ class VLM(nnx.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """The projected visual tokens that enter the LLM and their patch indices.
 
+        Runs the registry method ``select.registry_name`` (``pruneax.tokens.select_tokens``)
+        per example under ``jax.vmap``, given the inputs it needs or takes (computed only then):
+        ``scores`` = the [CLS] attention of the feature layer's block (attention received
+        when the encoder has no CLS token); ``deep_scores`` / ``shallow_scores`` = the
+        attention each patch receives at that block / at ``select.shallow_layer``'s block;
+        ``features`` = the projector outputs [N, D]; ``vision_features`` = the vision
+        features [N, Dv]; ``text`` = the question's LLM input embeddings (when
+        ``select.coverage_text`` and there is a question); ``grid`` = the patch grid;
+        ``key`` = ``split(key, B)[b]`` for example ``b``.
+
         Args:
           images: [B, H, W, C] float images.
-          question_ids: [B, Q] int question tokens (``"coverage"`` embeds them with the LLM's
-            table as MMTok's text targets), or None.
+          question_ids: [B, Q] int question tokens, or None.
           select: the ``VisualSelect`` (static).
-          key: PRNG key (``"random"`` only; example ``b`` uses ``split(key, B)[b]``).
+          key: PRNG key, for methods that need one (``"random"``).
 
         Returns:
           ``(tokens [B, k, D], kept [B, k] int32)``, kept ascending.
 
         Raises:
           ValueError: for bad images, a ``select`` that is not a ``VisualSelect`` or does not
-            fit, or ``"random"`` without a key.
+            fit, a method that needs a key without one, or an input the method needs that the
+            VLM cannot give (e.g. ``text`` without a question).
         """
         if not isinstance(select, VisualSelect):
             raise ValueError(f"VLM: select must be a VisualSelect; got {type(select).__name__}")
         vcfg = self.vision.config
         h = self.config.feature_layer
-        p, n, grid = vcfg.num_prefix, vcfg.num_patches, vcfg.grid
+        p, n = vcfg.num_prefix, vcfg.num_patches
         k = select.num_kept(n)
-        method = select.method
-        need_attn, _ = VLM_SELECT_METHODS[method]
-        attention_at = (h - 1,) if need_attn else ()
-        if method == "hiprune":
-            attention_at = (self._shallow(select), h - 1)
-        if method == "random" and key is None:
-            raise ValueError("VLM: select method 'random' needs a PRNG key (key=...)")
+        name = select.registry_name
+        method = None if name is None else T.get_method(name)
+        uses = frozenset() if method is None else method.needs | method.optional
+        if method is not None and "key" in method.needs and key is None:
+            raise ValueError(f"VLM: select method {select.method!r} needs a PRNG key (key=...)")
+        attention_at = (h - 1,) if uses & {"scores", "deep_scores"} else ()
+        if "shallow_scores" in uses:
+            attention_at = (self._shallow(select), *attention_at)
         feats, attn = self.encode(images, attention_at=attention_at)
         fv = feats[:, p:]  # [B, N, Dv] patch features, prefix dropped
         proj = self.projector(fv)  # [B, N, D]
         b = proj.shape[0]
+        if method is None or k == n:
+            return proj, jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
 
-        def cls_scores(a):  # [B, H, T, T] -> [B, N]
-            if vcfg.class_token:
-                return jax.vmap(lambda x: T.cls_attention(x, num_prefix=p))(a)
-            return jax.vmap(lambda x: T.received_attention(x, num_prefix=p))(a)
+        received = jax.vmap(lambda a: T.received_attention(a, num_prefix=p))
+        inputs: dict[str, jax.Array] = {}
+        if "scores" in uses:
+            cls = jax.vmap(lambda x: T.cls_attention(x, num_prefix=p))
+            inputs["scores"] = (cls if vcfg.class_token else received)(attn[h - 1])
+        if "deep_scores" in uses:
+            inputs["deep_scores"] = received(attn[h - 1])
+        if "shallow_scores" in uses:
+            inputs["shallow_scores"] = received(attn[self._shallow(select)])
+        if "features" in uses:
+            inputs["features"] = proj
+        if "vision_features" in uses:
+            inputs["vision_features"] = fv
+        if "text" in uses and select.coverage_text and question_ids is not None:
+            if question_ids.shape[1]:
+                inputs["text"] = self.llm.embed(question_ids)
+        if "key" in uses and key is not None:
+            inputs["key"] = jax.random.split(key, b)
+        static = {"grid": vcfg.grid} if "grid" in uses else {}
+        options = select.method_options()
 
-        if method == "none" or k == n:
-            idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
-            return proj, idx
-        if method == "fastervlm":
-            idx = jax.vmap(lambda s: T.topk(s, k))(cls_scores(attn[h - 1]))
-        elif method == "divprune":
-            idx = jax.vmap(lambda f: T.maxmin_diversity(f, k))(proj)
-        elif method == "kcenter":
-            idx = jax.vmap(lambda f, s: T.kcenter(f, k, pivot=s))(proj, cls_scores(attn[h - 1]))
-        elif method == "maxsum":
-            idx = jax.vmap(lambda f, s: T.maxsum_diversity(f, k, pivot=s))(
-                proj, cls_scores(attn[h - 1])
-            )
-        elif method == "coverage":
-            kw = dict(alpha=select.coverage_alpha, tau_tv=select.tau_tv, tau_vv=select.tau_vv)
-            if not select.coverage_text or question_ids is None or question_ids.shape[1] == 0:
-                idx = jax.vmap(lambda f, v: T.coverage(f, k, x_vision=v, **kw))(proj, fv)
-            else:
-                text = self.llm.embed(question_ids)
-                idx = jax.vmap(lambda f, v, z: T.coverage(f, k, text=z, x_vision=v, **kw))(
-                    proj, fv, text
-                )
-        elif method == "hiprune":
-            rec = jax.vmap(lambda a: T.received_attention(a, num_prefix=p))
-            shallow, deep = rec(attn[self._shallow(select)]), rec(attn[h - 1])
-            idx = jax.vmap(lambda s, d: T.hiprune(s, d, k, grid=grid, alpha=select.hiprune_alpha))(
-                shallow, deep
-            )
-        elif method == "holov":
-            c = max(1, min(select.num_chunks, n // 2))
-            idx = jax.vmap(lambda s, f: T.holov(s, f, k, num_chunks=c))(
-                cls_scores(attn[h - 1]), proj
-            )
-        elif method == "random":
-            idx = jax.vmap(lambda kk: T.random(kk, n, k))(jax.random.split(key, b))
-        elif method == "uniform":
-            idx = jnp.broadcast_to(jnp.asarray(uniform_visual_indices(grid, k)), (b, k))
-        else:  # pragma: no cover - VisualSelect validates the method
-            raise AssertionError(method)
+        def one(row):
+            return T.select_tokens(name, k, **row, **static, **options)
+
+        if inputs:
+            idx = jax.vmap(one)(inputs)
+        else:  # nothing per example (e.g. "uniform"): one selection for the batch
+            idx = jnp.broadcast_to(one({}), (b, k))
         idx = idx.astype(jnp.int32)
         return jnp.take_along_axis(proj, idx[..., None], axis=1), idx
 
@@ -591,84 +444,3 @@ class VLM(nnx.Module):
             return_attention_at=return_attention_at,
         )
         return VLMOutput(llm=out, visual_kept=kept)
-
-
-def _ids(ids: Any, name: str, b: int) -> jax.Array | None:
-    if ids is None:
-        return None
-    x = jnp.asarray(ids)
-    if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.integer) or x.shape[0] != b:
-        raise ValueError(
-            f"VLM: {name} must be integer [B, L] with B = {b} (the images' batch); got shape "
-            f"{tuple(x.shape)} dtype {x.dtype}"
-        )
-    return None if x.shape[1] == 0 else x
-
-
-# ------------------------------------------------------------------------------ FLOPs
-
-
-def llm_tokens_per_layer(num_layers: int, t: int, prune: Any = None) -> tuple[int, ...]:
-    """Tokens each LLM layer processes in a prefill of ``t`` tokens under ``prune``.
-
-    Uses ``prune.tokens_per_layer(num_layers, t)`` when the spec has it; a ``FastVSpec`` keeps
-    ``t`` before ``prune.layer`` and ``t - prune.num_dropped`` from it on.
-
-    Raises:
-      ValueError: for a spec of unknown kind.
-    """
-    if prune is None:
-        return (t,) * num_layers
-    if hasattr(prune, "tokens_per_layer"):
-        return tuple(int(v) for v in prune.tokens_per_layer(num_layers, t))
-    if isinstance(prune, FastVSpec):
-        return tuple(t if i < prune.layer else t - prune.num_dropped for i in range(num_layers))
-    raise ValueError(
-        f"llm_tokens_per_layer: prune must be a FastVSpec or have tokens_per_layer; got "
-        f"{type(prune).__name__}"
-    )
-
-
-def vlm_prefill_flops(
-    config: VLMConfig,
-    *,
-    prefix_len: int,
-    question_len: int,
-    select: VisualSelect = NO_SELECT,
-    prune: Any = None,
-    logits_to_keep: int = 1,
-) -> float:
-    """Prefill FLOPs (2 x multiply-adds) of the projector and the LLM for one example.
-
-    Projector: every one of the N patch tokens (selection reads the projector outputs before
-    choosing): ``2 N (Dv D + D D)``. LLM layer with ``t`` tokens (FastV's count, full
-    ``t x t`` attention, GQA-aware, SwiGLU): ``2 [t D (H hd) 2 + 2 t D (KV hd) + 2 t^2 H hd +
-    3 t D F]``, with ``t`` from ``llm_tokens_per_layer``. LM head: ``2 D V`` per kept logit row.
-    The vision encoder (the same for every method), the embeddings, norms, softmax and the
-    selection itself are not counted.
-
-    Raises:
-      ValueError: for negative lengths or a ``select`` / ``prune`` that does not fit.
-
-    References: Chen et al., FastV, ECCV 2024, Sec. 4.3 (the per-layer count).
-    """
-    for name, value in (("prefix_len", prefix_len), ("question_len", question_len)):
-        if not _is_int(value) or value < 0:
-            raise ValueError(f"vlm_prefill_flops: {name} must be an int >= 0; got {value!r}")
-    if not isinstance(select, VisualSelect):
-        raise ValueError(f"vlm_prefill_flops: select must be a VisualSelect; got {select!r}")
-    c, v = config.llm, config.vision
-    n = config.num_visual
-    t = prefix_len + select.num_kept(n) + question_len
-    d, hd, f = c.hidden_size, c.head_dim, c.intermediate_size
-    proj = 2.0 * n * (v.hidden_size * d + d * d)
-    llm = 0.0
-    for tl in llm_tokens_per_layer(c.num_layers, t, prune):
-        llm += 2.0 * (
-            2 * tl * d * c.num_heads * hd
-            + 2 * tl * d * c.num_kv_heads * hd
-            + 2 * tl * tl * c.num_heads * hd
-            + 3 * tl * d * f
-        )
-    rows = t if logits_to_keep == 0 else min(logits_to_keep, t)
-    return proj + llm + 2.0 * rows * d * c.vocab_size

@@ -1,0 +1,98 @@
+"""The package's layout rules (issue 13, DESIGN.md principle 6), checked on the source.
+
+- Tests use the public API only: no test imports a private pruneax module.
+- Every public function has a runnable docstring example (the doctests run with the suite:
+  ``--doctest-modules`` over ``pruneax/`` in pyproject.toml).
+- Library modules stay short: one architecture per folder, no module over the line limit.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGES = [
+    "pruneax.tokens",
+    "pruneax.weights",
+    "pruneax.ops",
+    "pruneax.data",
+    "pruneax.lab",
+    "pruneax.models",
+    "pruneax.models.vit",
+    "pruneax.models.llama",
+    "pruneax.models.mamba",
+    "pruneax.models.vim",
+    "pruneax.models.vlm",
+    "pruneax.models.convnets",
+    "pruneax.models.structured",
+]
+MAX_LINES = 450  # "no module over ~400 lines"
+
+
+def _private_imports(path: pathlib.Path) -> list[str]:
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for mod in mods:
+            parts = mod.split(".")
+            if parts[0] == "pruneax" and any(p.startswith("_") for p in parts[1:]):
+                bad.append(f"{path.name}:{node.lineno}: {mod}")
+    return bad
+
+
+def test_tests_import_only_the_public_api():
+    bad = [b for p in sorted((ROOT / "tests").glob("*.py")) for b in _private_imports(p)]
+    assert not bad, bad
+
+
+def test_the_private_import_check_can_fail(tmp_path):
+    f = tmp_path / "t.py"
+    f.write_text("from pruneax.models.vit import _model\nimport pruneax.tokens._topk\n")
+    assert len(_private_imports(f)) == 2
+    f.write_text("from pruneax.models.vit import ViT\nimport pruneax.tokens as T\n")
+    assert _private_imports(f) == []
+
+
+def _public_functions() -> list[str]:
+    out = []
+    for name in PACKAGES:
+        mod = importlib.import_module(name)
+        out += [f"{name}:{a}" for a in mod.__all__ if inspect.isfunction(getattr(mod, a))]
+    return out
+
+
+@pytest.mark.parametrize("name", _public_functions())
+def test_public_function_has_a_runnable_example(name):
+    module, attr = name.split(":")
+    obj = getattr(importlib.import_module(module), attr)
+    doc = inspect.getdoc(obj) or ""
+    assert ">>>" in doc, f"{name} has no docstring example"
+    # the example must live in a module the doctest run collects (pruneax/...)
+    assert obj.__module__.startswith("pruneax."), obj.__module__
+
+
+def test_doctests_run_with_the_suite():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert "--doctest-modules" in text and '"pruneax"' in text
+
+
+def test_models_one_folder_per_architecture_and_short_modules():
+    models = ROOT / "pruneax" / "models"
+    flat = sorted(p.name for p in models.glob("*.py") if p.name != "__init__.py")
+    assert not flat, f"pruneax/models/ should hold only subpackages; found {flat}"
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in sorted((ROOT / "pruneax").rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"

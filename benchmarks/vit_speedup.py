@@ -17,41 +17,22 @@ of the tokens), i.e. the cost of the blocks with no selection, gather or bookkee
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments import vit_token_pruning as vtp  # noqa: E402
-from pruneax import models  # noqa: E402
+from pruneax import lab, models  # noqa: E402
 from pruneax.models.vit import apply_stage  # noqa: E402
 
 METHODS = ("random", "topk", "evit", "tome", "divprune", "kcenter", "maxsum", "coverage",
            "hiprune", "feather", "holov")  # fmt: skip
-
-
-def _interleaved(fns: dict[str, callable], repeats: int, iters: int) -> dict[str, list[float]]:
-    """Per-call seconds of each function, timed in turn ``repeats`` times (after a warm-up)."""
-    for f in fns.values():
-        jax.block_until_ready(f())
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            for _ in range(iters):
-                out = f()
-            jax.block_until_ready(out)
-            times[k].append((time.perf_counter() - t) / iters)
-    return times
 
 
 def bench_variant(name: str, overrides: dict, *, layer: int, keep: float, batch: int,
@@ -111,8 +92,8 @@ def bench_variant(name: str, overrides: dict, *, layer: int, keep: float, batch:
                 )[0]
             )  # fmt: skip
             fns["selection"] = lambda select=select: select(stream, aux)
-        times = _interleaved(fns, repeats, iters)
-        med = {k: float(np.median(v)) for k, v in times.items()}
+        times = lab.time_alternating(fns, repeats=repeats, number=iters)
+        med = lab.medians(times)
         ideal = dense_flops / vtp.flops(plan, cfg)
         row = {
             "variant": name,
@@ -159,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=repeats, iters=iters,
         )  # fmt: skip
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "devices": [str(d) for d in jax.devices()],
-            "jax": jax.__version__,
-        },
+        "machine": lab.machine(),
         "rows": rows,
     }
     lines = [
@@ -182,11 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             f"| {m['oracle'] * 1e3:.2f} | {sel} | {r['speedup']:.2f} | {r['oracle_speedup']:.2f} "
             f"| {r['ideal_speedup']:.2f} | {100 * r['efficiency']:.0f}% |"
         )
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    print("\n".join(lines))
+    text = f"Machine: {lab.describe(result['machine'])}.\n\n" + "\n".join(lines) + "\n"
+    lab.write_report(args.out, text, result)
+    print(text)
     return 0
 
 

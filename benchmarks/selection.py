@@ -49,10 +49,8 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -65,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pruneax.tokens as T
+from pruneax import lab
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path("results/benchmarks/selection.md")
@@ -390,79 +389,6 @@ def time_calls(call: Callable[[], Any], timing: Timing) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 # Machine description and limits
 # ---------------------------------------------------------------------------------------------
-
-
-def _cache_bytes(level: int, default: int) -> int:
-    for index in range(8):
-        base = Path(f"/sys/devices/system/cpu/cpu0/cache/index{index}")
-        try:
-            if int((base / "level").read_text()) != level:
-                continue
-            if (base / "type").read_text().strip() == "Instruction":
-                continue
-            size = (base / "size").read_text().strip()
-        except (OSError, ValueError):
-            continue
-        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
-        return int(size.rstrip("KMG")) * mult
-    return default
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
-
-
-def _blas_info() -> list[dict[str, Any]]:
-    try:
-        from threadpoolctl import threadpool_info
-
-        return [
-            {k: v for k, v in d.items() if k in ("internal_api", "num_threads", "version")}
-            for d in threadpool_info()
-        ]
-    except Exception:
-        return []
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "l2_bytes_per_core": _cache_bytes(2, 1 << 20),
-        "l3_bytes": _cache_bytes(3, 32 << 20),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": getattr(jax.lib, "__version__", None) or _dist_version("jaxlib"),
-        "numpy": np.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "numpy_blas": _blas_info(),
-    }
-
-
-def _dist_version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return None
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def _jit(fn: Callable, copts: dict[str, Any] | None) -> Callable:
@@ -932,9 +858,9 @@ def run(config: Config) -> dict[str, Any]:
     chosen = [known[n] for n in sel_names]
     oracles = load_oracles() if config.numpy else None
 
-    machine = machine_info()
-    load_start = _loadavg()
-    print(f"[selection] {machine['cpu']}, {machine['cores']} cores, jax {machine['jax']}")
+    machine = lab.machine()
+    load_start = machine["loadavg"]
+    print(f"[selection] {machine['processor']}, {machine['cpu_count']} cores, jax {machine['jax']}")
     print("[selection] measuring machine limits ...", flush=True)
     copts = config.compiler_options
     limits = measure_limits(shapes, machine, config.quick, copts, chosen)
@@ -1002,7 +928,7 @@ def run(config: Config) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "loadavg_start": load_start,
-        "loadavg_end": _loadavg(),
+        "loadavg_end": [round(v, 2) for v in os.getloadavg()],
         "limits": limits,
         "shapes": [dataclasses.asdict(s) for s in shapes],
         "selectors": {
@@ -1156,8 +1082,8 @@ def report(result: dict[str, Any]) -> str:
         "",
         "## Machine",
         "",
-        f"- CPU: {m['cpu']}, {m['cores']} cores; L2 {_fmt_bytes(m['l2_bytes_per_core'])} per "
-        f"core, L3 {_fmt_bytes(m['l3_bytes'])} shared",
+        f"- CPU: {m['processor']}, {m['cpu_count']} cores; L2 "
+        f"{_fmt_bytes(m['l2_bytes_per_core'])} per core, L3 {_fmt_bytes(m['l3_bytes'])} shared",
         f"- JAX {m['jax']} (jaxlib {m['jaxlib']}, backend {m['backend']}), NumPy {m['numpy']} "
         f"(BLAS: {blas or 'unknown'}; the NumPy baselines ran with "
         f"{result['numpy_threads'] or 'default'} BLAS thread(s))",
@@ -1342,12 +1268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run(config)
     text = report(result)
     print(text)
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    out = lab.write_text(config.out, text)
     json_out = Path(config.json_out) if config.json_out else out.with_suffix(".json")
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(result, indent=1, default=_json_default))
+    lab.write_text(json_out, json.dumps(result, indent=1, default=_json_default))
     print(f"[selection] wrote {out} and {json_out}")
     return 0
 

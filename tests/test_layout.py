@@ -31,7 +31,7 @@ PACKAGES = [
     "pruneax.models.convnets",
     "pruneax.models.structured",
 ]
-MAX_LINES = 450  # "no module over ~400 lines"
+MAX_LINES = 400  # "no module over ~400 lines"
 
 
 def _private_imports(path: pathlib.Path) -> list[str]:

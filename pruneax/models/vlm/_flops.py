@@ -8,7 +8,7 @@ from pruneax.models.llama._model import FastVSpec
 from pruneax.models.vlm._select import NO_SELECT, VisualSelect, _is_int
 
 if TYPE_CHECKING:
-    from pruneax.models.vlm._model import VLMConfig
+    from pruneax.models.vlm._config import VLMConfig
 
 
 # ------------------------------------------------------------------------------ FLOPs

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pruneax.models._shared.loader import abstract_leaves
 from pruneax.models.structured._arch import (
     StructuredKeep,
     arch_by_name,
@@ -57,8 +58,6 @@ def _param_dtype(model: nnx.Module) -> Any:
 def _fill(model_type: type, cfg: Any, values: dict[str, Any], dtype: Any, param_dtype: Any):
     """A model of ``model_type(cfg)`` whose variables are ``values`` (by leaf name); no random
     initialisation (abstract model, then filled)."""
-    from pruneax.models._shared.loader import abstract_leaves
-
     names, abstract, merge = abstract_leaves(
         lambda: model_type(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
     )

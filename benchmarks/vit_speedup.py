@@ -8,10 +8,11 @@ For each variant (random weights: speed does not depend on training) and each me
 to ``keep`` from block ``layer``, the dense and the pruned forward passes (jitted,
 logits only) are timed ALTERNATELY in one run, each timing a loop of ``iters`` calls; the
 realised speed-up is the ratio of the medians, the ideal one the ratio of block FLOPs
-(``experiments.vit_token_pruning.flops``). To say where a shortfall comes from, the benchmark
-also times (a) the selection stage alone (``apply_stage`` on a stored stream) and (b) an
-"oracle" pass that runs the same blocks on a stream that is already short (a contiguous slice
-of the tokens), i.e. the cost of the blocks with no selection, gather or bookkeeping.
+(``pruneax.models.vit.vit_flops``). To say where a shortfall comes from,
+the benchmark also times (a) the selection stage alone (``apply_stage`` on a stored stream)
+and (b) an "oracle" pass that runs the same blocks on a stream that is already short (a
+contiguous slice of the tokens), i.e. the cost of the blocks with no selection, gather or
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from flax import nnx
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments import vit_token_pruning as vtp  # noqa: E402
 from pruneax import lab, models  # noqa: E402
-from pruneax.models.vit import apply_stage  # noqa: E402
+from pruneax.experiments import vit_token_pruning as vtp  # noqa: E402
+from pruneax.models.vit import apply_stage, vit_flops  # noqa: E402
 
 METHODS = ("random", "topk", "evit", "tome", "divprune", "kcenter", "maxsum", "coverage",
            "hiprune", "feather", "holov")  # fmt: skip
@@ -70,14 +71,14 @@ def bench_variant(name: str, overrides: dict, *, layer: int, keep: float, batch:
     ids = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
 
     rows = []
-    dense_flops = vtp.flops(None, cfg)
+    dense_flops = vit_flops(cfg)
     for method in methods:
         try:
             plan = vtp.make_plan(method, layer, keep, cfg)
         except ValueError as e:
             rows.append({"variant": name, "method": method, "skipped": str(e)})
             continue
-        n_keep = vtp.block_tokens(plan, cfg)[-1] - model.num_prefix
+        n_keep = plan.block_tokens(cfg.num_layers, cfg.num_patches)[-1][1]
         fns = {
             "dense": lambda: fwd(state, x, None),
             "pruned": lambda plan=plan: fwd(state, x, plan),
@@ -94,7 +95,7 @@ def bench_variant(name: str, overrides: dict, *, layer: int, keep: float, batch:
             fns["selection"] = lambda select=select: select(stream, aux)
         times = lab.time_alternating(fns, repeats=repeats, number=iters)
         med = lab.medians(times)
-        ideal = dense_flops / vtp.flops(plan, cfg)
+        ideal = dense_flops / vit_flops(cfg, plan)
         row = {
             "variant": name,
             "method": method,

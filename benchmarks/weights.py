@@ -9,7 +9,8 @@ Command (numbers in BUILD_NOTES.md):
    timed alternately in one run; reported as the ratio of medians (target <= 1.10). Each timed
    call runs ``steps`` optimizer steps in a ``lax.scan`` so dispatch does not dominate; on the
    CPU backend the conv-net cases (``--convnets``) call a jitted step from Python instead
-   (``experiments._common.steps_from_python``: XLA:CPU convolutions in a while loop are slow).
+   (``pruneax.experiments._common.steps_from_python``: XLA:CPU convolutions in a while loop
+   are slow).
 2. ``global_masks`` (global magnitude top-k) on a 100M-parameter pytree: median wall time.
 """
 
@@ -28,9 +29,9 @@ from flax import nnx
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments._common import steps_from_python  # noqa: E402
 from pruneax import lab, models  # noqa: E402
 from pruneax import weights as W  # noqa: E402
+from pruneax.experiments._common import steps_from_python  # noqa: E402
 
 
 def _step_case(name, model, x, y, tx, steps, repeats, sparsity=0.8, loop="scan"):

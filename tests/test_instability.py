@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import instability as ins
-from experiments import lottery_ticket as lt
+from pruneax.experiments import instability as ins
+from pruneax.experiments import lottery_ticket as lt
 from tests._resume import kill_after_first_checkpoint
 
 ARGS = ["--preset", "tiny", "--iterations", "120", "--spawn", "0", "40", "--copies", "3"]
@@ -62,7 +62,7 @@ def test_killed_run_resumes_with_identical_results(reference, tmp_path):
     _, want = reference
     workdir = tmp_path / "killed"
     code = kill_after_first_checkpoint(
-        "experiments.instability", ARGS, workdir, workdir / "checkpoints"
+        "pruneax.experiments.instability", ARGS, workdir, workdir / "checkpoints"
     )
     assert code == -signal.SIGKILL and not (workdir / "results.json").exists()
     got = ins.main([*ARGS, "--workdir", str(workdir)])

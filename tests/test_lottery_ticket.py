@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 
-from experiments import lottery_ticket as lt
+from pruneax.experiments import lottery_ticket as lt
 from tests._resume import kill_after_first_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_killed_run_resumes_with_identical_results(reference, tmp_path):
     _, want = reference
     workdir = tmp_path / "killed"
     returncode = kill_after_first_checkpoint(
-        "experiments.lottery_ticket", ARGS, workdir, workdir / "checkpoints"
+        "pruneax.experiments.lottery_ticket", ARGS, workdir, workdir / "checkpoints"
     )
     assert returncode == -signal.SIGKILL
     assert not (workdir / "results.json").exists()

@@ -75,11 +75,13 @@ PUBLIC = [
     "VimPruningPlan",
     "VisualSelect",
     "allocate_units",
+    "block_flops",
     "causal_conv",
     "config_flops",
     "config_from_json",
     "config_param_count",
     "config_to_json",
+    "decode_greedy",
     "feather_criterion",
     "gap_counts",
     "generate_greedy",
@@ -107,6 +109,7 @@ PUBLIC = [
     "vim_flops",
     "vim_token_scores",
     "vit_config",
+    "vit_flops",
     "vlm_prefill_flops",
 ]
 

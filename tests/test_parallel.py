@@ -23,7 +23,7 @@ TRAIN = textwrap.dedent(
     """
     import dataclasses, json, sys
     import jax, jax.numpy as jnp, numpy as np
-    from experiments import vit_token_pruning as vtp
+    from pruneax.experiments import vit_token_pruning as vtp
     from pruneax.models import PruningPlan
 
     cfg = dataclasses.replace(vtp.PRESETS["tiny"], iterations=30, warmup=5, log_every=10)
@@ -31,7 +31,8 @@ TRAIN = textwrap.dedent(
     runner = vtp._runner(cfg, vtp._vit_config(cfg, arrays))
     data = {k: jnp.asarray(v) for k, v in arrays.items()}
     from pathlib import Path
-    ckpt = None if sys.argv[1] == "-" else vtp.common.Checkpoints(Path(sys.argv[1]))
+    from pruneax.lab import Checkpoints
+    ckpt = None if sys.argv[1] == "-" else Checkpoints(Path(sys.argv[1]))
     params, losses = runner.train(runner.params0, data, steps=30, lr=3e-3, warmup=5, plan=None,
                                   ckpt=ckpt, tag="t", augment=False)
     plan = PruningPlan.at(2, 0.5, "topk")
@@ -90,7 +91,7 @@ SELECT = textwrap.dedent(
     import jax, jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
     import pruneax.tokens as T
-    from experiments import _parallel as par
+    from pruneax import lab as par
 
     mesh = par.data_mesh()
     x = par.shard_batch(jax.random.normal(jax.random.key(0), (16, 49, 8)), mesh)
@@ -118,7 +119,7 @@ def test_shard_batch_refuses_an_indivisible_batch():
     code = textwrap.dedent(
         """
         import jax.numpy as jnp
-        from experiments import _parallel as par
+        from pruneax import lab as par
         try:
             par.shard_batch(jnp.zeros((6, 2)), par.data_mesh())
         except ValueError as e:
@@ -136,7 +137,7 @@ LLM = textwrap.dedent(
     from flax import nnx
     from jax.sharding import PartitionSpec as P
     from pruneax.models import LlamaLM, llm_config
-    from experiments import _parallel as par
+    from pruneax import lab as par
     from pruneax.weights import leaf_names
 
     cfg = llm_config("tiny", num_heads=4, num_kv_heads=2, hidden_size=64, intermediate_size=128)
@@ -189,7 +190,7 @@ def test_llm_parameters_shard_over_a_model_axis_and_match_one_device():
 def test_model_mesh_refuses_a_model_axis_that_does_not_divide_the_devices():
     code = textwrap.dedent(
         """
-        from experiments import _parallel as par
+        from pruneax import lab as par
         try:
             par.model_mesh(3)
         except ValueError as e:
@@ -202,7 +203,7 @@ def test_model_mesh_refuses_a_model_axis_that_does_not_divide_the_devices():
 def test_checkpoint_of_another_model_is_refused(tmp_path):
     import jax.numpy as jnp
 
-    from experiments._common import Checkpoints
+    from pruneax.lab import Checkpoints
 
     Checkpoints(tmp_path / "c").save(3, (jnp.ones(3), jnp.zeros((2, 2))), {"losses": []})
     step, (_, b), meta = Checkpoints(tmp_path / "c").latest((jnp.zeros(3), jnp.ones((2, 2))))
@@ -216,7 +217,7 @@ LOTTERY = textwrap.dedent(
     """
     import dataclasses, json, sys
     import jax
-    from experiments import lottery_ticket as lt
+    from pruneax.experiments import lottery_ticket as lt
 
     cfg = dataclasses.replace(lt.PRESETS["tiny"], iterations=40, eval_every=20, rounds=1,
                               batch_size=64, baselines=())
@@ -240,7 +241,7 @@ VLM = textwrap.dedent(
     """
     import dataclasses, json, sys
     import jax
-    from experiments import vlm_token_pruning as vtp
+    from pruneax.experiments import vlm_token_pruning as vtp
 
     cfg = dataclasses.replace(
         vtp.PRESETS["tiny"], iterations=20, methods=("fastervlm",), llm_methods=("fastv",),

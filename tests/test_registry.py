@@ -201,7 +201,7 @@ def test_registered_method_reaches_the_vit_benchmark_and_experiment(vit, lowest)
     assert np.all(np.asarray(out.kept[0]) >= 3)
 
     from benchmarks import selection
-    from experiments import vlm_token_pruning as vtp
+    from pruneax.experiments import vlm_token_pruning as vtp
 
     sel = selection.selectors()[lowest]
     shape = selection.QUICK_SHAPES["tiny"]

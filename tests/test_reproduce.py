@@ -1,22 +1,24 @@
-"""experiments.reproduce: the verdict rule, the claim readers, and a resumable run + report."""
+"""pruneax.experiments.reproduce: the verdict rule, the claim readers, a resumable run + report."""
 
 import json
 
 import pytest
 
-from experiments import reproduce as R
+from pruneax import lab
+from pruneax.experiments import lottery_ticket, vit_token_pruning
+from pruneax.experiments import reproduce as R
 
 
 def test_compare_needs_two_standard_errors():
     # p = 0.9, n = 1000: 2 SE of a difference = 2 sqrt(2 * 0.09 / 1000) = 0.0268
-    assert R.compare(0.92, 0.88, 1000)[0] == R.HOLDS
-    assert R.compare(0.90, 0.89, 1000)[0] == R.NOISE
-    assert R.compare(0.88, 0.92, 1000)[0] == R.FAILS
+    assert lab.compare(0.92, 0.88, 1000)[0] == lab.HOLDS
+    assert lab.compare(0.90, 0.89, 1000)[0] == lab.NOISE
+    assert lab.compare(0.88, 0.92, 1000)[0] == lab.FAILS
     # "a matches b": holds unless a is worse by more than 2 SE
-    assert R.compare(0.89, 0.90, 1000, more=False)[0] == R.HOLDS
-    assert R.compare(0.85, 0.90, 1000, more=False)[0] == R.FAILS
-    assert R.compare(float("nan"), 0.9, 1000)[0] == R.NA
-    assert "2 SE = 2.68" in R.compare(0.92, 0.88, 1000)[1]
+    assert lab.compare(0.89, 0.90, 1000, more=False)[0] == lab.HOLDS
+    assert lab.compare(0.85, 0.90, 1000, more=False)[0] == lab.FAILS
+    assert lab.compare(float("nan"), 0.9, 1000)[0] == lab.NA
+    assert "2 SE = 2.68" in lab.compare(0.92, 0.88, 1000)[1]
 
 
 def _vit(topk, random, divprune, n=5000):
@@ -31,15 +33,15 @@ def _vit(topk, random, divprune, n=5000):
 
 
 def test_vit_claims_follow_the_numbers():
-    claims = {c.claim: c for c in R._vit_claims(_vit(0.95, 0.90, 0.955))}
-    assert claims["Attention top-k beats random selection"].verdict == R.HOLDS
+    claims = {c.claim: c for c in vit_token_pruning.claims(_vit(0.95, 0.90, 0.955))}
+    assert claims["Attention top-k beats random selection"].verdict == lab.HOLDS
     div = claims["Diversity beats attention top-k at aggressive budgets"]
-    assert div.verdict == R.NOISE and "keep 0.1" in div.measured
-    claims = {c.claim: c for c in R._vit_claims(_vit(0.90, 0.95, 0.80))}
-    assert claims["Attention top-k beats random selection"].verdict == R.FAILS
-    assert claims["Diversity beats attention top-k at aggressive budgets"].verdict == R.FAILS
+    assert div.verdict == lab.NOISE and "keep 0.1" in div.measured
+    claims = {c.claim: c for c in vit_token_pruning.claims(_vit(0.90, 0.95, 0.80))}
+    assert claims["Attention top-k beats random selection"].verdict == lab.FAILS
+    assert claims["Diversity beats attention top-k at aggressive budgets"].verdict == lab.FAILS
     # a method that was not run is reported as not measured, not silently dropped
-    assert claims["Coverage beats attention top-k at aggressive budgets"].verdict == R.NA
+    assert claims["Coverage beats attention top-k at aggressive budgets"].verdict == lab.NA
 
 
 def test_lottery_claims_compare_the_sparsest_round():
@@ -50,9 +52,9 @@ def test_lottery_claims_compare_the_sparsest_round():
         {"kind": "random_prune", "round": 5, "remaining": 32.8, "final_test_acc": 0.984},
     ]
     r = {"config": {"dataset": "mnist", "seeds": [0]}, "results": res}
-    verdicts = [c.verdict for c in R._lottery_claims(r)]
-    assert verdicts == [R.HOLDS, R.HOLDS, R.NOISE]
-    assert "32.8% of weights remaining, round 5" in R._lottery_claims(r)[0].measured
+    verdicts = [c.verdict for c in lottery_ticket.claims(r)]
+    assert verdicts == [lab.HOLDS, lab.HOLDS, lab.NOISE]
+    assert "32.8% of weights remaining, round 5" in lottery_ticket.claims(r)[0].measured
 
 
 def test_bad_arguments(tmp_path):
@@ -66,7 +68,7 @@ def test_run_writes_the_report_and_resumes(tmp_path, capsys):
     report = R.run("tiny", tmp_path, only=("token_demo",))
     text = (tmp_path / "report.md").read_text()
     assert "## Claims" in text and "token_demo/token_demo.png" in text
-    assert "Preset `tiny`" in text and "python -m experiments.token_demo" in text
+    assert "Preset `tiny`" in text and "python -m pruneax.experiments.token_demo" in text
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["experiments"]["token_demo"]["status"] == "done"
     assert saved["verdicts"] == report["verdicts"] and sum(report["verdicts"].values()) == 3
@@ -76,7 +78,7 @@ def test_run_writes_the_report_and_resumes(tmp_path, capsys):
 
 
 def test_a_failing_experiment_is_reported_and_the_exit_code_says_so(tmp_path, monkeypatch):
-    from experiments import token_demo
+    from pruneax.experiments import token_demo
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import ssm_token_pruning as stp
 from pruneax import models
+from pruneax.experiments import ssm_token_pruning as stp
 from tests._resume import kill_after_first_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def test_killed_run_resumes_with_identical_results(reference, tmp_path):
     _, want = reference
     workdir = tmp_path / "killed"
     returncode = kill_after_first_checkpoint(
-        "experiments.ssm_token_pruning", ARGS, workdir, workdir / "checkpoints" / "train"
+        "pruneax.experiments.ssm_token_pruning", ARGS, workdir, workdir / "checkpoints" / "train"
     )
     assert returncode == -signal.SIGKILL
     assert not (workdir / "results.json").exists()

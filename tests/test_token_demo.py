@@ -1,18 +1,13 @@
-"""Smoke test of experiments/token_demo.py: the tiny preset end to end, plus its CLI parsing."""
+"""Smoke test of pruneax.experiments.token_demo: the tiny preset end to end, and its CLI."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import pruneax.tokens as T
-
-# experiments/ is not an installed package; plain `pytest` does not put the repo root on sys.path.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments import token_demo
+from pruneax.experiments import token_demo
 
 # Public names of pruneax.tokens that are not single-example selectors (scorers, ops, helpers,
 # the registry). A new public name fails test_every_selector_is_registered until it is sorted

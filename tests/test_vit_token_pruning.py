@@ -8,8 +8,9 @@ import signal
 
 import pytest
 
-from experiments import vit_token_pruning as vtp
 from pruneax import models
+from pruneax.experiments import vit_token_pruning as vtp
+from pruneax.models.vit import vit_flops
 from tests._resume import kill_after_first_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -46,13 +47,19 @@ def test_outputs_and_structure(reference):
 def test_flops_and_token_counts():
     c = models.vit_config("mnist/4")  # 49 patches + CLS, 6 blocks
     plan = vtp.make_plan("topk", 3, 0.5, c)
-    assert vtp.block_tokens(plan, c) == [50, 50, 50, 26, 26, 26]
-    assert vtp.block_tokens(vtp.make_plan("evit", 3, 0.5, c), c)[3:] == [27, 27, 27]
+    assert vtp.block_tokens(plan, c) == [[50, 50]] * 3 + [[26, 26]] * 3
+    # EViT fuses inside block 2, after its attention: block 2's MLP already runs on 26 + 1
+    evit = vtp.block_tokens(vtp.make_plan("evit", 3, 0.5, c), c)
+    assert evit[2:] == [[50, 27], [27, 27], [27, 27], [27, 27]]
     d, m = c.hidden_size, c.mlp_dim
     per_block = lambda t: 2 * (4 * t * d * d + 2 * t * t * d + 2 * t * d * m)
-    assert vtp.flops(plan, c) == 3 * per_block(50) + 3 * per_block(26)
-    tome = vtp.make_plan("tome", 3, 0.3, c)  # 49 -> 25 -> 15, one bipartite step per block
-    assert vtp.block_tokens(tome, c) == [50, 50, 50, 26, 16, 16]
+    dense = vit_flops(c)
+    outside = dense - 6 * per_block(50)  # patch embedding + head: the same for every plan
+    assert vit_flops(c, plan) == outside + 3 * per_block(50) + 3 * per_block(26)
+    tome = vtp.make_plan("tome", 3, 0.3, c)  # 49 -> 25 -> 15, merged inside blocks 2 and 3
+    assert vtp.block_tokens(tome, c) == [[50, 50], [50, 50], [50, 26], [26, 16], [16, 16], [16, 16]]
+    attn_mlp = lambda ta, tm: 2 * (4 * ta * d * d + 2 * ta * ta * d) + 4 * tm * d * m
+    assert vit_flops(c, tome) == outside + sum(attn_mlp(a, b) for a, b in vtp.block_tokens(tome, c))
     with pytest.raises(ValueError):  # 49 -> 5 needs four merging blocks; only three follow
         vtp.make_plan("tome", 3, 0.1, c)
 
@@ -61,7 +68,7 @@ def test_killed_run_resumes_with_identical_results(reference, tmp_path):
     _, want = reference
     workdir = tmp_path / "killed"
     returncode = kill_after_first_checkpoint(
-        "experiments.vit_token_pruning", ARGS, workdir, workdir / "checkpoints" / "train"
+        "pruneax.experiments.vit_token_pruning", ARGS, workdir, workdir / "checkpoints" / "train"
     )
     assert returncode == -signal.SIGKILL
     assert not (workdir / "results.json").exists()

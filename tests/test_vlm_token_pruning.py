@@ -9,7 +9,7 @@ import signal
 import numpy as np
 import pytest
 
-from experiments import vlm_token_pruning as vtp
+from pruneax.experiments import vlm_token_pruning as vtp
 from pruneax.models.llama import FastVSpec
 from tests._resume import kill_after_first_checkpoint
 
@@ -159,7 +159,7 @@ def test_killed_run_resumes_with_identical_results(reference, tmp_path):
     _, want = reference
     workdir = tmp_path / "killed"
     returncode = kill_after_first_checkpoint(
-        "experiments.vlm_token_pruning", ARGS, workdir, workdir / "checkpoints" / "train"
+        "pruneax.experiments.vlm_token_pruning", ARGS, workdir, workdir / "checkpoints" / "train"
     )
     assert returncode == -signal.SIGKILL
     assert not (workdir / "results.json").exists()

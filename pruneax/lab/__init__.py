@@ -6,22 +6,62 @@
   (alternated within each repeat), medians and ratios of medians.
 - ``write_text`` / ``write_json`` / ``write_report`` / ``markdown_table``: results written
   atomically, a benchmark's markdown + JSON pair.
+- ``Checkpoints`` / ``Progress`` / ``config_json``: resumable runs (orbax checkpoints of
+  possibly sharded pytrees; a workdir's ``progress.json`` tied to one config).
+- ``data_mesh`` / ``model_mesh`` / ``shard_batch`` / ``replicate`` / ``llm_param_specs`` /
+  ``shard_params`` / ``constrain_batch`` / ``batch_multiple`` / ``initialize_distributed``:
+  data and Megatron-style model parallelism over a ``jax.sharding.Mesh``.
+- ``Claim`` / ``compare`` / ``versus`` and the verdicts ``HOLDS`` / ``FAILS`` / ``NOISE`` /
+  ``NA``: a paper's claim beside a measured result, with a computed verdict.
 """
 
+from pruneax.lab._checkpoints import Checkpoints, Progress, config_json
+from pruneax.lab._claims import FAILS, HOLDS, NA, NOISE, VERDICTS, Claim, compare, versus
 from pruneax.lab._io import markdown_table, write_json, write_report, write_text
 from pruneax.lab._machine import cache_bytes, cpu_model, describe, machine, versions
+from pruneax.lab._parallel import (
+    batch_multiple,
+    constrain_batch,
+    data_mesh,
+    initialize_distributed,
+    llm_param_specs,
+    model_mesh,
+    replicate,
+    shard_batch,
+    shard_params,
+)
 from pruneax.lab._timing import medians, ratios, time_alternating
 
 __all__ = [
+    "FAILS",
+    "HOLDS",
+    "NA",
+    "NOISE",
+    "VERDICTS",
+    "Checkpoints",
+    "Claim",
+    "Progress",
+    "batch_multiple",
     "cache_bytes",
+    "compare",
+    "config_json",
+    "constrain_batch",
     "cpu_model",
+    "data_mesh",
     "describe",
+    "initialize_distributed",
+    "llm_param_specs",
     "machine",
     "markdown_table",
     "medians",
+    "model_mesh",
     "ratios",
+    "replicate",
+    "shard_batch",
+    "shard_params",
     "time_alternating",
     "versions",
+    "versus",
     "write_json",
     "write_report",
     "write_text",

@@ -1,9 +1,9 @@
 """One shared validator for the fields of frozen config dataclasses.
 
 A config lists, per field, a small check (``int_field``, ``real_field``, ``bool_field``,
-``one_of``) and calls ``check_fields`` from its ``__post_init__``; every check normalises the
-value (NumPy scalars to Python ones, so that the config stays hashable and prints cleanly) and
-raises ``ValueError("<Owner>: <field> must be ...; got ...")`` otherwise.
+``hw_field``, ``one_of``) and calls ``check_fields`` from its ``__post_init__``; every check
+normalises the value (NumPy scalars to Python ones, so that the config stays hashable and prints
+cleanly) and raises ``ValueError("<Owner>: <field> must be ...; got ...")`` otherwise.
 
 Example:
   >>> import dataclasses
@@ -69,29 +69,72 @@ def _fail(owner: str, name: str, what: str, value: Any, none: bool) -> ValueErro
     return ValueError(f"{owner}: {name} must be {what}{' or None' if none else ''}; got {value!r}")
 
 
-def int_field(*, low: int | None = None, high: int | None = None, none: bool = False) -> Check:
+def int_field(
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    none: bool = False,
+    words: Collection[str] = (),
+) -> Check:
     """A check for an int in ``[low, high]`` (either bound optional), or None when ``none``.
 
     Args:
       low, high: inclusive bounds, or None for none.
       none: accept None (kept as None).
+      words: strings also accepted and kept as they are (e.g. ``("auto",)``, for the config
+        to resolve once its other fields are checked).
 
     Returns:
-      The check; ``low=1`` alone reads "a positive int" in its message.
+      The check; ``low=1`` alone reads "a positive int" in its message, and each word adds
+      " or '<word>'".
 
     Example:
       >>> int_field(low=0, high=3)(2, "k", "Spec")
       2
+      >>> int_field(low=1, words=("auto",))(0, "rank", "Cfg")
+      Traceback (most recent call last):
+      ...
+      ValueError: Cfg: rank must be a positive int or 'auto'; got 0
     """
     what = "a positive int" if (low, high) == (1, None) else f"an int {_bounds(low, high)}".strip()
+    what += "".join(f" or {w!r}" for w in words)
 
-    def check(value: Any, name: str, owner: str) -> int | None:
-        if none and value is None:
-            return None
+    def check(value: Any, name: str, owner: str) -> int | str | None:
+        if (none and value is None) or (isinstance(value, str) and value in words):
+            return value
         ok = is_int(value) and (low is None or value >= low) and (high is None or value <= high)
         if not ok:
             raise _fail(owner, name, what, value, none)
         return int(value)
+
+    return check
+
+
+def hw_field() -> Check:
+    """A check for an image size: a positive int (height = width) or a ``(height, width)`` pair
+    of positive ints (a list or tuple), stored as an int or a tuple of two ints.
+
+    Returns:
+      The check; its message reads "a positive int or (height, width)".
+
+    Example:
+      >>> hw_field()([224, 160], "image_size", "Cfg")
+      (224, 160)
+      >>> hw_field()((224,), "image_size", "Cfg")
+      Traceback (most recent call last):
+      ...
+      ValueError: Cfg: image_size must be a positive int or (height, width); got (224,)
+    """
+
+    def positive(v: Any) -> bool:
+        return is_int(v) and v >= 1
+
+    def check(value: Any, name: str, owner: str) -> int | tuple[int, int]:
+        if isinstance(value, list | tuple) and len(value) == 2 and all(map(positive, value)):
+            return int(value[0]), int(value[1])
+        if positive(value):
+            return int(value)
+        raise _fail(owner, name, "a positive int or (height, width)", value, False)
 
     return check
 
@@ -160,8 +203,12 @@ def one_of(options: Collection[Any]) -> Check:
     Example:
       >>> one_of(("mean", "max"))("max", "pool", "Cfg")
       'max'
+      >>> one_of(("mean", "max"))("min", "pool", "Cfg")
+      Traceback (most recent call last):
+      ...
+      ValueError: Cfg: pool must be one of ['mean', 'max']; got 'min'
     """
-    listed = ", ".join(repr(o) for o in options)
+    listed = list(options)
 
     def check(value: Any, name: str, owner: str) -> Any:
         if value not in options:

@@ -13,6 +13,7 @@ from pruneax.models.llama._config import (
 )
 from pruneax.models.llama._generate import (
     GenerationOutput,
+    decode_greedy,
     generate_greedy,
 )
 from pruneax.models.llama._hf import (
@@ -57,6 +58,7 @@ __all__ = [
     "PruneStep",
     "TodreSpec",
     "check_prune",
+    "decode_greedy",
     "feather_criterion",
     "generate_greedy",
     "init_cache",

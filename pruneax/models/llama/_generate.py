@@ -132,19 +132,71 @@ def _generate(
         logits_to_keep=1,
     )
     first = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
-    done = first == eos if eos is not None else jnp.zeros((b,), bool)
+    rest, cache = decode_greedy(
+        model, first, out.cache, max_new_tokens - 1, eos_token_id=eos, pad_token_id=pad
+    )
+    tokens = jnp.concatenate([first[:, None], rest], axis=1)
+    return GenerationOutput(tokens=tokens, kept=out.kept, cache=cache, prune_info=out.prune_info)
+
+
+def decode_greedy(
+    model: LlamaLM,
+    token: jax.Array,
+    cache: KVCache,
+    steps: int,
+    *,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> tuple[jax.Array, KVCache]:
+    """Greedy decoding from a filled cache: ``steps`` single-token steps in one ``lax.scan``,
+    each feeding the argmax back. The decode half of ``generate_greedy``, for callers that
+    prefill themselves (a VLM's prompt of image and text, a pruned prompt).
+
+    Call it inside ``jax.jit`` (``steps`` and the token ids static). A row that emitted
+    ``eos_token_id`` (``token`` included) gets ``pad_token_id`` (default: the EOS id) from then on.
+
+    Args:
+      model: the ``LlamaLM`` whose cache this is.
+      token: [B] int32, the last token already chosen (e.g. the prefill's argmax).
+      cache: the ``KVCache`` after the prompt (room for ``steps`` more tokens).
+      steps: decode steps, >= 0.
+      eos_token_id, pad_token_id: see above.
+
+    Returns:
+      ``(tokens [B, steps] int32, the cache after them)``; ``token`` itself is not repeated.
+
+    Raises:
+      ValueError: for a bad ``steps`` or a ``token`` that is not [B] (the cache's batch).
+
+    Example:
+      >>> from flax import nnx
+      >>> from pruneax.models.llama import LlamaLM, decode_greedy, init_cache, llm_config
+      >>> model = LlamaLM(llm_config("tiny", num_layers=1), rngs=nnx.Rngs(0))
+      >>> out = model(jnp.zeros((2, 4), jnp.int32), cache=init_cache(model.config, 2, 7))
+      >>> first = jnp.argmax(out.logits[:, -1], -1).astype(jnp.int32)
+      >>> tokens, cache = decode_greedy(model, first, out.cache, 3)
+      >>> tokens.shape
+      (2, 3)
+      >>> full = generate_greedy(model, jnp.zeros((2, 4), jnp.int32), 4).tokens
+      >>> bool((full[:, 1:] == tokens).all())
+      True
+    """
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"decode_greedy: steps must be an int >= 0; got {steps!r}")
+    if jnp.ndim(token) != 1:
+        raise ValueError(f"decode_greedy: token must be [B]; got shape {jnp.shape(token)}")
+    pad = eos_token_id if pad_token_id is None else pad_token_id
+    b = token.shape[0]
+    done = token == eos_token_id if eos_token_id is not None else jnp.zeros((b,), bool)
 
     def step(carry, _):
-        token, cache, done = carry
-        o = model(token[:, None], cache=cache, logits_to_keep=1)
+        tok, cache, done = carry
+        o = model(tok[:, None], cache=cache, logits_to_keep=1)
         nxt = jnp.argmax(o.logits[:, -1], axis=-1).astype(jnp.int32)
-        if eos is not None:
+        if eos_token_id is not None:
             nxt = jnp.where(done, pad, nxt)
-            done = done | (nxt == eos)
+            done = done | (nxt == eos_token_id)
         return (nxt, o.cache, done), nxt
 
-    (_, cache, _), rest = jax.lax.scan(
-        step, (first, out.cache, done), None, length=max_new_tokens - 1
-    )
-    tokens = jnp.concatenate([first[:, None], rest.T], axis=1)
-    return GenerationOutput(tokens=tokens, kept=out.kept, cache=cache, prune_info=out.prune_info)
+    (_, cache, _), toks = jax.lax.scan(step, (token, cache, done), None, length=int(steps))
+    return toks.T, cache

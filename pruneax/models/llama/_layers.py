@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pruneax.models._shared.layers import rms_norm as shared_rms_norm
 from pruneax.models.llama._config import LlamaConfig
 from pruneax.models.llama._rope import apply_rope
 
@@ -164,15 +165,9 @@ class LlamaMlp(nnx.Module):
 
 
 def rms_norm(config: LlamaConfig, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.RMSNorm:
-    """An ``nnx.RMSNorm`` over ``hidden_size`` with the config's epsilon; its statistics are
-    float32 whatever ``dtype`` is (as HF's ``LlamaRMSNorm``)."""
-    return nnx.RMSNorm(
-        config.hidden_size,
-        epsilon=config.rms_norm_eps,
-        use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
+    """The shared RMSNorm (float32 statistics) over ``hidden_size`` with the config's epsilon."""
+    return shared_rms_norm(
+        config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
 
 

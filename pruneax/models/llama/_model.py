@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from pruneax.models._shared.layers import lm_head, lm_logits
 from pruneax.models.llama._cache import KVCache, LayerCache, init_cache
 from pruneax.models.llama._checks import plan_call, token_inputs, token_mask, token_positions
 from pruneax.models.llama._config import LLM_VARIANTS, LlamaConfig, llm_config
@@ -172,18 +173,8 @@ class LlamaLM(nnx.Module):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.layers = nnx.List([LlamaBlock(cfg, layer=i, **kw) for i in range(cfg.num_layers)])
         self.norm = rms_norm(cfg, dtype, param_dtype, rngs)
-        self.lm_head = (
-            None
-            if cfg.tie_word_embeddings
-            else nnx.Linear(
-                cfg.hidden_size,
-                cfg.vocab_size,
-                use_bias=False,
-                kernel_init=normal02,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                rngs=rngs,
-            )
+        self.lm_head = lm_head(
+            cfg.hidden_size, cfg.vocab_size, tied=cfg.tie_word_embeddings, init=normal02, **kw
         )
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
@@ -196,9 +187,7 @@ class LlamaLM(nnx.Module):
 
     def head(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits of final-normed hidden states (tied or untied LM head)."""
-        if self.lm_head is None:
-            return self.embed_tokens.attend(hidden).astype(_F32)
-        return self.lm_head(hidden).astype(_F32)
+        return lm_logits(hidden, self.embed_tokens, self.lm_head)
 
     def __call__(
         self,

@@ -135,6 +135,53 @@ class FeatherSpec:
                 f"{self.num_keep[0]}) = 0; raise ratios[1]"
             )
 
+    @classmethod
+    def with_budget(
+        cls, start: int, stop: int, keep: int, layer: int, *, grid=None, stride: int = 3
+    ) -> FeatherSpec | None:
+        """One FEATHER stage at ``layer`` keeping exactly ``keep`` image tokens: the uniform
+        grid at ``stride`` (or the smallest larger stride whose grid has fewer than ``keep``
+        tokens) plus the ``keep - G`` best other tokens. For comparisons at an equal token
+        budget with methods that keep ``keep`` tokens (FastV at the same layer).
+
+        Args:
+          start, stop, grid: as the constructor.
+          keep: image tokens to keep, 1 <= keep <= N.
+          layer: the pruning layer.
+          stride: the smallest grid stride tried (published: 3).
+
+        Returns:
+          The spec, or None when no grid leaves room for a scored token (``keep`` = 1, or a
+          grid of one token already fills the budget).
+
+        Raises:
+          ValueError: for a ``keep`` outside [1, N], or as the constructor.
+
+        Example:
+          >>> spec = FeatherSpec.with_budget(1, 65, 12, 2, grid=(8, 8))
+          >>> spec.stride, spec.num_grid, spec.num_keep
+          (3, 9, (12,))
+          >>> spec = FeatherSpec.with_budget(1, 65, 8, 2, grid=(8, 8))  # stride 3's 9 > 8
+          >>> spec.stride, spec.num_grid, spec.num_keep
+          (4, 4, (8,))
+          >>> FeatherSpec.with_budget(1, 65, 1, 2, grid=(8, 8)) is None
+          True
+        """
+        probe = cls(start, stop, grid=grid, layers=(layer,), ratios=(1.0,), stride=stride)
+        n = probe.num_image
+        if not is_int(keep) or not 1 <= keep <= n:
+            raise ValueError(
+                f"FeatherSpec.with_budget: keep must be an int in [1, {n}]; got {keep!r}"
+            )
+        rows, cols = probe.grid
+        while T.uniform_grid(probe.grid, stride).shape[0] >= keep and stride < max(rows, cols):
+            stride += 1
+        g = int(T.uniform_grid(probe.grid, stride).shape[0])
+        if g >= keep:
+            return None
+        ratio = (keep - g + 0.5) / n  # int(ratio * n) == keep - g
+        return cls(start, stop, grid=probe.grid, layers=(layer,), ratios=(ratio,), stride=stride)
+
     @property
     def num_image(self) -> int:
         """N = stop - start."""

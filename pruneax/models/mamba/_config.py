@@ -8,16 +8,34 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from pruneax.models._shared.common import is_size
+from pruneax.models._shared.fields import bool_field, check_fields, int_field, one_of, real_field
 from pruneax.ops import MODES
 
 LM_HEADS = ("tied", "untied", "none")
+
+_SIZES = ("hidden_size", "num_layers", "vocab_size", "state_size", "expand", "conv_kernel")
+_FLAGS = ("use_bias", "use_conv_bias", "residual_in_fp32", "scan_remat")
+_REALS = (
+    "layer_norm_epsilon",
+    "time_step_min",
+    "time_step_max",
+    "time_step_floor",
+    "time_step_scale",
+)
+_FIELDS = {  # MambaConfig's per-field checks, run in this order by check_fields
+    **dict.fromkeys(_SIZES, int_field(low=1)),
+    "time_step_rank": int_field(low=1, words=("auto",)),  # "auto" resolved after the checks
+    **dict.fromkeys(_FLAGS, bool_field()),
+    "lm_head": one_of(LM_HEADS),
+    "scan_mode": one_of(MODES),
+    "scan_chunk": int_field(low=1, none=True),
+    **dict.fromkeys(_REALS, real_field(gt=0)),
+}
 
 # PyTorch's default Linear / Conv1d weight init (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)).
 _torch_uniform = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -84,48 +102,9 @@ class MambaConfig:
     time_step_scale: float = 1.0
 
     def __post_init__(self):
-        for name in (
-            "hidden_size",
-            "num_layers",
-            "vocab_size",
-            "state_size",
-            "expand",
-            "conv_kernel",
-        ):
-            value = getattr(self, name)
-            if not is_size(value):
-                raise ValueError(f"MambaConfig: {name} must be a positive int; got {value!r}")
-            object.__setattr__(self, name, int(value))
-        rank = self.time_step_rank
-        if rank == "auto":
+        check_fields(self, **_FIELDS)
+        if self.time_step_rank == "auto":
             object.__setattr__(self, "time_step_rank", math.ceil(self.hidden_size / 16))
-        elif is_size(rank):
-            object.__setattr__(self, "time_step_rank", int(rank))
-        else:
-            raise ValueError(
-                f"MambaConfig: time_step_rank must be a positive int or 'auto'; got {rank!r}"
-            )
-        for name in ("use_bias", "use_conv_bias", "residual_in_fp32", "scan_remat"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"MambaConfig: {name} must be a bool; got {getattr(self, name)!r}")
-        if self.lm_head not in LM_HEADS:
-            raise ValueError(
-                f"MambaConfig: lm_head must be one of {list(LM_HEADS)}; got {self.lm_head!r}"
-            )
-        if self.scan_mode not in MODES:
-            raise ValueError(
-                f"MambaConfig: scan_mode must be one of {list(MODES)}; got {self.scan_mode!r}"
-            )
-        if self.scan_chunk is not None and not is_size(self.scan_chunk):
-            raise ValueError(
-                f"MambaConfig: scan_chunk must be a positive int or None; got {self.scan_chunk!r}"
-            )
-        positive = ("layer_norm_epsilon", "time_step_min", "time_step_max", "time_step_floor")
-        for name in (*positive, "time_step_scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-                raise ValueError(f"MambaConfig: {name} must be a float > 0; got {value!r}")
-            object.__setattr__(self, name, float(value))
 
     @property
     def d_inner(self) -> int:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from pruneax.models._shared.layers import lm_head, lm_logits, rms_norm
 from pruneax.models.mamba._config import (
     LM_HEADS,
     MambaConfig,
@@ -198,10 +199,9 @@ class MambaBlock(nnx.Module):
     def __init__(self, config: MambaConfig, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any):
         self.residual_in_fp32 = config.residual_in_fp32
         self.dtype = dtype
-        self.norm = nnx.RMSNorm(
+        self.norm = rms_norm(
             config.hidden_size,
-            epsilon=config.layer_norm_epsilon,
-            use_fast_variance=False,
+            config.layer_norm_epsilon,
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=rngs,
@@ -302,26 +302,17 @@ class MambaLM(nnx.Module):
                 for _ in range(cfg.num_layers)
             ]
         )
-        self.norm_f = nnx.RMSNorm(
+        self.norm_f = rms_norm(
+            cfg.hidden_size, cfg.layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+        self.lm_head = lm_head(
             cfg.hidden_size,
-            epsilon=cfg.layer_norm_epsilon,
-            use_fast_variance=False,
+            cfg.vocab_size,
+            tied=cfg.lm_head != "untied",
+            init=_torch_uniform,
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=rngs,
-        )
-        self.lm_head = (
-            nnx.Linear(
-                cfg.hidden_size,
-                cfg.vocab_size,
-                use_bias=False,
-                kernel_init=_torch_uniform,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                rngs=rngs,
-            )
-            if cfg.lm_head == "untied"
-            else None
         )
 
     def __call__(
@@ -358,12 +349,8 @@ class MambaLM(nnx.Module):
             hidden_states.append(x)
             ys.append(y)
         hidden = self.norm_f(x)
-        if self.config.lm_head == "tied":
-            logits = self.embed.attend(hidden).astype(_F32)
-        elif self.lm_head is not None:
-            logits = self.lm_head(hidden).astype(_F32)
-        else:
-            logits = None
+        none = self.config.lm_head == "none"
+        logits = None if none else lm_logits(hidden, self.embed, self.lm_head)
         return MambaOutput(
             logits=logits,
             hidden=hidden,

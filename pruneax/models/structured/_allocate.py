@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from pruneax.models._shared.fields import is_int
 from pruneax.models.structured._arch import (
     StructuredArch,
     StructuredKeep,
     arch_of_config,
-    is_int,
     is_seq,
 )
 

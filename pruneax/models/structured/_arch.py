@@ -11,11 +11,12 @@ architecture joins with ``register_structured``.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
+
+from pruneax.models._shared.fields import is_int
 
 
 class Slice(NamedTuple):
@@ -170,10 +171,6 @@ def arch_by_name(name: str, where: str) -> StructuredArch:
         if t.__name__ == name:
             return arch
     raise ValueError(f"{where}: type must be one of {[t.__name__ for t in _ARCHS]}; got {name!r}")
-
-
-def is_int(x: object) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def is_seq(x: object) -> bool:

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Any
 
-from pruneax.models._shared.common import PatchGrid, is_size
+from pruneax.models._shared.common import PatchGrid
+from pruneax.models._shared.fields import (
+    bool_field,
+    check_fields,
+    hw_field,
+    int_field,
+    one_of,
+    real_field,
+)
 from pruneax.models.mamba._config import MambaConfig
 from pruneax.models.mamba._prune import PRUNE_MODES
 from pruneax.ops import MODES
@@ -24,6 +31,20 @@ FINAL_POOLS = ("middle_cls", "mean")
 # ToP-ViM's released schedule: prune after the 5th, 10th and 15th block (1-based), i.e. before
 # the 0-based blocks 5, 10 and 15, keeping 0.8 of the patch tokens each time.
 TOPVIM_LAYERS = (5, 10, 15)
+
+_SIZES = ("patch_size", "num_channels", "dim", "depth", "d_state", "expand", "d_conv")
+_REALS = ("norm_eps", "time_step_min", "time_step_max", "time_step_floor", "time_step_scale")
+_FIELDS = {  # VimConfig's per-field checks, run in this order by check_fields
+    "image_size": hw_field(),
+    **dict.fromkeys(_SIZES, int_field(low=1)),
+    "dt_rank": int_field(low=1, words=("auto",)),  # "auto" resolved after the checks
+    "num_classes": int_field(low=0),
+    **dict.fromkeys(("residual_in_fp32", "scan_remat"), bool_field()),
+    "final_pool": one_of(FINAL_POOLS),
+    "scan_mode": one_of(MODES),
+    "scan_chunk": int_field(low=1, none=True),
+    **dict.fromkeys(_REALS, real_field(gt=0)),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,61 +107,9 @@ class VimConfig(PatchGrid):
     time_step_scale: float = 1.0
 
     def __post_init__(self):
-        size = self.image_size
-        if isinstance(size, list | tuple):
-            if len(size) != 2 or not all(is_size(s) for s in size):
-                raise ValueError(
-                    f"VimConfig: image_size must be a positive int or (height, width); got {size!r}"
-                )
-            object.__setattr__(self, "image_size", tuple(int(s) for s in size))
-        elif is_size(size):
-            object.__setattr__(self, "image_size", int(size))
-        else:
-            raise ValueError(
-                f"VimConfig: image_size must be a positive int or (height, width); got {size!r}"
-            )
-        for name in ("patch_size", "num_channels", "dim", "depth", "d_state", "expand", "d_conv"):
-            value = getattr(self, name)
-            if not is_size(value):
-                raise ValueError(f"VimConfig: {name} must be a positive int; got {value!r}")
-            object.__setattr__(self, name, int(value))
-        rank = self.dt_rank
-        if rank == "auto":
+        check_fields(self, **_FIELDS)
+        if self.dt_rank == "auto":
             object.__setattr__(self, "dt_rank", math.ceil(self.dim / 16))
-        elif is_size(rank):
-            object.__setattr__(self, "dt_rank", int(rank))
-        else:
-            raise ValueError(f"VimConfig: dt_rank must be a positive int or 'auto'; got {rank!r}")
-        n = self.num_classes
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ValueError(f"VimConfig: num_classes must be an int >= 0; got {n!r}")
-        object.__setattr__(self, "num_classes", int(n))
-        for name in ("residual_in_fp32", "scan_remat"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"VimConfig: {name} must be a bool; got {getattr(self, name)!r}")
-        if self.final_pool not in FINAL_POOLS:
-            raise ValueError(
-                f"VimConfig: final_pool must be one of {list(FINAL_POOLS)}; got {self.final_pool!r}"
-            )
-        if self.scan_mode not in MODES:
-            raise ValueError(
-                f"VimConfig: scan_mode must be one of {list(MODES)}; got {self.scan_mode!r}"
-            )
-        if self.scan_chunk is not None and not is_size(self.scan_chunk):
-            raise ValueError(
-                f"VimConfig: scan_chunk must be a positive int or None; got {self.scan_chunk!r}"
-            )
-        for name in (
-            "norm_eps",
-            "time_step_min",
-            "time_step_max",
-            "time_step_floor",
-            "time_step_scale",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-                raise ValueError(f"VimConfig: {name} must be a float > 0; got {value!r}")
-            object.__setattr__(self, name, float(value))
         h, w = self.image_hw
         p = self.patch_size
         if h % p or w % p:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pruneax.models._shared.layers import rms_norm
 from pruneax.models.mamba._config import _dt_bias_init, _symmetric_uniform, _torch_uniform
 from pruneax.models.mamba._prune import pruned_mixer_forward
 from pruneax.models.mamba._ssm import SSMBranch, mixer_forward
@@ -189,10 +190,9 @@ class VimBlock(nnx.Module):
     def __init__(self, config: VimConfig, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any):
         self.residual_in_fp32 = config.residual_in_fp32
         self.dtype = dtype
-        self.norm = nnx.RMSNorm(
+        self.norm = rms_norm(
             config.dim,
-            epsilon=config.norm_eps,
-            use_fast_variance=False,
+            config.norm_eps,
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=rngs,

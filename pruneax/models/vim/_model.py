@@ -52,6 +52,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from pruneax.models._shared.common import check_images
+from pruneax.models._shared.layers import rms_norm
 from pruneax.models.mamba._conv import causal_conv, gap_counts
 from pruneax.models.mamba._ssm import GAP_RULES
 from pruneax.models.vim._config import (
@@ -206,10 +207,9 @@ class Vim(nnx.Module):
                 for _ in range(cfg.depth)
             ]
         )
-        self.norm_f = nnx.RMSNorm(
+        self.norm_f = rms_norm(
             d,
-            epsilon=cfg.norm_eps,
-            use_fast_variance=False,
+            cfg.norm_eps,
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=rngs,

@@ -3,13 +3,18 @@ Hugging Face import.
 
 Modules: ``_config`` (``ViTConfig``, variants), ``_layers`` (attention, MLP, block), ``_model``
 (``ViT``), ``_stage`` (``ViTStage`` protocol, ``PruneStage``), ``_ops`` (ToMe, EViT, registry
-selectors on the stream), ``_plan`` (``PruningPlan``), ``_hf`` (``load_vit``).
+selectors on the stream), ``_plan`` (``PruningPlan``), ``_flops`` (``vit_flops``), ``_hf``
+(``load_vit``).
 """
 
 from pruneax.models.vit._config import (
     VIT_VARIANTS,
     ViTConfig,
     vit_config,
+)
+from pruneax.models.vit._flops import (
+    block_flops,
+    vit_flops,
 )
 from pruneax.models.vit._hf import (
     load_vit,
@@ -51,7 +56,9 @@ __all__ = [
     "ViTOutput",
     "ViTStage",
     "apply_stage",
+    "block_flops",
     "load_vit",
     "sincos_pos_embed",
     "vit_config",
+    "vit_flops",
 ]

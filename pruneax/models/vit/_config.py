@@ -10,15 +10,36 @@ Transformers Need Registers", ICLR 2024 (arXiv:2309.16588).
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any
 
-from pruneax.models._shared.common import PatchGrid, is_size, layer_sizes
+from pruneax.models._shared.common import PatchGrid, layer_sizes
+from pruneax.models._shared.fields import (
+    bool_field,
+    check_fields,
+    hw_field,
+    int_field,
+    one_of,
+    real_field,
+)
 
 POS_EMBEDS = ("learned", "sincos", "none")
 FINAL_NORMS = ("all", "pooled", "none")
 POOLS = ("cls", "mean", "cls_dist")
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+
+_SIZES = ("patch_size", "num_channels", "hidden_size", "num_layers", "num_heads", "mlp_dim")
+_FLAGS = ("class_token", "distillation_token", "pre_norm", "qkv_bias", "pooler", "patch_bias")
+_FIELDS = {  # ViTConfig's per-field checks, run in this order by check_fields
+    "image_size": hw_field(),
+    **dict.fromkeys(_SIZES, int_field(low=1)),
+    **dict.fromkeys(("num_classes", "num_registers"), int_field(low=0)),
+    **dict.fromkeys(_FLAGS, bool_field()),
+    "pos_embed": one_of(POS_EMBEDS),
+    "final_norm": one_of(FINAL_NORMS),
+    "pool": one_of(POOLS),
+    "hidden_act": one_of(ACTIVATIONS),
+    "layer_norm_eps": real_field(gt=0),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,38 +122,7 @@ class ViTConfig(PatchGrid):
     layer_mlp: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        size = self.image_size
-        if isinstance(size, list | tuple):
-            size = tuple(size)
-            if len(size) != 2 or not all(is_size(s) for s in size):
-                raise ValueError(
-                    f"ViTConfig: image_size must be a positive int or (height, width); got "
-                    f"{self.image_size!r}"
-                )
-            object.__setattr__(self, "image_size", tuple(int(s) for s in size))
-        elif is_size(size):
-            object.__setattr__(self, "image_size", int(size))
-        else:
-            raise ValueError(
-                f"ViTConfig: image_size must be a positive int or (height, width); got {size!r}"
-            )
-        for name in ("patch_size", "num_channels", "hidden_size", "num_layers", "num_heads"):
-            value = getattr(self, name)
-            if not is_size(value):
-                raise ValueError(f"ViTConfig: {name} must be a positive int; got {value!r}")
-            object.__setattr__(self, name, int(value))
-        if not is_size(self.mlp_dim):
-            raise ValueError(f"ViTConfig: mlp_dim must be a positive int; got {self.mlp_dim!r}")
-        for name in ("num_classes", "num_registers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ValueError(f"ViTConfig: {name} must be an int >= 0; got {value!r}")
-            object.__setattr__(self, name, int(value))
-        for name in ("class_token", "distillation_token", "pre_norm", "qkv_bias", "pooler"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"ViTConfig: {name} must be a bool; got {getattr(self, name)!r}")
-        if not isinstance(self.patch_bias, bool):
-            raise ValueError(f"ViTConfig: patch_bias must be a bool; got {self.patch_bias!r}")
+        check_fields(self, **_FIELDS)
         h, w = self.image_hw
         p = self.patch_size
         if h % p or w % p:
@@ -145,25 +135,11 @@ class ViTConfig(PatchGrid):
                 f"ViTConfig: hidden_size {self.hidden_size} must be divisible by num_heads "
                 f"{self.num_heads}"
             )
-        for name, allowed in (
-            ("pos_embed", POS_EMBEDS),
-            ("final_norm", FINAL_NORMS),
-            ("pool", POOLS),
-            ("hidden_act", ACTIVATIONS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"ViTConfig: {name} must be one of {list(allowed)}; got {getattr(self, name)!r}"
-                )
         if self.pos_embed == "sincos" and self.hidden_size % 4:
             raise ValueError(
                 f"ViTConfig: pos_embed='sincos' needs hidden_size divisible by 4; got "
                 f"{self.hidden_size}"
             )
-        eps = self.layer_norm_eps
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError(f"ViTConfig: layer_norm_eps must be a float > 0; got {eps!r}")
-        object.__setattr__(self, "layer_norm_eps", float(eps))
         if self.distillation_token and not self.class_token:
             raise ValueError("ViTConfig: distillation_token=True needs class_token=True (DeiT)")
         if self.pool == "cls" and not self.class_token:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pruneax.models.structured._arch import Slice
+from pruneax.models.vit._flops import vit_flops
 from pruneax.models.vit._model import ViT, ViTConfig
 
 
@@ -62,13 +63,7 @@ class ViTStructured:
         return int(total)
 
     def flops(self, cfg: ViTConfig, tokens: int) -> int:
-        d, hd, p, t = cfg.hidden_size, cfg.head_dim, cfg.patch_size, tokens
-        total = 2 * cfg.num_patches * cfg.num_channels * p * p * d
-        for h, m in zip(cfg.heads_per_layer, cfg.mlp_per_layer, strict=True):
-            total += 8 * t * d * h * hd + 4 * t * t * h * hd + 4 * t * d * m
-        total += 2 * d * d * cfg.pooler
-        total += 2 * d * cfg.num_classes * ((cfg.num_classes > 0) + (cfg.pool == "cls_dist"))
-        return int(total)
+        return vit_flops(cfg, tokens=tokens)
 
     def default_tokens(self, cfg: ViTConfig) -> int:
         return cfg.num_prefix + cfg.num_patches

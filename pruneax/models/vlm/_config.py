@@ -8,9 +8,9 @@ import dataclasses
 import jax
 from flax import struct
 
+from pruneax.models._shared.fields import is_int
 from pruneax.models.llama._model import KVCache, LlamaConfig, LlamaOutput
 from pruneax.models.vit._model import ViTConfig
-from pruneax.models.vlm._select import _is_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ class VLMConfig:
             )
         n = self.vision.num_layers
         v = self.vision_layer
-        if not _is_int(v) or not -(n + 1) <= v <= n:
+        if not is_int(v) or not -(n + 1) <= v <= n:
             raise ValueError(
                 f"VLMConfig: vision_layer must be an int in [-{n + 1}, {n}] (an index into the "
                 f"{n + 1} hidden states); got {v!r}"

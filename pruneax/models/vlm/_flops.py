@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pruneax.models._shared.fields import is_int
 from pruneax.models.llama._model import FastVSpec
-from pruneax.models.vlm._select import NO_SELECT, VisualSelect, _is_int
+from pruneax.models.vlm._select import NO_SELECT, VisualSelect
 
 if TYPE_CHECKING:
     from pruneax.models.vlm._config import VLMConfig
@@ -92,7 +93,7 @@ def vlm_prefill_flops(
     References: Chen et al., FastV, ECCV 2024, Sec. 4.3 (the per-layer count).
     """
     for name, value in (("prefix_len", prefix_len), ("question_len", question_len)):
-        if not _is_int(value) or value < 0:
+        if not is_int(value) or value < 0:
             raise ValueError(f"vlm_prefill_flops: {name} must be an int >= 0; got {value!r}")
     if not isinstance(select, VisualSelect):
         raise ValueError(f"vlm_prefill_flops: select must be a VisualSelect; got {select!r}")

@@ -10,7 +10,6 @@ the VLM computes the inputs the method ``needs`` (see ``VLM.select_visual``) and
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import types
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pruneax import tokens as T
+from pruneax.models._shared.fields import is_int, is_real
 
 # The VLM's own names for registry methods (FasterVLM = top-k by [CLS] attention).
 VLM_SELECT_ALIASES: Mapping[str, str] = types.MappingProxyType({"fastervlm": "topk"})
@@ -66,14 +66,6 @@ class _SelectMethods(Mapping):
 
 
 VLM_SELECT_METHODS: Mapping[str, str | None] = _SelectMethods()
-
-
-def _is_real(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, numbers.Real) and np.isfinite(value)
-
-
-def _is_int(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,11 +133,11 @@ class VisualSelect:
                 f"{self.method!r}"
             )
         keep = self.keep
-        if _is_int(keep):
+        if is_int(keep):
             if keep < 1:
                 raise ValueError(f"VisualSelect: keep as a count must be >= 1; got {keep}")
             object.__setattr__(self, "keep", int(keep))
-        elif _is_real(keep):
+        elif is_real(keep):
             if not 0.0 < keep <= 1.0:
                 raise ValueError(f"VisualSelect: keep as a ratio must be in (0, 1]; got {keep}")
             object.__setattr__(self, "keep", float(keep))
@@ -157,28 +149,28 @@ class VisualSelect:
         object.__setattr__(self, "options", self._check_options(self.options))
 
     def _check_fields(self) -> None:
-        if not _is_real(self.hiprune_alpha) or not 0.0 <= self.hiprune_alpha <= 1.0:
+        if not is_real(self.hiprune_alpha) or not 0.0 <= self.hiprune_alpha <= 1.0:
             raise ValueError(
                 f"VisualSelect: hiprune_alpha must be in [0, 1]; got {self.hiprune_alpha!r}"
             )
         if self.shallow_layer is not None and (
-            not _is_int(self.shallow_layer) or self.shallow_layer < 0
+            not is_int(self.shallow_layer) or self.shallow_layer < 0
         ):
             raise ValueError(
                 f"VisualSelect: shallow_layer must be an int >= 0 or None; got "
                 f"{self.shallow_layer!r}"
             )
-        if not _is_int(self.num_chunks) or self.num_chunks < 1:
+        if not is_int(self.num_chunks) or self.num_chunks < 1:
             raise ValueError(
                 f"VisualSelect: num_chunks must be an int >= 1; got {self.num_chunks!r}"
             )
-        if not _is_real(self.coverage_alpha) or self.coverage_alpha < 0:
+        if not is_real(self.coverage_alpha) or self.coverage_alpha < 0:
             raise ValueError(
                 f"VisualSelect: coverage_alpha must be a float >= 0; got {self.coverage_alpha!r}"
             )
         for name in ("tau_tv", "tau_vv"):
             value = getattr(self, name)
-            if not _is_real(value) or not value > 0:
+            if not is_real(value) or not value > 0:
                 raise ValueError(f"VisualSelect: {name} must be a float > 0; got {value!r}")
         for name in ("keep_positions", "coverage_text"):
             value = getattr(self, name)

@@ -2,7 +2,7 @@
 for an NNX classifier called as ``model(x, plan=..., key=...)``, orbax checkpoints, the machine
 description, augmentation (``random_crop_flip``) and matplotlib setup.
 
-The runner is data-parallel over every local device (``experiments._parallel``): the batch is
+The runner is data-parallel over every local device (``pruneax.lab``): the batch is
 sharded, parameters and optimizer state are replicated.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
-import pathlib
 import time
 import zlib
 from collections.abc import Callable
@@ -24,14 +22,28 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments import _parallel as par
 from pruneax import data as pdata
 from pruneax import lab
 
 
-def config_json(cfg: Any) -> dict[str, Any]:
-    """A dataclass config as plain JSON values (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """What an experiment module declares so that ``reproduce`` can run it and read its claims:
+    ``EXPERIMENT = Experiment(...)`` beside its ``PRESETS``, ``run`` and ``claims``."""
+
+    name: str  # the module name: python -m pruneax.experiments.<name>
+    presets: dict[str, str]  # reproduce's preset (tiny / cpu / gpu) -> the experiment's own
+    needs_data: bool  # run(cfg, workdir, data_dir) rather than run(cfg, workdir)
+    claims: Callable[[dict[str, Any]], list[lab.Claim]]  # results.json -> claims + verdicts
+    summary: str  # one paragraph for the report
+
+
+def n_test_images(config: dict[str, Any]) -> int:
+    """The number of test images an experiment's accuracies were measured on (its dataset's
+    test split, or ``eval_size`` when smaller)."""
+    full = {"digits": 360, "mnist": 10_000, "cifar10": 10_000}.get(config.get("dataset"), 0)
+    eval_size = config.get("eval_size")
+    return min(full, eval_size) if eval_size else full
 
 
 def experiment_parser(doc: str, presets: dict[str, Any]) -> argparse.ArgumentParser:
@@ -57,7 +69,7 @@ def config_from_args(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
     """The preset's config with every given flag that names a config field overriding it
     (lists become tuples); initialises multi-host JAX first when ``--distributed``."""
     if args.distributed:
-        par.initialize_distributed()
+        lab.initialize_distributed()
     cfg = presets[args.preset]
     fields = {f.name for f in dataclasses.fields(cfg)}
     given = {
@@ -66,9 +78,6 @@ def config_from_args(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
         if k in fields and v is not None
     }
     return dataclasses.replace(cfg, **given)
-
-
-machine = lab.machine  # one description of the machine, shared with the benchmarks
 
 
 def load_standardized(dataset: str, data_dir: str | None) -> dict[str, np.ndarray]:
@@ -129,93 +138,6 @@ def random_crop_flip(key: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
 
 
-class Progress(dict):
-    """``progress.json`` in a workdir: the results finished so far, so a resumed run skips them.
-
-    Holds ``config`` (refused if it differs: a workdir belongs to one config) and one empty dict
-    per name in ``sections``. ``save()`` writes atomically (temp file + rename).
-    """
-
-    def __init__(self, workdir: pathlib.Path, cfg: Any, sections: tuple[str, ...]):
-        self.path = pathlib.Path(workdir) / "progress.json"
-        want = config_json(cfg)
-        if self.path.exists():
-            super().__init__(json.loads(self.path.read_text()))
-            if self.get("config") != want:
-                raise ValueError(
-                    f"workdir {workdir} holds a run of a different config; use a new --workdir"
-                )
-        self.setdefault("config", want)
-        for name in sections:
-            self.setdefault(name, {})
-
-    def save(self) -> None:
-        lab.write_json(self.path, dict(self))
-
-
-class Checkpoints:
-    """orbax: the leaves of a pytree (e.g. params and optimizer state) at a step, plus JSON.
-
-    Leaves are saved as the (possibly sharded, possibly multi-host) ``jax.Array``s they are:
-    every process calls ``save`` and orbax writes each shard once. ``latest`` restores each
-    leaf straight into the sharding of the matching leaf of ``like``, so a checkpoint written
-    on 8 devices (or 2 hosts) restores on 1, and the other way round.
-    """
-
-    def __init__(self, directory: pathlib.Path, max_to_keep: int = 2):
-        import orbax.checkpoint as ocp
-
-        self.ocp = ocp
-        self.manager = ocp.CheckpointManager(
-            directory.resolve(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
-        )
-
-    @staticmethod
-    def _target(leaf):
-        if isinstance(leaf, jax.Array):
-            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
-        leaf = np.asarray(leaf)
-        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
-
-    def latest(self, like):
-        """``(step, tree shaped like ``like``, meta)`` of the newest checkpoint, or None.
-
-        Raises:
-          ValueError: if the checkpoint holds a different set of leaves than ``like``.
-        """
-        step = self.manager.latest_step()
-        if step is None:
-            return None
-        leaves, treedef = jax.tree.flatten(like)
-        target = {"leaves": {f"{i:05d}": self._target(v) for i, v in enumerate(leaves)}}
-        try:
-            got = self.manager.restore(
-                step,
-                args=self.ocp.args.Composite(
-                    state=self.ocp.args.StandardRestore(target), meta=self.ocp.args.JsonRestore()
-                ),
-            )
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError("checkpoint does not match the model; use a new --workdir") from e
-        restored = got["state"]["leaves"]
-        return (
-            step,
-            jax.tree.unflatten(treedef, [restored[f"{i:05d}"] for i in range(len(leaves))]),
-            got["meta"],
-        )
-
-    def save(self, step: int, state, meta: dict) -> None:
-        leaves = {f"{i:05d}": v for i, v in enumerate(jax.tree.leaves(state))}
-        self.manager.save(
-            step,
-            args=self.ocp.args.Composite(
-                state=self.ocp.args.StandardSave({"leaves": leaves}),
-                meta=self.ocp.args.JsonSave(meta),
-            ),
-        )
-        self.manager.wait_until_finished()
-
-
 def matrices_only(params):
     """Weight-decay mask: decay leaves with ndim >= 2 (kernels), not biases or norms."""
     return jax.tree.map(lambda v: jnp.ndim(v) >= 2, params)
@@ -240,8 +162,8 @@ class Runner:
         self.cfg = cfg
         self.log_tag = log_tag
         self.decay_mask = decay_mask
-        self.mesh = par.data_mesh()
-        n = par.batch_multiple(self.mesh)
+        self.mesh = lab.data_mesh()
+        n = lab.batch_multiple(self.mesh)
         for name in ("batch_size", "eval_batch", "throughput_batch"):
             if getattr(cfg, name) % n:
                 raise ValueError(
@@ -249,7 +171,7 @@ class Runner:
                 )
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.graphdef = graphdef
-        self.params0, self.rest = par.replicate((params, rest), self.mesh)
+        self.params0, self.rest = lab.replicate((params, rest), self.mesh)
 
     def model(self, params) -> nnx.Module:
         return nnx.merge(self.graphdef, params, self.rest)
@@ -291,7 +213,7 @@ class Runner:
             valid = len(xb)
             if valid < batch:
                 xb = jnp.concatenate([xb, jnp.zeros((batch - valid, *xb.shape[1:]), xb.dtype)])
-            xb = par.shard_batch(xb, self.mesh)
+            xb = lab.shard_batch(xb, self.mesh)
             out.append(np.asarray(self.predict(params, xb, key, plan=plan))[:valid])
         return np.concatenate(out)
 
@@ -316,7 +238,7 @@ class Runner:
             start, (params, opt_state), meta = restored
             losses = [tuple(v) for v in meta["losses"]]
             print(f"{self.log_tag} {tag}: resuming at step {start}/{steps}", flush=True)
-        params, opt_state = par.replicate((params, opt_state), self.mesh)
+        params, opt_state = lab.replicate((params, opt_state), self.mesh)
         x_train, y_train = data["x_train"], data["y_train"]
         n = len(x_train)
         per_epoch = n // cfg.batch_size
@@ -327,7 +249,7 @@ class Runner:
             order = np.random.default_rng((cfg.seed, stream, epoch)).permutation(n)
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             key = jax.random.fold_in(jax.random.key(cfg.seed + 1), step)
-            xb, yb = par.shard_batch((x_train[idx], y_train[idx]), self.mesh)
+            xb, yb = lab.shard_batch((x_train[idx], y_train[idx]), self.mesh)
             params, opt_state, loss = self.train_step(
                 params, opt_state, xb, yb, key, tx=tx, plan=plan, augment=augment
             )
@@ -350,7 +272,7 @@ class Runner:
         """Median images/s of the jitted forward pass over ``throughput_repeats`` timings."""
         cfg = self.cfg
         key = jax.random.key(0)
-        x = par.shard_batch(x, self.mesh)
+        x = lab.shard_batch(x, self.mesh)
         jax.block_until_ready(self.predict(params, x, key, plan=plan))  # compile
         times = []
         for _ in range(cfg.throughput_repeats):

@@ -1,9 +1,10 @@
 """SSM token pruning (ToP-ViM): train a Vision Mamba once, then prune it with and without alignment.
 
 Commands:
-  python -m experiments.ssm_token_pruning --preset tiny --workdir /tmp/stp            # smoke
-  python -m experiments.ssm_token_pruning --preset cpu --data_dir ../shared/data --workdir runs/stp
-  python -m experiments.ssm_token_pruning --preset gpu --data_dir ../shared/data \
+  python -m pruneax.experiments.ssm_token_pruning --preset tiny --workdir /tmp/stp  # smoke
+  python -m pruneax.experiments.ssm_token_pruning --preset cpu --data_dir ../shared/data \
+      --workdir runs/stp
+  python -m pruneax.experiments.ssm_token_pruning --preset gpu --data_dir ../shared/data \
       --workdir runs/stp_gpu
 
 1. Train a ``Vim`` (AdamW, warmup + cosine; no weight decay on ``A_log``, the position
@@ -49,8 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import _common as common
 from pruneax import lab, models
+from pruneax.experiments import _common as common
 from pruneax.models import VimPruningPlan
 
 # mode key -> (VimPruneStage mode, gap_rule, cls_position)
@@ -324,7 +325,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     x_eval, y_eval = data["x_test"][: cfg.eval_size], data["y_test"][: cfg.eval_size]
     runner = _runner(cfg, vim_cfg)
 
-    progress = common.Progress(workdir, cfg, ("evals", "finetune"))
+    progress = lab.Progress(workdir, cfg, ("evals", "finetune"))
 
     dense_flops = models.vim_flops(vim_cfg)
     logits_dir = workdir / "logits"  # per setting, for the agreement / fidelity table
@@ -335,7 +336,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     print(f"{_TAG} dense: {dense_flops / 1e6:.1f} MFLOPs per image", flush=True)
     params, losses = runner.train(
         runner.params0, data, steps=cfg.iterations, lr=cfg.learning_rate, warmup=cfg.warmup,
-        plan=None, ckpt=common.Checkpoints(workdir / "checkpoints" / "train"), tag="train",
+        plan=None, ckpt=lab.Checkpoints(workdir / "checkpoints" / "train"), tag="train",
         augment=cfg.augment,
     )  # fmt: skip
 
@@ -395,7 +396,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         ft_params, ft_losses = runner.train(
             params, data, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
             warmup=max(1, cfg.finetune_steps // 10), plan=plan,
-            ckpt=common.Checkpoints(
+            ckpt=lab.Checkpoints(
                 workdir / "checkpoints" / f"ft_{mode.replace('/', '_')}", max_to_keep=1
             ),
             tag=tag, augment=cfg.augment,
@@ -434,9 +435,9 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         print(f"{_TAG} throughput {name}: {ips:.0f} img/s (x{ips / dense_ips:.2f})", flush=True)
 
     results = {
-        "config": common.config_json(cfg),
+        "config": lab.config_json(cfg),
         "vim": dataclasses.asdict(vim_cfg),
-        "machine": common.machine(),
+        "machine": lab.machine(),
         "schedules": {
             "main": dataclasses.asdict(main_s),
             "single": [dataclasses.asdict(s) for s in singles],
@@ -643,6 +644,68 @@ def _plot_finetune(results: dict[str, Any], path: pathlib.Path) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
+
+
+# ------------------------------------------------------------------------- claims
+
+
+def claims(r: dict[str, Any]) -> list[lab.Claim]:
+    """The papers' claims this experiment tests, each beside what ``results.json`` (``r``)
+    measured, with a computed verdict (``pruneax.lab.compare``); read by ``reproduce``."""
+    ev, n = r["evals"], common.n_test_images(r["config"])
+    name = r["schedules"]["main"]["name"]
+    gap = f"{r['ablation_mode']}@{name}"
+    dense, naive = ev["dense"], ev.get(f"naive@{name}")
+    aligned, exact = ev.get(gap), ev.get(f"aligned_exact@{name}")
+    ft = r.get("finetune", {})
+    paper = "ToP-ViM (Zhan et al. 2024)"
+    return [
+        lab.versus(
+            paper,
+            "Naive token pruning breaks a vision SSM (dense beats naive clearly)",
+            dense,
+            naive,
+            n,
+            lambda a, b: f"dense vs naive at {b['flops_ratio']:.2f}x FLOPs",
+        ),
+        lab.versus(
+            paper,
+            "Pruning-aware hidden-state alignment beats naive pruning at the same FLOPs",
+            aligned,
+            naive,
+            n,
+            lambda a, b: (
+                f"{gap} vs naive ({a['flops_ratio']:.2f}x vs {b['flops_ratio']:.2f}x FLOPs)"
+            ),
+        ),
+        lab.versus(
+            paper,
+            "The cheap gap-decay alignment matches exact alignment",
+            aligned,
+            exact,
+            n,
+            f"{gap} vs aligned_exact",
+            more=False,
+        ),
+        lab.versus(
+            paper,
+            "After fine-tuning, aligned pruning still beats naive pruning",
+            ft.get(gap),
+            ft.get(f"naive@{name}"),
+            n,
+            lambda a, b: f"{gap} vs naive after {a['steps']} steps",
+            key="accuracy_finetuned",
+        ),
+    ]
+
+
+EXPERIMENT = common.Experiment(
+    name="ssm_token_pruning",
+    presets={"tiny": "tiny", "cpu": "cpu", "gpu": "gpu"},
+    needs_data=True,
+    claims=claims,
+    summary=("Vision Mamba (Vim) token pruning: naive vs hidden-state alignment (ToP-ViM)."),
+)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

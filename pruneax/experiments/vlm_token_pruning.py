@@ -2,9 +2,10 @@
 scratch, then compare every pre-LLM and in-LLM pruning method without retraining.
 
 Commands:
-  python -m experiments.vlm_token_pruning --preset tiny --workdir /tmp/vlm            # smoke
-  python -m experiments.vlm_token_pruning --preset cpu --data_dir ../shared/data --workdir runs/vlm
-  python -m experiments.vlm_token_pruning --preset gpu --data_dir ../shared/data \
+  python -m pruneax.experiments.vlm_token_pruning --preset tiny --workdir /tmp/vlm  # smoke
+  python -m pruneax.experiments.vlm_token_pruning --preset cpu --data_dir ../shared/data \
+      --workdir runs/vlm
+  python -m pruneax.experiments.vlm_token_pruning --preset gpu --data_dir ../shared/data \
       --workdir runs/vlm_gpu
 
 No pretrained VLM is available offline, so the testbed is synthetic but honest: an image is a
@@ -63,9 +64,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments import _common as common
-from experiments import _parallel as par
-from pruneax.models.llama import FastVSpec, FeatherSpec, TodreSpec, init_cache, llm_config
+from pruneax import lab
+from pruneax.experiments import _common as common
+from pruneax.models.llama import (
+    FastVSpec,
+    FeatherSpec,
+    TodreSpec,
+    decode_greedy,
+    init_cache,
+    llm_config,
+)
 from pruneax.models.vit import ViTConfig
 from pruneax.models.vlm import (
     VLM,
@@ -75,7 +83,7 @@ from pruneax.models.vlm import (
     llm_tokens_per_layer,
     vlm_prefill_flops,
 )
-from pruneax.tokens import METHODS, uniform_grid
+from pruneax.tokens import METHODS
 
 _TAG = "[vlm_token_pruning]"
 LLM_SPECS: dict[str, type] = {"fastv": FastVSpec, "feather": FeatherSpec, "todre": TodreSpec}
@@ -428,16 +436,7 @@ def _llm_spec(method: str, cls: type, start: int, grid: tuple[int, int], k: int,
     if method == "fastv":
         return cls(start=start, stop=start + n, layer=layer, keep_ratio=k / n)
     if method == "feather":
-        stride = 3
-        while len(uniform_grid(grid, stride)) >= k and stride < max(grid):
-            stride += 1
-        g = len(uniform_grid(grid, stride))
-        if g >= k:
-            return None
-        ratio = (k - g + 0.5) / n  # int(ratio * n) == k - g
-        return cls(
-            start=start, stop=start + n, grid=grid, layers=(layer,), ratios=(ratio,), stride=stride
-        )
+        return cls.with_budget(start, start + n, k, layer, grid=grid)
     raise AssertionError(method)
 
 
@@ -478,21 +477,21 @@ class Job:
         self.vocab = Vocab(cfg.grid)
         self.arrays = arrays
         parallel = cfg.model_parallel
-        self.mesh = par.model_mesh(parallel) if parallel > 1 else par.data_mesh()
-        n = par.batch_multiple(self.mesh)
+        self.mesh = lab.model_mesh(parallel) if parallel > 1 else lab.data_mesh()
+        n = lab.batch_multiple(self.mesh)
         for name in ("batch_size", "eval_batch"):
             if getattr(cfg, name) % n:
                 raise ValueError(f"{name} ({getattr(cfg, name)}) must be a multiple of {n} devices")
         model = Trainee(vcfg, rngs=nnx.Rngs(cfg.seed))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.graphdef = graphdef
-        self.params0, self.rest = self.place(params), par.replicate(rest, self.mesh)
+        self.params0, self.rest = self.place(params), lab.replicate(rest, self.mesh)
 
     def place(self, params):
         """Parameters on the mesh: replicated, or the LLM's sharded over ``"model"``."""
         if self.cfg.model_parallel == 1:
-            return par.replicate(params, self.mesh)
-        return par.shard_params(params, self.mesh, par.llm_param_specs(params, self.mesh))
+            return lab.replicate(params, self.mesh)
+        return lab.shard_params(params, self.mesh, lab.llm_param_specs(params, self.mesh))
 
     def __hash__(self) -> int:
         return id(self)
@@ -556,7 +555,7 @@ class Job:
         prefix = np.full((len(lab), 1), self.vocab["BOS"], np.int32)
         return self.images("train", cells), labels[cells], prefix, question, answer
 
-    def train(self, ckpt: common.Checkpoints) -> tuple[Any, list[tuple[int, float]]]:
+    def train(self, ckpt: lab.Checkpoints) -> tuple[Any, list[tuple[int, float]]]:
         cfg = self.cfg
         tx = self.optimizer()
         params = self.params0
@@ -569,7 +568,7 @@ class Job:
             print(f"{_TAG} train: resuming at step {start}/{cfg.iterations}", flush=True)
         t0, window = time.perf_counter(), []
         for step in range(start, cfg.iterations):
-            batch = par.shard_batch(self.train_batch(step), self.mesh)
+            batch = lab.shard_batch(self.train_batch(step), self.mesh)
             params, opt_state, loss = self.train_step(params, opt_state, *batch, tx=tx)
             window.append(loss)
             done = step + 1
@@ -613,17 +612,8 @@ class Job:
 
     @functools.partial(jax.jit, static_argnames=("self", "steps"))
     def decode(self, params, token, cache, *, steps):
-        """``steps`` greedy single-token decode steps on ``cache``."""
-        llm = self.model(params).llm
-
-        def step(carry, _):
-            tok, c = carry
-            o = llm(tok[:, None], cache=c, logits_to_keep=1)
-            nxt = jnp.argmax(o.logits[:, -1], -1).astype(jnp.int32)
-            return (nxt, o.cache), nxt
-
-        (_, cache), toks = jax.lax.scan(step, (token, cache), None, length=steps)
-        return toks, cache
+        """``steps`` greedy single-token decode steps on ``cache`` (``decode_greedy``)."""
+        return decode_greedy(self.model(params).llm, token, cache, steps)
 
     def max_len(self, s: Setting) -> int:
         t = 1 + s.select.num_kept(self.vcfg.num_visual) + 3
@@ -660,7 +650,7 @@ class Job:
         if valid < bsz:  # pad the last batch: one compiled shape per setting
             cells = np.concatenate([cells, np.repeat(cells[-1:], bsz - valid, 0)])
             question = np.concatenate([question, np.repeat(question[-1:], bsz - valid, 0)])
-        images = par.shard_batch(jnp.asarray(self.images("test", cells)), self.mesh)
+        images = lab.shard_batch(jnp.asarray(self.images("test", cells)), self.mesh)
         prefix = np.full((bsz, 1), self.vocab["BOS"], np.int32)
         return images, prefix, question, valid
 
@@ -735,7 +725,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         )
     all_settings = settings(cfg, vcfg)  # bad ratios fail before any training
     workdir.mkdir(parents=True, exist_ok=True)
-    progress = common.Progress(workdir, cfg, ("evals", "latency"))
+    progress = lab.Progress(workdir, cfg, ("evals", "latency"))
     job = Job(cfg, vcfg, arrays)
     print(f"{_TAG} {vcfg}", flush=True)
     print(
@@ -745,7 +735,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     )
 
     # 1. train
-    params, losses = job.train(common.Checkpoints(workdir / "checkpoints" / "train"))
+    params, losses = job.train(lab.Checkpoints(workdir / "checkpoints" / "train"))
 
     # 2. evaluate every setting (training-free)
     ev = eval_set(cfg, arrays["y_test"])
@@ -783,10 +773,10 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     print(f"{_TAG} latency measured for {len(lat)} settings", flush=True)
 
     results = {
-        "config": common.config_json(cfg),
+        "config": lab.config_json(cfg),
         "vlm": {"vision": dataclasses.asdict(vcfg.vision), "llm": dataclasses.asdict(vcfg.llm)},
         "vocab": job.vocab.names,
-        "machine": common.machine(),
+        "machine": lab.machine(),
         "train_losses": losses,
         "evals": evals,
         "latency": lat,
@@ -975,6 +965,71 @@ def _plot_kept(job: Job, params, ev, all_settings, path: pathlib.Path) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
+
+
+# ------------------------------------------------------------------------- claims
+
+
+def claims(r: dict[str, Any]) -> list[lab.Claim]:
+    """The papers' claims this experiment tests, each beside what ``results.json`` (``r``)
+    measured, with a computed verdict (``pruneax.lab.compare``); read by ``reproduce``."""
+    ev, cfg = r["evals"], r["config"]
+    n = cfg["eval_size"]  # questions; the three families in equal numbers
+    ratios = sorted(cfg["keep_ratios"])
+
+    def pair(paper, claim, a, b, *, largest=False, metric="accuracy", more=True):
+        # the smallest (or largest) budget at which both settings were evaluated (FEATHER,
+        # e.g., cannot keep a single token)
+        key = lambda m, x: m if m == "dense" else f"{m}@{x}"
+        both = [x for x in ratios if key(a, x) in ev and key(b, x) in ev]
+        x = (both[-1] if largest else both[0]) if both else None
+        ea, eb = (ev[key(a, x)], ev[key(b, x)]) if both else (None, None)
+        size = n if metric == "accuracy" else n // 3
+        where = f"{metric}, {key(a, x)} vs {key(b, x)}"
+        return lab.versus(paper, claim, ea, eb, size, where, key=metric, more=more)
+
+    return [
+        pair(
+            "FastV",
+            "Pruning image tokens after LLM layer K (largest budget run) keeps the accuracy",
+            "fastv",
+            "dense",
+            largest=True,
+            more=False,
+        ),
+        pair(
+            "MMTok",
+            "Text-guided coverage beats vision-only coverage at a small budget",
+            "coverage",
+            "coverage_vision",
+        ),
+        pair(
+            "DivPrune",
+            "Diversity beats CLS-attention top-k at a small budget",
+            "divprune",
+            "fastervlm",
+        ),
+        pair(
+            "FEATHER",
+            "Uniform sampling repairs the localisation that attention-based in-LLM pruning loses",
+            "feather",
+            "fastv",
+            metric="acc_locate",
+        ),
+    ]
+
+
+EXPERIMENT = common.Experiment(
+    name="vlm_token_pruning",
+    presets={"tiny": "tiny", "cpu": "cpu", "gpu": "gpu"},
+    needs_data=True,
+    claims=claims,
+    summary=(
+        "A small LLaVA-style VLM trained on MNIST-mosaic VQA; every pre-LLM and in-LLM "
+        "visual-token pruning method at several budgets: accuracy per question type, FLOPs, "
+        "prefill and decode latency."
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -7,11 +7,11 @@ iteration k with different SGD noise (data order, augmentation) end in minima jo
 straight line of low error.
 
 Commands:
-  python -m experiments.instability --preset tiny --workdir /tmp/inst          # smoke, digits
-  python -m experiments.instability --preset cpu_rewind_resnet --data_dir ../shared/data \\
-      --spawn 0 250 --workdir runs/inst_rn
+  python -m pruneax.experiments.instability --preset tiny --workdir /tmp/inst  # smoke, digits
+  python -m pruneax.experiments.instability --preset cpu_rewind_resnet \\
+      --data_dir ../shared/data --spawn 0 250 --workdir runs/inst_rn
 
-The presets are `experiments.lottery_ticket`'s (same model, data, optimizer and iterations).
+The presets are `pruneax.experiments.lottery_ticket`'s (same model, data, optimizer and iterations).
 One parent run (seed ``--seed``) trains to the last spawn point, keeping its weights at every
 spawn point k. From each k, ``--copies`` children train to the end, each with its own data order
 and augmentation, a fresh optimizer state and the learning-rate schedule continued from k (as a
@@ -42,10 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import _common as common
-from experiments import lottery_ticket as lt
 from pruneax import lab
 from pruneax import weights as W
+from pruneax.experiments import _common as common
+from pruneax.experiments import lottery_ticket as lt
 
 
 def error_barrier(errors) -> float:
@@ -123,7 +123,7 @@ def run(
     data = {k: jnp.asarray(v) for k, v in arrays.items()}
     input_shape = tuple(arrays["x_train"].shape[1:])
     setup = {
-        "config": common.config_json(cfg),
+        "config": lab.config_json(cfg),
         "spawn": list(spawn),
         "copies": copies,
         "seed": seed,
@@ -134,7 +134,7 @@ def run(
     _, theta0, rest0 = nnx.split(model, nnx.Param, ...)
     trainer = lt.Trainer(cfg, model)
     jobs = _jobs(spawn, copies)
-    ckpt = lt._Checkpoints(workdir / "checkpoints")
+    ckpt = lab.Checkpoints(workdir / "checkpoints")
     state: dict[str, Any] = {}
     runs: list[dict[str, Any]] = []
     first = 0
@@ -168,7 +168,7 @@ def run(
             state[f"final_{k}_{c}"], state[f"final_rest_{k}_{c}"] = params, rest
             runs.append({"spawn": k, "copy": c, "final_test_acc": curve[-1][3]})
         state = lt._to_numpy(state)
-        ckpt.save(j, state, {"setup": setup, "runs": runs})
+        ckpt.save(j, state, {"setup": setup, "runs": runs}, flat=False)
 
     interp = _Interpolator(trainer, data, bn_batches)
     pairs = []
@@ -200,7 +200,7 @@ def _write_outputs(workdir: pathlib.Path, setup, runs, pairs) -> dict[str, Any]:
     for k in setup["spawn"]:
         b = [p["barrier"] for p in pairs if p["spawn"] == k]
         summary.append({"spawn": k, "barrier_mean": float(np.mean(b)), "pairs": len(b)})
-    out = {**setup, "machine": common.machine(), "runs": runs, "pairs": pairs, "summary": summary}
+    out = {**setup, "machine": lab.machine(), "runs": runs, "pairs": pairs, "summary": summary}
     lab.write_json(workdir / "results.json", out)
     with open(workdir / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -1,4 +1,4 @@
-"""Data parallelism for the experiments: one mesh axis ``"data"`` over every device.
+"""Data and model parallelism for experiments and users: one mesh axis ``"data"`` over every device.
 
 The batch is sharded along its first axis, parameters and optimizer state are replicated; jit
 then runs the same program on every device and XLA inserts the gradient all-reduce. With one
@@ -31,12 +31,28 @@ from pruneax.weights import path_name
 
 
 def initialize_distributed() -> None:
-    """``jax.distributed.initialize()`` (reads the coordinator from the environment / TPU)."""
+    """``jax.distributed.initialize()`` (reads the coordinator from the environment / TPU).
+
+    Call it first in every process of a multi-host run, before any other JAX call.
+
+    Example:
+      >>> from pruneax import lab
+      >>> callable(lab.initialize_distributed)  # not called here: one host
+      True
+    """
     jax.distributed.initialize()
 
 
 def data_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D mesh named ``"data"`` over ``devices`` (default: all devices)."""
+    """A 1-D mesh named ``"data"`` over ``devices`` (default: all devices).
+
+    Example:
+      >>> import jax
+      >>> from pruneax import lab
+      >>> mesh = lab.data_mesh()
+      >>> mesh.axis_names, mesh.shape["data"] == len(jax.devices())
+      (('data',), True)
+    """
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), ("data",))
 
@@ -46,6 +62,13 @@ def model_mesh(model: int, devices: list | None = None) -> Mesh:
 
     Raises:
       ValueError: if ``model`` does not divide the number of devices.
+
+    Example:
+      >>> import jax
+      >>> from pruneax import lab
+      >>> mesh = lab.model_mesh(1, jax.devices()[:1])
+      >>> dict(mesh.shape)
+      {'data': 1, 'model': 1}
     """
     devices = jax.devices() if devices is None else devices
     if isinstance(model, bool) or not isinstance(model, int) or model < 1:
@@ -75,6 +98,14 @@ def llm_param_specs(params: Any, mesh: Mesh) -> Any:
     A leaf whose sharded dimension is not a multiple of the ``"model"`` axis size (e.g. 2 KV
     heads on 4 devices) is replicated instead; so is every leaf no rule names (norm scales,
     biases of o / down). Works on any pytree whose paths carry these names.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from pruneax import lab
+      >>> params = {"q_proj": {"kernel": jnp.zeros((4, 8))}, "norm": {"scale": jnp.ones(4)}}
+      >>> specs = lab.llm_param_specs(params, lab.model_mesh(1, jax.devices()[:1]))
+      >>> tuple(specs["q_proj"]["kernel"]), tuple(specs["norm"]["scale"])
+      ((None, 'model'), ())
     """
     size = mesh.shape["model"]
 
@@ -92,7 +123,17 @@ def llm_param_specs(params: Any, mesh: Mesh) -> Any:
 
 
 def shard_params(params: Any, mesh: Mesh, specs: Any) -> Any:
-    """``params`` placed with ``NamedSharding(mesh, spec)`` leaf by leaf."""
+    """``params`` placed with ``NamedSharding(mesh, spec)`` leaf by leaf.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from pruneax import lab
+      >>> mesh = lab.model_mesh(1, jax.devices()[:1])
+      >>> params = {"q_proj": {"kernel": jnp.zeros((4, 8))}}
+      >>> placed = lab.shard_params(params, mesh, lab.llm_param_specs(params, mesh))
+      >>> tuple(placed["q_proj"]["kernel"].sharding.spec)
+      (None, 'model')
+    """
     return jax.tree.map(
         lambda x, p: jax.device_put(x, NamedSharding(mesh, p)),
         params,
@@ -102,12 +143,26 @@ def shard_params(params: Any, mesh: Mesh, specs: Any) -> Any:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Every leaf fully replicated over ``mesh``."""
+    """Every leaf fully replicated over ``mesh``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import lab
+      >>> lab.replicate(jnp.ones(3), lab.data_mesh()).sharding.is_fully_replicated
+      True
+    """
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def batch_multiple(mesh: Mesh) -> int:
-    """Global batch sizes must be a multiple of this (the devices along ``"data"``)."""
+    """Global batch sizes must be a multiple of this (the devices along ``"data"``).
+
+    Example:
+      >>> import jax
+      >>> from pruneax import lab
+      >>> lab.batch_multiple(lab.data_mesh()) == len(jax.devices())
+      True
+    """
     return mesh.shape["data"]
 
 
@@ -116,6 +171,13 @@ def constrain_batch(x: Any, mesh: Mesh) -> Any:
 
     For batches built inside a jitted loop (e.g. gathered from a replicated training set in a
     ``lax.scan``). A leaf whose batch size does not divide is left to the compiler.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from pruneax import lab
+      >>> mesh = lab.data_mesh()
+      >>> jax.jit(lambda x: lab.constrain_batch(x, mesh) * 2)(jnp.ones((8, 2))).shape
+      (8, 2)
     """
     n = batch_multiple(mesh)
     sharding = NamedSharding(mesh, PartitionSpec("data"))
@@ -130,6 +192,13 @@ def shard_batch(x: Any, mesh: Mesh) -> Any:
 
     Raises:
       ValueError: if a leaf's batch size is not a multiple of the number of devices.
+
+    Example:
+      >>> import numpy as np
+      >>> from pruneax import lab
+      >>> x = lab.shard_batch(np.zeros((8, 3), np.float32), lab.data_mesh())
+      >>> x.shape, tuple(x.sharding.spec)
+      ((8, 3), ('data',))
     """
     n = batch_multiple(mesh)
     sharding = NamedSharding(mesh, PartitionSpec("data"))

@@ -1,13 +1,16 @@
 """Lottery tickets: iterative magnitude pruning (IMP) with rewinding, and its baselines.
 
 Commands:
-  python -m experiments.lottery_ticket --preset tiny --workdir /tmp/lt          # smoke, digits
-  python -m experiments.lottery_ticket --preset cpu --data_dir ../shared/data --workdir runs/lt
-  python -m experiments.lottery_ticket --preset cpu_rewind --data_dir ../shared/data \
+  python -m pruneax.experiments.lottery_ticket --preset tiny --workdir /tmp/lt  # smoke, digits
+  python -m pruneax.experiments.lottery_ticket --preset cpu --data_dir ../shared/data \
+      --workdir runs/lt
+  python -m pruneax.experiments.lottery_ticket --preset cpu_rewind --data_dir ../shared/data \
       --workdir runs/lt_rw
-  python -m experiments.lottery_ticket --preset cpu_rewind_resnet --data_dir ../shared/data \
-      --rewind_iteration 0 --workdir runs/lt_rn_rw0     # and again with 250: compare_rewind
-  python -m experiments.lottery_ticket --preset gpu --data_dir ../shared/data --workdir runs/lt_gpu
+  python -m pruneax.experiments.lottery_ticket --preset cpu_rewind_resnet \
+      --data_dir ../shared/data --rewind_iteration 0 --workdir runs/lt_rn_rw0
+      # and again with --rewind_iteration 250; then compare_rewind
+  python -m pruneax.experiments.lottery_ticket --preset gpu --data_dir ../shared/data \
+      --workdir runs/lt_gpu
 
 Each IMP round trains the masked network, records test accuracy at the end and at the
 early-stopping iteration (minimum validation loss), prunes ``rate`` of the remaining weights by
@@ -38,11 +41,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments import _common as common
-from experiments import _parallel as par
 from pruneax import data as pdata
 from pruneax import lab, models
 from pruneax import weights as W
+from pruneax.experiments import _common as common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,8 +243,8 @@ class Trainer:
         self.cfg = cfg
         # data parallel over every device: the training set and the parameters are replicated,
         # each step's gathered batch is sharded along "data" (identity on one device)
-        self.mesh = par.data_mesh()
-        n = par.batch_multiple(self.mesh)
+        self.mesh = lab.data_mesh()
+        n = lab.batch_multiple(self.mesh)
         if cfg.batch_size % n:
             raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of the {n} devices")
         self.inner = _optimizer(cfg)
@@ -267,7 +269,7 @@ class Trainer:
 
     def _step_impl(self, tx, carry, x_train, y_train, idx, key):
         params, rest, opt_state = carry
-        x, y = par.constrain_batch((x_train[idx], y_train[idx]), self.mesh)
+        x, y = lab.constrain_batch((x_train[idx], y_train[idx]), self.mesh)
         if self.cfg.augment:
             x = common.random_crop_flip(key, x)
         (loss, rest), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, x, y)
@@ -295,7 +297,7 @@ class Trainer:
 
     def _eval_impl(self, params, rest, x, y):
         def one(batch):
-            xb, yb = par.constrain_batch(batch, self.mesh)
+            xb, yb = lab.constrain_batch(batch, self.mesh)
             logits = nnx.merge(self.graph_eval, params, rest)(xb)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
             return loss.sum(), (jnp.argmax(logits, -1) == yb).sum()
@@ -332,7 +334,7 @@ class Trainer:
         """
         cfg = self.cfg
         tx = self.tx
-        params, rest, masks, data = par.replicate((params, rest, masks, data), self.mesh)
+        params, rest, masks, data = lab.replicate((params, rest, masks, data), self.mesh)
         params = W.apply_masks(params, masks)
         opt_state = W.set_masks(tx.init(params), masks, self.inner)
         # the lr schedule counts from `start`: rewound runs continue the schedule at iteration k
@@ -417,39 +419,6 @@ def _summary(curve, report: W.SparsityReport) -> dict[str, Any]:
     }
 
 
-class _Checkpoints:
-    """orbax: one checkpoint per finished job, holding the seed's state and all results."""
-
-    def __init__(self, directory: pathlib.Path):
-        import orbax.checkpoint as ocp
-
-        self.ocp = ocp
-        self.manager = ocp.CheckpointManager(
-            directory.resolve(), options=ocp.CheckpointManagerOptions(max_to_keep=2)
-        )
-
-    def latest(self):
-        step = self.manager.latest_step()
-        if step is None:
-            return None
-        restored = self.manager.restore(
-            step,
-            args=self.ocp.args.Composite(
-                state=self.ocp.args.StandardRestore(), meta=self.ocp.args.JsonRestore()
-            ),
-        )
-        return step, restored["state"], restored["meta"]
-
-    def save(self, step: int, state: dict, meta: dict):
-        self.manager.save(
-            step,
-            args=self.ocp.args.Composite(
-                state=self.ocp.args.StandardSave(state), meta=self.ocp.args.JsonSave(meta)
-            ),
-        )
-        self.manager.wait_until_finished()
-
-
 def _masks_to_dict(masks) -> dict[str, np.ndarray]:
     flat = jax.tree_util.tree_flatten_with_path(masks, is_leaf=lambda x: x is None)[0]
     return {W.path_name(p): np.asarray(m) for p, m in flat if m is not None}
@@ -474,14 +443,14 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     input_shape = tuple(arrays["x_train"].shape[1:])
 
     jobs = _jobs(cfg)
-    ckpt = _Checkpoints(workdir / "checkpoints")
+    ckpt = lab.Checkpoints(workdir / "checkpoints")
     results: list[dict[str, Any]] = []
     state: dict[str, Any] = {}
     first = 0
     latest = ckpt.latest()
     if latest is not None:
         step, state, meta = latest
-        if meta["config"] != common.config_json(cfg):
+        if meta["config"] != lab.config_json(cfg):
             raise ValueError(
                 f"workdir {workdir} holds checkpoints of a different config; use a new --workdir"
             )
@@ -531,7 +500,8 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
                 overrides=dict(cfg.overrides) or None,
             )
             state["next_masks"] = _masks_to_dict(next_masks)
-        ckpt.save(j, _to_numpy(state), {"config": common.config_json(cfg), "results": results})
+        meta = {"config": lab.config_json(cfg), "results": results}
+        ckpt.save(j, _to_numpy(state), meta, flat=False)  # its keys change between jobs
         if cfg.rounds > 3:  # long runs: results so far are readable while it goes on
             _write_outputs(cfg, workdir, results, partial=True)
     return _write_outputs(cfg, workdir, results)
@@ -558,8 +528,8 @@ def _write_outputs(
 ) -> dict[str, Any]:
     """results.json / .csv / .png (``partial``: to ``results_partial.*`` while running)."""
     out = {
-        "config": common.config_json(cfg),
-        "machine": common.machine(),
+        "config": lab.config_json(cfg),
+        "machine": lab.machine(),
         "results": results,
     }
     stem = "results_partial" if partial else "results"
@@ -759,6 +729,59 @@ def _tuples(v):
 # ----------------------------------------------------------------------------- CLI
 
 
+# ------------------------------------------------------------------------- claims
+
+
+def _acc(results: list[dict[str, Any]], kind: str, rnd: int) -> float:
+    v = [e["final_test_acc"] for e in results if e["kind"] == kind and e["round"] == rnd]
+    return sum(v) / len(v) if v else float("nan")
+
+
+def claims(r: dict[str, Any]) -> list[lab.Claim]:
+    """The papers' claims this experiment tests, each beside what ``results.json`` (``r``)
+    measured, with a computed verdict (``pruneax.lab.compare``); read by ``reproduce``."""
+    res = r["results"]
+    n = common.n_test_images(r["config"]) * len(r["config"]["seeds"])
+    last = max(e["round"] for e in res if e["kind"] == "imp")
+    remaining = next(e["remaining"] for e in res if e["kind"] == "imp" and e["round"] == last)
+    dense, imp = _acc(res, "imp", 0), _acc(res, "imp", last)
+    where = f"at {remaining:.1f}% of weights remaining, round {last}"
+    claims = []
+    verdict, text = lab.compare(imp, dense, n, more=False)
+    claims.append(
+        lab.Claim(
+            "Frankle & Carbin 2019 (LTH)",
+            "IMP winning tickets (reset to the original init) match the dense network",
+            f"ticket vs dense {where}: {text}",
+            verdict,
+        )
+    )
+    for kind, what in (("reinit", "randomly re-initialised"), ("random_prune", "randomly pruned")):
+        other = _acc(res, kind, last)
+        verdict, text = lab.compare(imp, other, n)
+        claims.append(
+            lab.Claim(
+                "Frankle & Carbin 2019 (LTH)",
+                f"Winning tickets beat the same architecture {what}",
+                f"ticket vs {kind} {where}: {text}",
+                verdict,
+            )
+        )
+    return claims
+
+
+EXPERIMENT = common.Experiment(
+    name="lottery_ticket",
+    presets={"tiny": "tiny", "cpu": "cpu", "gpu": "gpu"},
+    needs_data=True,
+    claims=claims,
+    summary=(
+        "Iterative magnitude pruning with rewinding: winning tickets vs re-initialised and "
+        "randomly pruned baselines."
+    ),
+)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -788,7 +811,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", help="override the model (lenet300100, conv2/4/6, resnet20)")
     args = parser.parse_args(argv)
     if args.distributed:
-        par.initialize_distributed()
+        lab.initialize_distributed()
     if args.summarize:
         if not args.out:
             parser.error("--summarize needs --out")

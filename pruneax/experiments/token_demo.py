@@ -2,11 +2,11 @@
 
 Run (default: 6 images, 48 x 48, 4 x 4 patches = 144 tokens, keep 25%; < 1 min on 2 CPU cores):
 
-    python -m experiments.token_demo --workdir /tmp/token_demo
+    python -m pruneax.experiments.token_demo --workdir /tmp/token_demo
 
 Smoke test (2 images, 32 x 32 = 64 tokens; < 15 s):
 
-    python -m experiments.token_demo --workdir /tmp/token_demo --preset tiny
+    python -m pruneax.experiments.token_demo --workdir /tmp/token_demo --preset tiny
 
 Writes ``DIR/token_demo.png`` (one row per image, one column per selector; kept patches shown
 normally, dropped patches darkened) and ``DIR/results.json`` (config, kept indices per method and
@@ -39,7 +39,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,7 @@ import numpy as np
 
 import pruneax.tokens as T
 from pruneax import lab
+from pruneax.experiments import _common as common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,6 +344,47 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str]:
     args = parser.parse_args(argv)
     given = {f: getattr(args, f) for f in ("num_images", "keep") if getattr(args, f) is not None}
     return dataclasses.replace(PRESETS[args.preset], **given), args.workdir
+
+
+# ------------------------------------------------------------------------- claims
+
+
+def claims(r: dict[str, Any]) -> list[lab.Claim]:
+    """The papers' claims this experiment tests, each beside what ``results.json`` (``r``)
+    measured, with a computed verdict (``pruneax.lab.compare``); read by ``reproduce``."""
+    m = r["methods"]
+    mass = {k: v["mean_score_mass"] for k, v in m.items()}
+    dist = {k: v["mean_mean_dist"] for k, v in m.items()}
+    out = [
+        lab.Claim(
+            "sanity check",
+            "Top-k keeps the most score mass of any selector (true by construction: a check "
+            "of the implementation, not of a paper)",
+            f"score mass kept: topk {mass['topk']:.3f}; best other "
+            f"{max(v for k, v in mass.items() if k != 'topk'):.3f}",
+            lab.HOLDS if mass["topk"] >= max(mass.values()) - 1e-6 else lab.FAILS,
+        )
+    ]
+    for name, paper in (("divprune", "DivPrune"), ("kcenter", "ToDRE (k-center)")):
+        out.append(
+            lab.Claim(
+                paper,
+                "Diversity selection covers the image better than attention top-k "
+                "(distance from a patch to its nearest kept patch)",
+                f"mean distance (patch widths): {name} {dist[name]:.3f} vs topk {dist['topk']:.3f}",
+                lab.HOLDS if dist[name] < dist["topk"] else lab.FAILS,
+            )
+        )
+    return out
+
+
+EXPERIMENT = common.Experiment(
+    name="token_demo",
+    presets={"tiny": "default", "cpu": "default", "gpu": "default"},
+    needs_data=False,
+    claims=claims,
+    summary=("Every pruneax.tokens selector on real digit images (model-free stand-in scores)."),
+)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,9 +1,10 @@
 """ViT token pruning: train a ViT once, then compare every token-pruning method without retraining.
 
 Commands:
-  python -m experiments.vit_token_pruning --preset tiny --workdir /tmp/vtp            # smoke
-  python -m experiments.vit_token_pruning --preset cpu --data_dir ../shared/data --workdir runs/vtp
-  python -m experiments.vit_token_pruning --preset gpu --data_dir ../shared/data \
+  python -m pruneax.experiments.vit_token_pruning --preset tiny --workdir /tmp/vtp  # smoke
+  python -m pruneax.experiments.vit_token_pruning --preset cpu --data_dir ../shared/data \
+      --workdir runs/vtp
+  python -m pruneax.experiments.vit_token_pruning --preset gpu --data_dir ../shared/data \
       --workdir runs/vtp_gpu
 
 1. Train a ViT (AdamW, warmup + cosine) with an orbax checkpoint every ``ckpt_every`` steps; a
@@ -39,9 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import _common as common
-from pruneax import models
-from pruneax.models import PruningPlan
+from pruneax import lab, models
+from pruneax.experiments import _common as common
+from pruneax.models.vit import PruningPlan, vit_flops
 
 METHODS = (
     "random",
@@ -195,25 +196,11 @@ def make_plan(method: str, layer: int, ratio: float, vit_cfg: models.ViTConfig) 
     return plan
 
 
-def block_tokens(plan: PruningPlan | None, c: models.ViTConfig) -> list[int]:
-    """Tokens (prefix included) entering each block under ``plan``."""
-    n, p = c.num_patches, c.num_prefix
-    counts = plan.token_counts(n) if plan is not None else ()
-    out, cur = [], n
-    stages = {s.layer: k for s, k in zip(plan.stages, counts, strict=True)} if plan else {}
-    for i in range(c.num_layers):
-        cur = stages.get(i, cur)
-        out.append(p + cur)
-    return out
-
-
-def flops(plan: PruningPlan | None, c: models.ViTConfig) -> float:
-    """Forward multiply-adds x 2 of the blocks (patch embedding and head are the same for all)."""
-    d, m = c.hidden_size, c.mlp_dim
-    total = 0.0
-    for t in block_tokens(plan, c):
-        total += 2 * (4 * t * d * d + 2 * t * t * d + 2 * t * d * m)
-    return total
+def block_tokens(plan: PruningPlan | None, c: models.ViTConfig) -> list[list[int]]:
+    """``[attention tokens, MLP tokens]`` of each block under ``plan``, prefix included
+    (``PruningPlan.block_tokens``; they differ in a block an in-block stage runs in)."""
+    pairs = (plan or PruningPlan()).block_tokens(c.num_layers, c.num_patches)
+    return [[c.num_prefix + a, c.num_prefix + m] for a, m in pairs]
 
 
 # ----------------------------------------------------------------------------- run
@@ -237,13 +224,13 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     x_eval, y_eval = data["x_test"][: cfg.eval_size], data["y_test"][: cfg.eval_size]
     runner = _runner(cfg, vit_cfg)
 
-    progress = common.Progress(workdir, cfg, ("evals", "finetune"))
+    progress = lab.Progress(workdir, cfg, ("evals", "finetune"))
 
     # 1. train
     print(f"[vit_token_pruning] ViT {vit_cfg}", flush=True)
     params, losses = runner.train(
         runner.params0, data, steps=cfg.iterations, lr=cfg.learning_rate, warmup=cfg.warmup,
-        plan=None, ckpt=common.Checkpoints(workdir / "checkpoints" / "train"), tag="train",
+        plan=None, ckpt=lab.Checkpoints(workdir / "checkpoints" / "train"), tag="train",
         augment=cfg.augment,
     )  # fmt: skip
 
@@ -270,7 +257,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             "ratio": ratio,
             "accuracy": acc,
             "block_tokens": block_tokens(plan, vit_cfg),
-            "flops_ratio": flops(plan, vit_cfg) / flops(None, vit_cfg),
+            "flops_ratio": vit_flops(vit_cfg, plan) / vit_flops(vit_cfg),
         }
         print(
             f"[vit_token_pruning] eval {j + 1}/{len(settings)} {name}: acc {acc:.4f} "
@@ -291,7 +278,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         ft_params, ft_losses = runner.train(
             params, data, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
             warmup=max(1, cfg.finetune_steps // 10), plan=plan,
-            ckpt=common.Checkpoints(workdir / "checkpoints" / f"ft_{method}", max_to_keep=1),
+            ckpt=lab.Checkpoints(workdir / "checkpoints" / f"ft_{method}", max_to_keep=1),
             tag=tag, augment=cfg.augment,
         )  # fmt: skip
         before = runner.accuracy(params, x_eval, y_eval, plan, cfg.eval_batch, cfg.seed)
@@ -331,9 +318,9 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     print(f"[vit_token_pruning] throughput measured for {len(throughput)} settings", flush=True)
 
     results = {
-        "config": common.config_json(cfg),
+        "config": lab.config_json(cfg),
         "vit": dataclasses.asdict(vit_cfg),
-        "machine": common.machine(),
+        "machine": lab.machine(),
         "train_losses": losses,
         "evals": evals,
         "finetune": progress["finetune"],
@@ -511,6 +498,77 @@ def _plot_kept(runner, params, arrays, vit_cfg, cfg, path: pathlib.Path) -> None
 
 
 # ----------------------------------------------------------------------------- CLI
+
+
+# ------------------------------------------------------------------------- claims
+
+
+def _pick(evals: dict[str, Any], method: str, *, smallest: bool) -> dict[str, Any] | None:
+    """The eval of ``method`` at the smallest keep ratio (or the one nearest 0.5)."""
+    rows = [e for e in evals.values() if e["method"] == method]
+    if not rows:
+        return None
+    key = (lambda e: (e["ratio"], e["layer"])) if smallest else (lambda e: abs(e["ratio"] - 0.5))
+    return min(rows, key=key)
+
+
+def claims(r: dict[str, Any]) -> list[lab.Claim]:
+    """The papers' claims this experiment tests, each beside what ``results.json`` (``r``)
+    measured, with a computed verdict (``pruneax.lab.compare``); read by ``reproduce``."""
+    ev, n = r["evals"], common.n_test_images(r["config"])
+
+    def pair(paper, claim, a, b, smallest):
+        ea = _pick(ev, a, smallest=smallest)
+        eb = ev.get(f"{b}@L{ea['layer']}:{ea['ratio']}") if ea else None
+        where = lambda x, _: f"{a} vs {b}, keep {x['ratio']} from block {x['layer']}"
+        return lab.versus(paper, claim, ea, eb, n, where)
+
+    aggressive = "beats attention top-k at aggressive budgets"
+    claims = [
+        pair("EViT / FasterVLM", "Attention top-k beats random selection", "topk", "random", False),
+        pair("DivPrune", f"Diversity {aggressive}", "divprune", "topk", True),
+        pair("MMTok", f"Coverage {aggressive}", "coverage", "topk", True),
+        pair("EViT", "Fusing the pruned tokens beats dropping them", "evit", "topk", True),
+    ]
+    tp = {k: v for k, v in r["throughput"].items() if "efficiency" in v}
+    if tp:
+        eff = sorted(v["efficiency"] for v in tp.values())
+        med = eff[len(eff) // 2]
+        claims.append(
+            lab.Claim(
+                "EViT / ToMe",
+                "Fewer tokens give a real speed-up close to the FLOPs reduction",
+                f"median realised / ideal speed-up over {len(eff)} methods: {med:.2f} "
+                f"(range {eff[0]:.2f}-{eff[-1]:.2f}); target >= 0.85",
+                lab.HOLDS if med >= 0.85 else lab.FAILS,
+            )
+        )
+    for name, ft in r.get("finetune", {}).items():
+        claims.append(
+            lab.versus(
+                "EViT / DynamicViT",
+                "Fine-tuning with the pruning in the loop recovers accuracy",
+                ft,
+                ft,
+                n,
+                f"{name} after {ft['steps']} steps vs training-free",
+                key="accuracy_finetuned",
+                key_b="accuracy_training_free",
+            )
+        )
+    return claims
+
+
+EXPERIMENT = common.Experiment(
+    name="vit_token_pruning",
+    presets={"tiny": "tiny", "cpu": "cpu", "gpu": "gpu"},
+    needs_data=True,
+    claims=claims,
+    summary=(
+        "A ViT trained once, then every token-pruning method at several keep ratios and "
+        "layers; a fine-tune with pruning in the loop; throughput vs FLOPs."
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

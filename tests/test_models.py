@@ -76,6 +76,7 @@ PUBLIC = [
     "VisualSelect",
     "allocate_units",
     "block_flops",
+    "calibrated_prune",
     "causal_conv",
     "config_flops",
     "config_from_json",

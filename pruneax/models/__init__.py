@@ -17,6 +17,8 @@
   grid), ``TodreSpec`` (ToDRE stage 2: drop every image token when the text-visual attention
   shares fall below tau), or any class of yours implementing the ``PruneSpec`` protocol
   (``apply`` receives a ``PruneContext`` and returns a ``PruneStep``).
+  ``calibrated_prune(model, ids, method="wanda"|"sparsegpt"|"magnitude")``: post-training
+  weight pruning of every decoder-block linear from calibration text, block by block.
 - ``VLM`` / ``VLMConfig``: LLaVA-style vision-language model (ViT hidden state -2 -> MLP
   projector -> ``LlamaLM``) with pre-LLM visual-token selection (``VisualSelect``: FasterVLM,
   DivPrune, k-center, max-sum, MMTok coverage with the question, HiPrune, HoloV, random,
@@ -66,6 +68,7 @@ from pruneax.models.llama import (
     PruneSpec,
     PruneStep,
     TodreSpec,
+    calibrated_prune,
     decode_greedy,
     feather_criterion,
     generate_greedy,
@@ -195,6 +198,7 @@ __all__ = [
     "VisualSelect",
     "allocate_units",
     "block_flops",
+    "calibrated_prune",
     "causal_conv",
     "config_flops",
     "config_from_json",

@@ -1,10 +1,15 @@
 """Llama-family decoder (Llama, Qwen2): config, model, KV cache, greedy generation, Hugging Face
-import, and in-LLM visual-token pruning (the ``PruneSpec`` protocol and its built-in specs).
+import, in-LLM visual-token pruning (the ``PruneSpec`` protocol and its
+built-in specs), and post-training weight pruning from calibration text
+(``calibrated_prune``: Wanda, SparseGPT, magnitude, block by block).
 """
 
 from pruneax.models.llama._cache import (
     KVCache,
     init_cache,
+)
+from pruneax.models.llama._calibrate import (
+    calibrated_prune,
 )
 from pruneax.models.llama._config import (
     LLM_VARIANTS,
@@ -57,6 +62,7 @@ __all__ = [
     "PruneSpec",
     "PruneStep",
     "TodreSpec",
+    "calibrated_prune",
     "check_prune",
     "decode_greedy",
     "feather_criterion",

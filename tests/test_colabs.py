@@ -53,7 +53,13 @@ def _tiny_hf_vit(directory: pathlib.Path) -> pathlib.Path:
     return directory
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+# 03 and 04 take 3-4 minutes each on a 2-core CPU and run the same experiment modules as
+# tests/test_vit_token_pruning.py and test_ssm_token_pruning.py: in the slow selection.
+HEAVY = {"03_vit_token_pruning", "04_ssm_alignment"}
+RUNS = [pytest.param(p, marks=pytest.mark.slow) if p.stem in HEAVY else p for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", RUNS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEAX_PRESET", "tiny")
     monkeypatch.setenv("PRUNEAX_WORKDIR", str(tmp_path / "runs"))

@@ -261,6 +261,9 @@ VLM = textwrap.dedent(
 )
 
 
+# slow (~140 s on a 2-core CPU); the default selection keeps the LLM model-axis sharding
+# test and the data-parallel training tests
+@pytest.mark.slow
 def test_vlm_trains_with_the_llm_sharded_over_a_model_axis(tmp_path):
     eight = _run(VLM, 8, str(tmp_path / "eight"), "2")
     one = _run(VLM, 1, str(tmp_path / "one"), "1")

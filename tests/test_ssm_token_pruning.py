@@ -102,6 +102,9 @@ def test_schedules_and_names():
         stp.make_plan("magic", main)
 
 
+# slow (~150 s on a 2-core CPU): the default selection keeps the resume tests of
+# lottery_ticket, instability and vlm_token_pruning
+@pytest.mark.slow
 def test_killed_run_resumes_with_identical_results(reference, tmp_path):
     _, want = reference
     workdir = tmp_path / "killed"

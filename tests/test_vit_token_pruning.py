@@ -64,6 +64,9 @@ def test_flops_and_token_counts():
         vtp.make_plan("tome", 3, 0.1, c)
 
 
+# slow (~100 s on a 2-core CPU): the default selection keeps the resume tests of
+# lottery_ticket, instability and vlm_token_pruning
+@pytest.mark.slow
 def test_killed_run_resumes_with_identical_results(reference, tmp_path):
     _, want = reference
     workdir = tmp_path / "killed"

@@ -430,8 +430,45 @@ def _masks_from_dict(params, d: dict[str, Any]):
     return jax.tree.unflatten(treedef, [jnp.asarray(d[n], bool) if n in d else None for n in names])
 
 
+def check_config(cfg: Config) -> None:
+    """Refuses a config that would run nothing or fail late (before any data is read).
+
+    Raises:
+      ValueError: naming the field: ``rounds`` < 0, ``iterations`` / ``batch_size`` /
+        ``eval_every`` < 1, ``rewind_iteration`` outside ``[0, iterations)``, ``rate`` outside
+        (0, 1), no ``seeds``, an unknown baseline / optimizer / scope.
+    """
+    ints = {"rounds": 0, "iterations": 1, "batch_size": 1, "eval_every": 1}
+    for name, low in ints.items():
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"lottery_ticket: {name} must be an int >= {low}; got {v!r}")
+    r = cfg.rewind_iteration
+    if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < cfg.iterations:
+        raise ValueError(
+            f"lottery_ticket: rewind_iteration must be an int in [0, iterations={cfg.iterations})"
+            f"; got {r!r}"
+        )
+    if not 0 < cfg.rate < 1:
+        raise ValueError(f"lottery_ticket: rate must be in (0, 1); got {cfg.rate!r}")
+    if not cfg.seeds:
+        raise ValueError("lottery_ticket: seeds must name at least one seed")
+    bad = sorted(set(cfg.baselines) - {"reinit", "random_prune"})
+    if bad:
+        raise ValueError(f"lottery_ticket: baselines must be reinit / random_prune; got {bad}")
+    if cfg.optimizer not in ("adam", "sgd"):
+        raise ValueError(f"lottery_ticket: optimizer must be adam or sgd; got {cfg.optimizer!r}")
+    if cfg.scope not in ("layerwise", "global"):
+        raise ValueError(f"lottery_ticket: scope must be layerwise or global; got {cfg.scope!r}")
+
+
 def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) -> dict[str, Any]:
-    """Runs (or resumes) the experiment; returns the results dict also written to results.json."""
+    """Runs (or resumes) the experiment; returns the results dict also written to results.json.
+
+    Raises:
+      ValueError: for a bad config (``check_config``) or a workdir of another config.
+    """
+    check_config(cfg)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if data_dir is None and cfg.dataset != "digits":
@@ -447,7 +484,13 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     results: list[dict[str, Any]] = []
     state: dict[str, Any] = {}
     first = 0
-    latest = ckpt.latest()
+
+    def one_result_per_job(step, state, meta):  # metadata that disagrees with its step
+        rows = meta.get("results") if isinstance(meta, dict) else None
+        if not isinstance(rows, list) or len(rows) != step + 1 or "config" not in meta:
+            raise ValueError(f"metadata of job {step} does not hold {step + 1} result rows")
+
+    latest = ckpt.latest(validate=one_result_per_job)
     if latest is not None:
         step, state, meta = latest
         if meta["config"] != lab.config_json(cfg):

@@ -6,8 +6,9 @@
   (alternated within each repeat), medians and ratios of medians.
 - ``write_text`` / ``write_json`` / ``write_report`` / ``markdown_table``: results written
   atomically, a benchmark's markdown + JSON pair.
-- ``Checkpoints`` / ``Progress`` / ``config_json``: resumable runs (orbax checkpoints of
-  possibly sharded pytrees; a workdir's ``progress.json`` tied to one config).
+- ``Checkpoints`` / ``Progress`` / ``config_json`` / ``lock_directory``: resumable runs (orbax
+  checkpoints of possibly sharded pytrees, a corrupt one set aside for the previous one; a
+  workdir's ``progress.json`` tied to one config; one live run per directory).
 - ``data_mesh`` / ``model_mesh`` / ``shard_batch`` / ``replicate`` / ``llm_param_specs`` /
   ``shard_params`` / ``constrain_batch`` / ``batch_multiple`` / ``initialize_distributed``:
   data and Megatron-style model parallelism over a ``jax.sharding.Mesh``.
@@ -15,7 +16,7 @@
   ``NA``: a paper's claim beside a measured result, with a computed verdict.
 """
 
-from pruneax.lab._checkpoints import Checkpoints, Progress, config_json
+from pruneax.lab._checkpoints import Checkpoints, Progress, config_json, lock_directory
 from pruneax.lab._claims import FAILS, HOLDS, NA, NOISE, VERDICTS, Claim, compare, versus
 from pruneax.lab._io import markdown_table, write_json, write_report, write_text
 from pruneax.lab._machine import cache_bytes, cpu_model, describe, machine, versions
@@ -51,6 +52,7 @@ __all__ = [
     "describe",
     "initialize_distributed",
     "llm_param_specs",
+    "lock_directory",
     "machine",
     "markdown_table",
     "medians",

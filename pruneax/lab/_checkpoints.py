@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
 import pathlib
+import socket
+import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -54,7 +59,8 @@ class Progress(dict):
       sections: names of the result sections (each starts as ``{}``).
 
     Raises:
-      ValueError: if ``workdir`` already holds a run of a different config.
+      ValueError: if ``workdir`` already holds a run of a different config, or a live process
+        of another run uses it (``lock_directory``).
 
     Example:
       >>> import tempfile
@@ -74,6 +80,7 @@ class Progress(dict):
     def __init__(self, workdir: str | os.PathLike, cfg: Any, sections: tuple[str, ...] = ()):
         workdir = pathlib.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
+        lock_directory(workdir)
         self.path = workdir / "progress.json"
         want = config_json(cfg)
         if self.path.exists():
@@ -91,6 +98,84 @@ class Progress(dict):
         write_json(self.path, dict(self))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def lock_directory(directory: str | os.PathLike) -> pathlib.Path:
+    """Marks ``directory`` as used by this process: a lock file ``.<name>.lock`` beside it holds
+    the pid and host. Another live process of this host holding it -> ``ValueError`` naming its
+    pid; a lock left by a dead process (killed, crashed) is taken over. Released at exit. Only
+    JAX process 0 takes it (the other processes of a multi-host run share the directory).
+
+    Args:
+      directory: the directory to guard (need not exist yet).
+
+    Returns:
+      The lock file's path.
+
+    Raises:
+      ValueError: if a live process of this host holds the lock.
+
+    Example:
+      >>> import tempfile, pathlib
+      >>> from pruneax.lab import lock_directory
+      >>> d = pathlib.Path(tempfile.mkdtemp()) / "run"
+      >>> lock_directory(d).name
+      '.run.lock'
+      >>> lock_directory(d).name  # the same process may take it again
+      '.run.lock'
+    """
+    directory = pathlib.Path(directory).resolve()
+    path = directory.parent / f".{directory.name}.lock"
+    if jax.process_index() != 0:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(path.read_text())
+                pid, host = int(held["pid"]), str(held["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pid, host = -1, me["host"]  # unreadable: treat as stale
+            if pid == me["pid"] and host == me["host"]:
+                return path
+            if host == me["host"] and pid > 0 and _pid_alive(pid):
+                raise ValueError(
+                    f"{directory} is in use by pid {pid} (lock {path}); wait for that run to "
+                    "finish or use a new --workdir"
+                ) from None
+            if host != me["host"]:
+                raise ValueError(
+                    f"{directory} is locked by pid {pid} on host {host} (lock {path}); if that "
+                    "run is dead, delete the lock file"
+                ) from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        atexit.register(_release, path, me["pid"])
+        return path
+    raise ValueError(f"could not take the lock {path}; another process keeps recreating it")
+
+
+def _release(path: pathlib.Path, pid: int) -> None:
+    try:
+        if json.loads(path.read_text()).get("pid") == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
 class Checkpoints:
     """orbax: the leaves of a pytree at a step, plus a JSON dict of metadata.
 
@@ -101,12 +186,19 @@ class Checkpoints:
     without ``like`` returns the tree as saved (nested dicts of NumPy arrays), for runs whose
     state changes shape from step to step (e.g. masks that exist only after a pruning round).
 
+    Nothing is lost and nothing is silent: a checkpoint that cannot be restored (missing or
+    garbage files, a ``validate`` hook that rejects its metadata) is reported by path on stderr,
+    renamed ``<step>.corrupt-<time>`` and the previous retained one is restored instead; when none
+    can be, ``latest`` raises a ``ValueError`` naming every step and its error. Two runs cannot
+    share the directory (``lock_directory``).
+
     Args:
       directory: where the numbered step folders go.
       max_to_keep: how many of the newest steps to keep.
 
     Raises:
-      ValueError: if ``max_to_keep`` is not a positive int.
+      ValueError: if ``max_to_keep`` is not a positive int, or another live process uses the
+        directory.
 
     Example:
       >>> import tempfile, pathlib
@@ -129,8 +221,10 @@ class Checkpoints:
                 f"Checkpoints: max_to_keep must be a positive int; got {max_to_keep!r}"
             )
         self.ocp = ocp
+        self.directory = pathlib.Path(directory).resolve()
+        lock_directory(self.directory)
         self.manager = ocp.CheckpointManager(
-            pathlib.Path(directory).resolve(),
+            self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep),
         )
 
@@ -141,41 +235,75 @@ class Checkpoints:
         leaf = np.asarray(leaf)
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
 
-    def latest(self, like: Any = None) -> tuple[int, Any, dict[str, Any]] | None:
-        """``(step, tree, meta)`` of the newest checkpoint, or None when there is none.
+    def latest(
+        self,
+        like: Any = None,
+        *,
+        validate: Callable[[int, Any, dict[str, Any]], None] | None = None,
+    ) -> tuple[int, Any, dict[str, Any]] | None:
+        """``(step, tree, meta)`` of the newest checkpoint that restores, or None when there is
+        none. A newer one that does not restore is reported, set aside and skipped (see above).
 
         Args:
           like: a pytree with the saved structure: the leaves come back with its structure,
             shapes, dtypes and shardings. None: the tree as saved (nested dicts of arrays).
+          validate: called as ``validate(step, tree, meta)``; raising ``ValueError`` marks that
+            checkpoint unusable (e.g. metadata that disagrees with the step or the config).
 
         Raises:
-          ValueError: if the checkpoint holds a different set of leaves than ``like``.
+          ValueError: if no retained checkpoint restores (e.g. they hold a different set of
+            leaves than ``like``: "checkpoint does not match the model"), naming each.
         """
-        step = self.manager.latest_step()
-        if step is None:
+        errors = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                got = self._restore(step, like)
+                if validate is not None:
+                    validate(step, *got)
+            except Exception as e:  # any failure to read one step: try the previous one
+                errors.append((step, e))
+                continue
+            for bad, e in errors:
+                self._set_aside(bad, e)
+            return (step, *got)
+        if not errors:
             return None
+        listing = "; ".join(f"step {s} ({self.directory / str(s)}): {e}" for s, e in errors)
+        raise ValueError(
+            f"no checkpoint in {self.directory} can be restored (checkpoint does not match the "
+            f"model, or is corrupt): {listing}; use a new --workdir"
+        ) from errors[0][1]
+
+    def _restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
+        args = self.ocp.args
         if like is None:
             got = self.manager.restore(
-                step,
-                args=self.ocp.args.Composite(
-                    state=self.ocp.args.StandardRestore(), meta=self.ocp.args.JsonRestore()
-                ),
+                step, args=args.Composite(state=args.StandardRestore(), meta=args.JsonRestore())
             )
-            return step, got["state"], got["meta"]
+            return got["state"], got["meta"]
         leaves, treedef = jax.tree.flatten(like)
         target = {"leaves": {f"{i:05d}": self._target(v) for i, v in enumerate(leaves)}}
-        try:
-            got = self.manager.restore(
-                step,
-                args=self.ocp.args.Composite(
-                    state=self.ocp.args.StandardRestore(target), meta=self.ocp.args.JsonRestore()
-                ),
-            )
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError("checkpoint does not match the model; use a new --workdir") from e
+        got = self.manager.restore(
+            step, args=args.Composite(state=args.StandardRestore(target), meta=args.JsonRestore())
+        )
         restored = got["state"]["leaves"]
+        if not isinstance(got["meta"], dict):
+            raise ValueError(f"metadata is not a JSON object: {type(got['meta']).__name__}")
         tree = jax.tree.unflatten(treedef, [restored[f"{i:05d}"] for i in range(len(leaves))])
-        return step, tree, got["meta"]
+        return tree, got["meta"]
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        src = self.directory / str(step)
+        dst = self.directory / f"{step}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+        print(
+            f"[pruneax] checkpoint {src} cannot be restored ({type(error).__name__}: {error}); "
+            f"moved to {dst.name}, resuming from an older one",
+            file=sys.stderr,
+            flush=True,
+        )
+        if jax.process_index() == 0 and src.exists():
+            src.rename(dst)
+        self.manager.reload()
 
     def save(self, step: int, state: Any, meta: dict[str, Any], *, flat: bool = True) -> None:
         """Saves ``state`` and ``meta`` at ``step`` and waits until they are on disk.

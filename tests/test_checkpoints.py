@@ -1,0 +1,159 @@
+"""pruneax.lab.Checkpoints / Progress / lock_directory: a corrupt checkpoint is reported and the
+previous one restored, metadata can be validated, and two live runs cannot share a directory
+(issue 19 items 13-15); the lottery ticket's config is checked before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pruneax import lab
+from pruneax.experiments import lottery_ticket as lt
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _two_steps(directory: pathlib.Path) -> lab.Checkpoints:
+    ckpt = lab.Checkpoints(directory, max_to_keep=3)
+    ckpt.save(1, {"w": jnp.full(3, 1.0)}, {"rows": [1]})
+    ckpt.save(2, {"w": jnp.full(3, 2.0)}, {"rows": [1, 2]})
+    return ckpt
+
+
+def _garbage(path: pathlib.Path) -> None:
+    path.write_bytes(np.random.default_rng(0).bytes(256))
+
+
+CORRUPTIONS = {
+    "meta_missing": lambda step: (step / "meta" / "metadata").unlink(),
+    "meta_garbage": lambda step: _garbage(step / "meta" / "metadata"),
+    "state_deleted": lambda step: [p.unlink() for p in step.glob("state/**/*") if p.is_file()],
+    "state_random_bytes": lambda step: [
+        _garbage(p) for p in step.glob("state/**/*") if p.is_file()
+    ],
+    "state_zeroed": lambda step: [
+        p.write_bytes(b"\0" * p.stat().st_size) for p in step.glob("state/**/*") if p.is_file()
+    ],
+}
+
+
+@pytest.mark.parametrize("how", sorted(CORRUPTIONS))
+@pytest.mark.parametrize("like", [True, False])
+def test_a_corrupt_latest_falls_back_to_the_previous_one(tmp_path, capsys, how, like):
+    _two_steps(tmp_path / "c")
+    CORRUPTIONS[how](tmp_path / "c" / "2")
+    got = lab.Checkpoints(tmp_path / "c").latest({"w": jnp.zeros(3)} if like else None)
+    assert got is not None
+    step, tree, meta = got
+    assert step == 1 and meta == {"rows": [1]}
+    leaves = tree["w"] if like else tree["leaves"]["00000"]
+    np.testing.assert_array_equal(np.asarray(leaves), np.ones(3))
+    err = capsys.readouterr().err
+    assert str(tmp_path / "c" / "2") in err and "cannot be restored" in err
+    moved = [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith("2.corrupt-")]
+    assert len(moved) == 1  # set aside, not deleted; a resumed run can save step 2 again
+    ckpt = lab.Checkpoints(tmp_path / "c")
+    ckpt.save(2, {"w": jnp.full(3, 5.0)}, {"rows": [1, 5]})
+    assert ckpt.latest({"w": jnp.zeros(3)})[0] == 2
+
+
+def test_nothing_restorable_names_every_step(tmp_path):
+    _two_steps(tmp_path / "c")
+    for step in ("1", "2"):
+        CORRUPTIONS["meta_garbage"](tmp_path / "c" / step)
+    with pytest.raises(ValueError, match=r"no checkpoint in .* can be restored.*step 2.*step 1"):
+        lab.Checkpoints(tmp_path / "c").latest({"w": jnp.zeros(3)})
+
+
+def test_validate_rejects_tampered_metadata(tmp_path, capsys):
+    _two_steps(tmp_path / "c")
+
+    def rows_match_step(step, tree, meta):
+        if len(meta["rows"]) != step:
+            raise ValueError(f"{len(meta['rows'])} rows at step {step}")
+
+    ckpt = lab.Checkpoints(tmp_path / "c")
+    assert ckpt.latest(validate=rows_match_step)[0] == 2  # consistent: newest
+    ckpt.save(3, {"w": jnp.full(3, 3.0)}, {"rows": [1]})  # tampered: 1 row at step 3
+    step, _, meta = ckpt.latest(validate=rows_match_step)
+    assert step == 2 and meta["rows"] == [1, 2]
+    assert "1 rows at step 3" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_model_is_still_refused(tmp_path):
+    _two_steps(tmp_path / "c")
+    with pytest.raises(ValueError, match="checkpoint does not match the model"):
+        lab.Checkpoints(tmp_path / "c").latest({"w": jnp.zeros(3), "b": jnp.zeros(2)})
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["1", "2"]  # nothing moved
+
+
+HOLD = """
+import sys, time
+from pruneax import lab
+lab.Checkpoints(sys.argv[1])
+lab.Progress(sys.argv[2], {"a": 1})
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_live_run_locks_its_directories_and_a_dead_one_does_not(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ckpt_dir, workdir = tmp_path / "ckpt", tmp_path / "work"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(ckpt_dir), str(workdir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=f"in use by pid {proc.pid}"):
+            lab.Checkpoints(ckpt_dir)
+        with pytest.raises(ValueError, match=f"in use by pid {proc.pid}"):
+            lab.Progress(workdir, {"a": 1})
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no cleanup: the lock files stay behind
+        proc.wait(timeout=60)
+    assert (tmp_path / ".ckpt.lock").exists()
+    lab.Checkpoints(ckpt_dir)  # the stale lock of a dead process is taken over
+    lab.Progress(workdir, {"a": 1})
+    assert json.loads((tmp_path / ".ckpt.lock").read_text())["pid"] == os.getpid()
+
+
+def test_a_clean_exit_releases_the_lock(tmp_path):
+    code = "import sys; from pruneax import lab; lab.lock_directory(sys.argv[1])"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "d")], env=env, check=True)
+    deadline = time.time() + 10
+    while (tmp_path / ".d.lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not (tmp_path / ".d.lock").exists()
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(rounds=-1), "rounds must be an int >= 0"),
+        (dict(iterations=-5), "iterations must be an int >= 1"),
+        (dict(rewind_iteration=10_000), r"rewind_iteration must be an int in \[0, iterations"),
+        (dict(rate=1.0), r"rate must be in \(0, 1\)"),
+        (dict(seeds=()), "seeds must name at least one seed"),
+        (dict(baselines=("reinit", "magic")), "baselines must be"),
+    ],
+)
+def test_lottery_ticket_refuses_a_bad_config_before_any_work(tmp_path, change, match):
+    cfg = dataclasses.replace(lt.PRESETS["tiny"], **change)
+    with pytest.raises(ValueError, match=match):
+        lt.run(cfg, tmp_path / "w")
+    assert not (tmp_path / "w").exists()

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pruneax.models._shared.config_types import check_common, type_error
 from pruneax.weights import leaf_names
 
 # Attributes of every transformers ``PretrainedConfig`` (v4 and v5) that do not change what the
@@ -166,8 +167,20 @@ def read_config(
 
     Raises:
       FileNotFoundError: if the directory or its ``config.json`` does not exist.
-      ValueError: if ``config.json`` is not valid JSON (or not an object) or its
-        ``model_type`` is not one of ``model_types``.
+      ValueError: naming the file (and the key) if ``config.json`` is not UTF-8 JSON holding
+        an object, its ``model_type`` is not one of ``model_types``, ``architectures`` is not
+        a list of strings, ``num_labels`` not an int >= 0 or ``id2label`` / ``label2id`` not
+        an object.
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> root = pathlib.Path(tempfile.mkdtemp())
+      >>> _ = (root / "config.json").write_text('{"model_type": "vit", "architectures": [5]}')
+      >>> try:
+      ...     read_config(root, "load_vit", ["vit"])
+      ... except ValueError as e:
+      ...     print(str(e).split(": ", 2)[2])
+      'architectures' must be a list of class names (strings); got [5]
     """
     root = Path(path)
     if not root.is_dir():
@@ -178,12 +191,17 @@ def read_config(
             f"{loader}: no config.json in {str(root)!r}; expected a transformers "
             "save_pretrained directory (config.json + model.safetensors)"
         )
+    where = f"{loader}: {str(config_file)!r}"
     try:
-        cfg = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{loader}: {str(config_file)!r} is not valid JSON ({e})") from None
+        cfg = json.loads(config_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise ValueError(
+            f"{where} is not valid JSON (UTF-8 text expected; {type(e).__name__}: {reason})"
+        ) from None
     if not isinstance(cfg, dict):
-        raise ValueError(f"{loader}: {str(config_file)!r} must hold a JSON object")
+        raise ValueError(f"{where} must hold a JSON object; got {type(cfg).__name__}")
+    check_common(cfg, where)
     model_type = cfg.get("model_type")
     if model_type not in model_types:
         raise ValueError(
@@ -209,6 +227,10 @@ def check_config(
       loader: the public function's name, for the message.
       where: which config the attributes come from, for the message.
 
+    A handled attribute must also have the type of its default (``type_error``): an int
+    (not a float such as ``16.7``, which would be truncated, nor ``null``), a bool, a finite
+    number or a string.
+
     Raises:
       ValueError: naming every refused attribute with its value and transformers' default.
 
@@ -222,6 +244,15 @@ def check_config(
       load_demo: config.json sets attributes the loader does not handle: dropout=0.1 (DemoConfig default 0.0)
     """  # noqa: E501
     defaults = {**COMMON_DEFAULTS, **rules.defaults}
+    wrong = [
+        f"{key}={value!r} (expected {want}; {rules.config_class} default {defaults.get(key)!r})"
+        for key, value in cfg.items()
+        if key in rules.handled
+        for want in [type_error(key, value, defaults.get(key))]
+        if want
+    ]
+    if wrong:
+        raise ValueError(f"{loader}: {where} has attributes of the wrong type: {'; '.join(wrong)}")
     bad = []
     for key, value in cfg.items():
         if key in COMMON_ATTRIBUTES or key in rules.handled or key in rules.harmless:

@@ -408,3 +408,12 @@ def test_qwen2_null_sliding_window_passes(tmp_path):
     root = _checkpoint(tmp_path / "ckpt", cfg)
     with pytest.raises(ValueError, match="missing from the checkpoint"):
         load_llm(root)
+
+
+@pytest.mark.parametrize("theta", [None, "x", -1.0, float("inf")])
+def test_nested_rope_theta_of_wrong_type_names_key(tmp_path, theta):
+    """A bad ``rope_theta`` inside ``rope_parameters`` raised a bare TypeError from float()."""
+    cfg = {"model_type": "llama", "rope_parameters": {"rope_type": "default", "rope_theta": theta}}
+    root = _checkpoint(tmp_path / "ckpt", cfg)
+    with pytest.raises(ValueError, match=r"rope_theta must be a finite number > 0"):
+        load_llm(root)

@@ -274,7 +274,9 @@ class Trainer:
             x = common.random_crop_flip(key, x)
         (loss, rest), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, x, y)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), rest, opt_state), loss
+        # masks applied after the update too: a NaN / inf pruned weight lands on exactly 0
+        params = W.apply_masks(optax.apply_updates(params, updates), opt_state.masks)
+        return (params, rest, opt_state), loss
 
     def _chunk_impl(self, tx, params, rest, opt_state, x_train, y_train, batches, keys):
         def body(carry, inputs):

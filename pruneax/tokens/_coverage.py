@@ -83,8 +83,8 @@ def coverage(
       int32 [k]: unique indices, sorted ascending.
 
     Raises:
-      ValueError: on wrong ranks, mismatched token counts or feature sizes, ``k`` out of
-        range, or a non-positive temperature.
+      ValueError: on wrong ranks, mismatched token counts or feature sizes, complex inputs,
+        ``k`` out of range, or a non-positive temperature.
 
     A token whose row in ``x`` or ``x_vision`` holds NaN or infinity covers nothing, is
     covered by nothing and is picked only when no finite token is left; a non-finite text row
@@ -112,12 +112,11 @@ def _coverage_shapes(x, text, x_vision):
     m = 0
     if text is not None:
         shape = jnp.shape(text)
-        if (
-            len(shape) != 2
-            or shape[1] != d
-            or not jnp.issubdtype(jnp.result_type(text), jnp.number)
-        ):
+        if len(shape) != 2 or shape[1] != d:
             raise ValueError(f"text must have shape [m, {d}] (D of x = {d}); got shape {shape}")
+        dtype = jnp.result_type(text)
+        if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+            raise ValueError(f"text must be a real floating or integer array; got dtype {dtype}")
         m = shape[0]
     if x_vision is not None:
         shape = _checks.real_array(x_vision, "x_vision", 2, "[n, Dv]")

@@ -105,6 +105,14 @@ def _holov(scores, x, k, num_chunks):
     return cache_batched(one, x.shape[0] * x.shape[1] * 4)(scores, x)
 
 
+def _rescale_huge(x, sq):
+    """Rows with finite entries but an overflowing squared norm, divided by their max-abs."""
+    big = jnp.max(jnp.abs(x), axis=-1)
+    huge = ~jnp.isfinite(sq) & jnp.all(jnp.isfinite(x), axis=-1)
+    x = x / jnp.where(huge, big, 1.0)[:, None]
+    return x, jnp.where(huge, jnp.sum(x * x, axis=-1), sq)
+
+
 def _holov_one(scores, x, k, num_chunks):
     n = x.shape[0]
     sizes = holov_chunks(n, num_chunks)
@@ -121,6 +129,10 @@ def _holov_one(scores, x, k, num_chunks):
     # is 150 MB: each extra pass over it costs more than the arithmetic).
     x = jnp.asarray(x, jnp.float32)
     sq = jnp.sum(x * x, axis=-1)
+    # Rare path: a row whose squared norm is not finite is either non-finite (it counts as a
+    # zero vector) or finite with a norm above ~1.8e19, which is divided by its max-abs entry
+    # (cosine similarity is scale-free) rather than lost. ``cond`` skips this pass otherwise.
+    x, sq = jax.lax.cond(jnp.all(jnp.isfinite(sq)), lambda x, sq: (x, sq), _rescale_huge, x, sq)
     valid = jnp.isfinite(sq)  # non-finite rows count as zero vectors
     norm = jnp.where(valid, jnp.sqrt(sq) + _EPS, 1.0)
     chunked = lambda v, fill: (

@@ -24,8 +24,17 @@ def features(x: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
-    """Rows divided by their L2 norm, clamped at ``NORM_EPS`` (a zero row stays zero)."""
-    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+    """Rows divided by their L2 norm, clamped at ``NORM_EPS`` (a zero row stays zero).
+
+    A finite row whose squared norm overflows float32 (norm above ~1.8e19; bf16 inputs reach
+    this) gets its norm from the row divided by its max-abs entry, so it is normalised like any
+    other row instead of collapsing to zero; other rows are computed as before, bit for bit.
+    """
+    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    big = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+    scale = jnp.where(jnp.isfinite(sq) | ~jnp.isfinite(big) | (big == 0), 1.0, big)
+    scaled = jnp.sqrt(jnp.sum(jnp.square(x / scale), axis=-1, keepdims=True)) * scale
+    norm = jnp.where(jnp.isfinite(sq), jnp.sqrt(sq), scaled)
     return x / jnp.maximum(norm, NORM_EPS)
 
 
@@ -35,8 +44,11 @@ def rank_key(scores: jax.typing.ArrayLike) -> jax.Array:
     ``lax.top_k`` and ``argmax`` prefer the lower index among equal keys. To put NaN strictly
     below -inf we map -inf to the lowest finite float32 and NaN to -inf; finite scores keep
     their order (a finite score equal to the lowest float32 ties with -inf, which is harmless).
+    -0 becomes +0: ``top_k`` orders by bits, ranking -0 below +0 although they are equal, which
+    would break the lower-index tie rule.
     """
     s = jnp.asarray(scores, jnp.float32)
+    s = jnp.where(s == 0, jnp.float32(0), s)
     lowest = jnp.finfo(jnp.float32).min
     s = jnp.where(jnp.isneginf(s), lowest, s)
     return jnp.where(jnp.isnan(s), -jnp.inf, s)

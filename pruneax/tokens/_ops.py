@@ -169,7 +169,8 @@ def with_protected(idx: jax.typing.ArrayLike, n: int, protected: Sequence[int] =
     """Maps selector output over the unprotected tokens back to the full sequence.
 
     Args:
-      idx: int [k] indices into :func:`unprotected_positions` ``(n, protected)``.
+      idx: int [k] indices into :func:`unprotected_positions` ``(n, protected)``: an integer
+        array or a sequence of Python ints.
       n: the full sequence length.
       protected: positions that are always kept, e.g. ``(0,)`` for CLS, ``range(5)`` for CLS
         plus four registers, ``(98,)`` for Vision Mamba's middle class token.
@@ -178,7 +179,14 @@ def with_protected(idx: jax.typing.ArrayLike, n: int, protected: Sequence[int] =
       int32 [len(protected) + k]: full-sequence indices, sorted ascending, protected included.
 
     Raises:
-      ValueError: on a bad ``protected`` or an ``idx`` that is not rank-1 integer.
+      ValueError: on a bad ``protected``, an ``idx`` that is not rank-1 integer, or a concrete
+        ``idx`` (Python ints, NumPy, or a JAX array outside ``jit``) with an entry outside
+        ``[0, n - len(protected))``.
+
+    Under ``jit`` a traced ``idx`` cannot be checked: an entry out of range gathers position 0
+    (``gather``'s fill value), so the output then holds a duplicate of position 0 (e.g.
+    ``[0, 0, 2]`` with ``protected=(0,)``) and one fewer distinct token. Selectors never return
+    such indices.
 
     Example:
       >>> import jax.numpy as jnp
@@ -188,5 +196,9 @@ def with_protected(idx: jax.typing.ArrayLike, n: int, protected: Sequence[int] =
       [0, 2, 4]
     """
     rest = unprotected_positions(n, protected)
+    if isinstance(idx, list | tuple):
+        if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in idx):
+            raise ValueError(f"idx must be a rank-1 integer array or Python ints; got {idx!r}")
+        idx = np.asarray(idx, np.int64).reshape(-1)
     kept = gather(jnp.asarray(rest), idx)
     return jnp.sort(jnp.concatenate([jnp.asarray(_protected(n, protected), jnp.int32), kept]))

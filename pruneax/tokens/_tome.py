@@ -33,7 +33,7 @@ def tome_merge(
       x: [N, D] tokens to merge.
       metric: [N, C] similarity features (attention keys averaged over heads).
       r: number of tokens to remove, a Python int with 0 <= r <= (mergeable A tokens).
-      size: [N] current token sizes (ones when None).
+      size: [N] current token sizes, all > 0 (ones when None).
       num_protected: leading tokens that are never merged away (1 for CLS).
 
     Returns:
@@ -42,7 +42,12 @@ def tome_merge(
       themselves), for tracking which patches merged.
 
     Raises:
-      ValueError: on wrong ranks, mismatched lengths, or ``r`` out of range.
+      ValueError: on wrong ranks, mismatched lengths, ``r`` out of range, or a concrete
+        ``size`` with an entry <= 0 or NaN (a traced ``size`` cannot be checked under ``jit``;
+        a non-positive entry there gives NaN or infinite merged tokens).
+
+    With ``r = 0`` the inputs come back unchanged (``x``, ``size`` as float32, ``dest`` =
+    ``arange(N)``), also for a single token.
 
     Edge ties go to the lower A index (sort is stable); the best B partner ties to the lower
     B index.
@@ -65,6 +70,9 @@ def tome_merge(
     if size is not None:
         (ns,) = _checks.real_array(size, "size", 1, "[N]")
         _checks.same_length(n, ns, "size", (ns,), "N =")
+        v = _checks.concrete_or_none(size)
+        if v is not None and not (v > 0).all():
+            raise ValueError(f"size must be > 0 everywhere (token counts); got min {v.min()}")
     p = _checks.static_int(num_protected, "num_protected")
     if not 0 <= p < n:
         raise ValueError(f"num_protected must be in [0, {n}); got {p}")
@@ -78,6 +86,9 @@ def tome_merge(
             f"r must satisfy 0 <= r <= {bound} (mergeable tokens of set A "
             f"for N={n}, num_protected={p}); got {r}"
         )
+    if r == 0:  # nothing to merge (N = 1 has no B token to merge into)
+        new_size = jnp.ones((n,), jnp.float32) if size is None else jnp.asarray(size, jnp.float32)
+        return jnp.asarray(x), new_size, jnp.arange(n, dtype=jnp.int32)
     return _tome(x, metric, size, r, p)
 
 

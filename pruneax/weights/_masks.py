@@ -31,6 +31,27 @@ def _check_fraction(s: object, name: str) -> float:
     return s
 
 
+def _check_real(scores: Any, names: list[str], where: str) -> None:
+    """Raises unless every named leaf of ``scores`` is a real (float, integer or bool) array: a
+    complex score has no order, and casting it to float32 would drop its imaginary part."""
+    flat = _paths.by_name(scores)
+    for name in names:
+        dtype = jnp.result_type(flat[name])
+        if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+            if dtype != jnp.bool_:
+                raise ValueError(
+                    f"{where}: scores for {name!r} must be a real (float or integer) array; "
+                    f"got dtype {dtype}"
+                )
+
+
+def _static_int(value: object, name: str) -> int:
+    """``value`` as a Python int (Python or NumPy integer; bool and floats are refused)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+    return int(value)
+
+
 def _order_key(scores: jax.Array) -> jax.Array:
     """uint32 keys with the order of the float32 scores (NaN lowest, like -inf; -0 == +0)."""
     f = jnp.ravel(jnp.asarray(scores, jnp.float32))
@@ -118,8 +139,9 @@ def layerwise_masks(
       mask tree (bool arrays for prunable leaves, None elsewhere).
 
     Raises:
-      ValueError: a fraction outside [0, 1), a selection or override matching nothing, or a
-        sparsity mapping that misses a prunable leaf.
+      ValueError: a fraction outside [0, 1), a selection or override matching nothing, a
+        sparsity mapping that misses a prunable leaf, or complex scores (the message names the
+        leaf).
 
     Example:
       >>> import jax.numpy as jnp
@@ -130,6 +152,7 @@ def layerwise_masks(
       ([[False, True], [True, False]], None)
     """
     names = _paths.prunable_names(scores, prunable)
+    _check_real(scores, names, "layerwise_masks")
     if isinstance(sparsity, Mapping):
         missing = [n for n in names if n not in sparsity]
         if missing:
@@ -180,6 +203,7 @@ def global_masks(
     """
     sparsity = _check_fraction(sparsity, "sparsity")
     names = _paths.prunable_names(scores, prunable)
+    _check_real(scores, names, "global_masks")
     own = _paths.overridden(names, overrides, "sparsity")
     own = {n: _check_fraction(v, f"sparsity of {n!r}") for n, v in own.items()}
     pool = [n for n in names if n not in own]
@@ -207,8 +231,20 @@ def nm_masks(scores: Any, n: int, m: int, *, prunable: Selector = None, axis: in
     For a dense kernel ``[in, out]`` the default ``axis=-2`` groups along the input dimension,
     the layout sparse tensor cores expect (2:4).
 
+    Args:
+      scores: pytree of real scores with the structure of the parameters.
+      n: weights kept per group, an int (Python or NumPy) with ``0 < n <= m``.
+      m: group size, an int.
+      prunable: which leaves are pruned (default: dense/conv kernels).
+      axis: the grouping axis of every prunable leaf (-2), an int in ``[-ndim, ndim)``.
+
+    Returns:
+      mask tree (bool arrays for prunable leaves, None elsewhere).
+
     Raises:
-      ValueError: if not ``0 < n <= m`` or a prunable leaf's ``axis`` is not divisible by ``m``.
+      ValueError: if not ``0 < n <= m``, ``axis`` is not an int or is out of range for a
+        prunable leaf, a prunable leaf is 0-d (it has no axis to group along), a leaf's
+        ``axis`` is not divisible by ``m``, or a prunable leaf's scores are complex.
 
     Example:
       >>> import jax.numpy as jnp
@@ -217,14 +253,25 @@ def nm_masks(scores: Any, n: int, m: int, *, prunable: Selector = None, axis: in
       >>> W.nm_masks(scores, 2, 4)["kernel"].tolist()  # 2:4 along the input axis
       [[False], [True], [False], [True]]
     """
-    if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
+    n, m = _static_int(n, "n"), _static_int(m, "m")
+    if not 0 < n <= m:
         raise ValueError(f"need ints 0 < n <= m; got n={n!r}, m={m!r}")
-    names = set(_paths.prunable_names(scores, prunable))
+    axis = _static_int(axis, "axis")
+    listed = _paths.prunable_names(scores, prunable)
+    _check_real(scores, listed, "nm_masks")
+    names = set(listed)
 
     def leaf_mask(name, s):
         if name not in names:
             return None
         s = jnp.asarray(s, jnp.float32)
+        if s.ndim == 0:
+            raise ValueError(f"nm_masks: leaf {name!r} is 0-d (a scalar); it has no axis to group")
+        if not -s.ndim <= axis < s.ndim:
+            raise ValueError(
+                f"nm_masks: axis={axis} is out of range for leaf {name!r} of shape {s.shape} "
+                f"(need -{s.ndim} <= axis < {s.ndim})"
+            )
         ax = axis % s.ndim
         if s.shape[ax] % m:
             raise ValueError(

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from pruneax.weights import _paths
@@ -18,16 +19,33 @@ class MaskedState(NamedTuple):
     inner_state: optax.OptState
 
 
-def _full(masks, like):
+def _full(masks, like, where):
     """Full-shape bool masks for every leaf of ``like`` (True where no mask or no masks), so
-    the optimizer state keeps one structure and shape whatever masks are installed."""
+    the optimizer state keeps one structure and shape whatever masks are installed.
+
+    Raises:
+      ValueError: (prefixed with ``where``) if ``masks`` does not have the structure of
+        ``like`` or a mask's shape differs from its leaf's (no broadcasting: a ``(16, 1)`` mask
+        would otherwise prune whole rows of a ``(16, 8)`` kernel).
+    """
     if masks is None:
         return jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), like)
-    return _paths.map_named(
-        lambda _, x, m: jnp.ones(jnp.shape(x), bool) if m is None else jnp.asarray(m, bool),
-        like,
-        masks,
-    )
+
+    def leaf(name, x, m):
+        if m is None:
+            return jnp.ones(jnp.shape(x), bool)
+        if np.shape(m) != np.shape(x):
+            raise ValueError(
+                f"{where}: mask for {name!r} has shape {np.shape(m)}, parameter {np.shape(x)}"
+            )
+        return jnp.asarray(m, bool)
+
+    try:
+        return _paths.map_named(leaf, like, masks)
+    except (ValueError, TypeError) as e:
+        if str(e).startswith(where):
+            raise
+        raise ValueError(f"{where}: masks do not match the structure of the parameters: {e}") from e
 
 
 def _apply_full(tree, full_masks):
@@ -53,8 +71,13 @@ def masked_optimizer(
     Each update: gradients of pruned weights are zeroed before ``inner`` sees them, so
     ``inner``'s per-parameter state (Adam's moments, SGD's momentum), zeroed at pruned positions
     by ``init`` and :func:`set_masks`, stays zero there for elementwise optimizers; the
-    outgoing update of a pruned weight is ``-param`` when ``params`` are passed (so the weight
-    lands on exactly 0 even if it was not zero) and 0 otherwise.
+    outgoing update of a pruned weight is ``-param`` when ``params`` are passed (so a finite
+    weight lands on exactly 0 even if it was not zero) and 0 otherwise.
+
+    A pruned weight that is NaN or infinite cannot be cleared by an additive update (``NaN + u``
+    is NaN for every ``u``): its update is 0, so no NaN enters the update tree, and
+    ``W.apply_masks(optax.apply_updates(params, updates), state.masks)`` sets it to exactly 0
+    (``apply_masks`` selects with ``where``; on finite weights it changes nothing).
 
     Args:
       inner: any optax transformation (e.g. ``optax.adam(1.2e-3)``).
@@ -65,6 +88,10 @@ def masked_optimizer(
       A ``GradientTransformation`` whose state is a :class:`MaskedState`. Change masks between
       rounds with :func:`set_masks` (one optimizer object then serves every round, so a jitted
       step that takes it as a static argument compiles once).
+
+    Raises:
+      ValueError: from ``init``, if ``masks`` does not have the structure of the parameters or
+        a mask's shape differs from its leaf's (the message names the leaf and both shapes).
 
     Example:
       >>> import jax.numpy as jnp
@@ -80,7 +107,7 @@ def masked_optimizer(
     """
 
     def init(params):
-        full = _full(masks, params)
+        full = _full(masks, params, "masked_optimizer")
         return MaskedState(full, inner.init(_apply_full(params, full)))
 
     def update(updates, state, params=None):
@@ -92,15 +119,35 @@ def masked_optimizer(
         if params is None:
             out = _apply_full(out, state.masks)
         else:
-            out = jax.tree.map(lambda u, m, p: jnp.where(m, u, -p), out, state.masks, params)
+            out = jax.tree.map(_reset_pruned, out, state.masks, params)
         return out, MaskedState(state.masks, inner_state)
 
     return optax.GradientTransformation(init, update)
 
 
+def _reset_pruned(u, m, p):
+    """The update of one leaf: ``u`` where kept, ``-p`` where pruned (0 if ``p`` is not finite)."""
+    p = jnp.asarray(p)
+    reset = jnp.where(jnp.isfinite(p), -p, jnp.zeros((), p.dtype))
+    return jnp.where(m, u, reset)
+
+
 def set_masks(state: MaskedState, masks: Any, inner: optax.GradientTransformation) -> MaskedState:
     """New masks for a :func:`masked_optimizer` state; the inner moments of newly pruned weights
     are zeroed so no stale momentum reaches them.
+
+    Args:
+      state: the current :class:`MaskedState` (from ``init`` or a previous ``update``).
+      masks: the new mask tree (None for a leaf keeps it whole).
+      inner: the inner transformation ``masked_optimizer`` wraps (to find its per-parameter
+        state).
+
+    Returns:
+      a :class:`MaskedState` with the new masks and the inner state zeroed where pruned.
+
+    Raises:
+      ValueError: if ``masks`` does not have the structure of the parameters or a mask's shape
+        differs from its leaf's (the message names the leaf and both shapes).
 
     Example:
       >>> import jax.numpy as jnp
@@ -113,5 +160,5 @@ def set_masks(state: MaskedState, masks: Any, inner: optax.GradientTransformatio
       >>> W.set_masks(opt.init(params), masks, inner).masks["dense"]["kernel"].tolist()
       [[False, True], [False, False]]
     """
-    full = _full(masks, state.masks)
+    full = _full(masks, state.masks, "set_masks")
     return MaskedState(full, _mask_moments(inner, state.inner_state, full))

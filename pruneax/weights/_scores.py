@@ -8,9 +8,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pruneax.weights import _paths
+
+
+def _real(name: str, x: Any, what: str, where: str) -> jax.Array:
+    """``x`` as float32; raises if it is complex (the cast would drop the imaginary part)."""
+    if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+        raise ValueError(
+            f"{where}: {what} {name!r} must be real; got dtype {jnp.result_type(x)} (the "
+            "imaginary part would be dropped)"
+        )
+    return jnp.asarray(x, jnp.float32)
+
 
 def magnitude_scores(params: Any) -> Any:
     """``|w|`` per weight, float32 (magnitude pruning; LTH, open_lth, jaxpruner).
+
+    Args:
+      params: pytree of real weights.
+
+    Returns:
+      pytree of float32 scores with the structure of ``params``.
+
+    Raises:
+      ValueError: if a leaf is complex (the message names the leaf).
 
     Example:
       >>> import jax.numpy as jnp
@@ -18,7 +39,7 @@ def magnitude_scores(params: Any) -> Any:
       >>> W.magnitude_scores({"w": jnp.array([-2.0, 1.0])})["w"].tolist()
       [2.0, 1.0]
     """
-    return jax.tree.map(lambda w: jnp.abs(jnp.asarray(w, jnp.float32)), params)
+    return _paths.map_named(lambda n, w: jnp.abs(_real(n, w, "weight", "magnitude_scores")), params)
 
 
 def random_scores(key: jax.Array, params: Any) -> Any:
@@ -44,8 +65,16 @@ def saliency_scores(params: Any, grads: Any) -> Any:
     References:
       Lee et al., "SNIP: Single-shot Network Pruning based on Connection Sensitivity", ICLR 2019.
 
+    Args:
+      params: pytree of real weights.
+      grads: pytree of real gradients with the structure of ``params``.
+
+    Returns:
+      pytree of float32 scores with the structure of ``params``.
+
     Raises:
-      ValueError: if ``grads`` does not have the structure of ``params``.
+      ValueError: if ``grads`` does not have the structure of ``params``, or a weight or
+        gradient is complex (the message names the leaf).
 
     Example:
       >>> import jax.numpy as jnp
@@ -55,17 +84,18 @@ def saliency_scores(params: Any, grads: Any) -> Any:
       [3.0, 1.0]
     """
     try:
-        return jax.tree.map(_saliency, params, grads)
+        return _paths.map_named(_saliency, params, grads)
     except ValueError as e:
         if "saliency_scores" in str(e):
             raise
         raise ValueError(f"saliency_scores: grads must match the structure of params: {e}") from e
 
 
-def _saliency(w, g):
+def _saliency(name, w, g):
     if np.shape(w) != np.shape(g):
         raise ValueError(
             f"saliency_scores: a gradient of shape {np.shape(g)} for a weight of shape "
             f"{np.shape(w)}"
         )
-    return jnp.abs(jnp.asarray(w, jnp.float32) * jnp.asarray(g, jnp.float32))
+    where = "saliency_scores"
+    return jnp.abs(_real(name, w, "weight", where) * _real(name, g, "gradient", where))

@@ -13,6 +13,7 @@ keep ``rope_theta`` / ``rope_scaling`` at the top level, v5 configs put both in
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -114,7 +115,10 @@ def _rope(cfg: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None
     params = dict(params)
     if params and all(isinstance(v, dict) for v in params.values()):
         raise ValueError(f"{where}: per-layer-type RoPE parameters are not supported: {params}")
-    theta = float(params.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
+    theta = params.pop("rope_theta", cfg.get("rope_theta", 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, int | float) or not 0 < theta < math.inf:
+        raise ValueError(f"{where}: rope_theta must be a finite number > 0; got {theta!r}")
+    theta = float(theta)
     partial = params.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
     if partial not in (None, 1, 1.0):
         raise ValueError(f"{where}: partial_rotary_factor {partial} is not supported (only 1.0)")

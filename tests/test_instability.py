@@ -71,11 +71,11 @@ def test_killed_run_resumes_with_identical_results(reference, tmp_path):
 
 def test_a_network_interpolated_with_itself_is_flat():
     cfg = dataclasses.replace(lt.PRESETS["tiny"], iterations=10)
-    data = {k: jnp.asarray(v) for k, v in lt._prepare(cfg, None).items()}
-    model = lt._make_model(cfg, data["x_train"].shape[1:], jax.random.key(0))
+    data = {k: jnp.asarray(v) for k, v in lt.prepare(cfg, None).items()}
+    model = lt.make_model(cfg, data["x_train"].shape[1:], jax.random.key(0))
     trainer = lt.Trainer(cfg, model)
     _, params, rest = nnx.split(model, nnx.Param, ...)
-    errors = ins._Interpolator(trainer, data, 2).errors((params, rest), (params, rest), 5)
+    errors = ins.Interpolator(trainer, data, 2).errors((params, rest), (params, rest), 5)
     assert len(set(errors)) == 1
 
 
@@ -83,11 +83,11 @@ def test_batchnorm_statistics_are_reestimated():
     cfg = dataclasses.replace(
         lt.PRESETS["cpu_rewind_resnet"], dataset="digits", width=4, val_size=200
     )
-    data = {k: jnp.asarray(v) for k, v in lt._prepare(cfg, None).items()}
-    model = lt._make_model(cfg, data["x_train"].shape[1:], jax.random.key(0))
+    data = {k: jnp.asarray(v) for k, v in lt.prepare(cfg, None).items()}
+    model = lt.make_model(cfg, data["x_train"].shape[1:], jax.random.key(0))
     trainer = lt.Trainer(cfg, model)
     _, params, rest = nnx.split(model, nnx.Param, ...)
-    interp = ins._Interpolator(trainer, data, 60)
+    interp = ins.Interpolator(trainer, data, 60)
     x = interp.bn_x[0]
     for _ in range(150):  # momentum 0.9: the running mean converges to this batch's mean
         rest = interp._stats(params, rest, x)

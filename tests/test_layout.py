@@ -53,9 +53,40 @@ def _private_imports(path: pathlib.Path) -> list[str]:
     return bad
 
 
+def _private_attributes(path: pathlib.Path) -> list[str]:
+    """``alias._name`` where ``alias`` is a pruneax module imported by the test."""
+    tree = ast.parse(path.read_text())
+    aliases = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pruneax"):
+            aliases |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname or a.name for a in node.names if a.name.startswith("pruneax")}
+    return [
+        f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in aliases
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+    ]
+
+
 def test_tests_import_only_the_public_api():
     bad = [b for p in sorted((ROOT / "tests").glob("*.py")) for b in _private_imports(p)]
     assert not bad, bad
+
+
+def test_tests_use_no_private_attribute_of_a_pruneax_module():
+    bad = [b for p in sorted((ROOT / "tests").glob("*.py")) for b in _private_attributes(p)]
+    assert not bad, bad
+
+
+def test_the_private_attribute_check_can_fail(tmp_path):
+    f = tmp_path / "t.py"
+    f.write_text("from pruneax.experiments import lottery_ticket as lt\nlt._prepare(1)\n")
+    assert len(_private_attributes(f)) == 1
 
 
 def test_the_private_import_check_can_fail(tmp_path):

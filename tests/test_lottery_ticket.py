@@ -143,10 +143,10 @@ def test_batchnorm_trains_and_both_step_loops_agree():
     from flax import nnx
 
     cfg = _resnet_config()
-    data = {k: jax.numpy.asarray(v) for k, v in lt._prepare(cfg, None).items()}
+    data = {k: jax.numpy.asarray(v) for k, v in lt.prepare(cfg, None).items()}
     runs = {}
     for loop in ("scan", "python"):
-        model = lt._make_model(cfg, data["x_train"].shape[1:], jax.random.key(0))
+        model = lt.make_model(cfg, data["x_train"].shape[1:], jax.random.key(0))
         trainer = lt.Trainer(cfg, model, loop=loop)
         assert trainer.loop == loop
         _, params, rest = nnx.split(model, nnx.Param, ...)
@@ -167,10 +167,10 @@ def test_trainer_loop_choice():
     import jax
 
     cfg = _resnet_config()
-    model = lt._make_model(cfg, (8, 8, 1), jax.random.key(0))
+    model = lt.make_model(cfg, (8, 8, 1), jax.random.key(0))
     expected = "python" if jax.default_backend() == "cpu" else "scan"
     assert lt.Trainer(cfg, model).loop == expected
     lenet = dataclasses.replace(cfg, model="lenet300100")
-    assert lt.Trainer(lenet, lt._make_model(lenet, (8, 8, 1), jax.random.key(0))).loop == "scan"
+    assert lt.Trainer(lenet, lt.make_model(lenet, (8, 8, 1), jax.random.key(0))).loop == "scan"
     with pytest.raises(ValueError, match="loop must be"):
         lt.Trainer(cfg, model, loop="unrolled")

@@ -27,8 +27,8 @@ TRAIN = textwrap.dedent(
     from pruneax.models import PruningPlan
 
     cfg = dataclasses.replace(vtp.PRESETS["tiny"], iterations=30, warmup=5, log_every=10)
-    cfg, arrays = vtp._prepare(cfg, None)
-    runner = vtp._runner(cfg, vtp._vit_config(cfg, arrays))
+    cfg, arrays = vtp.prepare(cfg, None)
+    runner = vtp.make_runner(cfg, vtp.model_config(cfg, arrays))
     data = {k: jnp.asarray(v) for k, v in arrays.items()}
     from pathlib import Path
     from pruneax.lab import Checkpoints
@@ -248,7 +248,7 @@ VLM = textwrap.dedent(
         combos=(), position_ablation=(), model_parallel=int(sys.argv[2]),
     )
     out = vtp.run(cfg, sys.argv[1])
-    cfg, arrays = vtp._prepare(cfg, None)
+    cfg, arrays = vtp.prepare(cfg, None)
     job = vtp.Job(cfg, vtp.vlm_config(cfg, arrays["x_train"].shape[1:3]), arrays)
     q = job.params0["vlm"]["llm"]["layers"][0]["self_attn"]["q_proj"]["kernel"]
     print(json.dumps({

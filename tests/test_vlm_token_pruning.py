@@ -148,7 +148,7 @@ def test_cell_pool_and_kept_stats():
                               [v["COUNT"], v["DIG_3"], v["?"]]]),
     }  # fmt: skip
     kept = np.array([[8, -1], [0, 15], [2, 3]])  # row 1: cell (1, 0) hit; row 2: miss
-    stats = vtp._kept_stats(kept, ev, (4, 4), 2)
+    stats = vtp.kept_stats(kept, ev, (4, 4), 2)
     assert stats["cell_hit_rate"] == 0.5
     np.testing.assert_allclose(stats["kept_row_mean"], np.mean([2, 0, 3, 0, 0]) / 3)
     assert stats["visual_tokens_last_layer"] == 5 / 3

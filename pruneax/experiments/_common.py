@@ -138,6 +138,19 @@ def random_crop_flip(key: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
 
 
+def restore_like(like, restored):
+    """A checkpointed pure dict put back into an NNX state shaped like ``like``."""
+    out = jax.tree.map(lambda x: x, like)  # a copy: replace_by_pure_dict works in place
+    nnx.replace_by_pure_dict(out, jax.tree.map(jnp.asarray, restored))
+    return out
+
+
+def state_to_numpy(state: dict[str, Any]) -> dict[str, Any]:
+    """The experiment state as plain nested dicts of NumPy arrays (what orbax stores)."""
+    pure = lambda v: nnx.to_pure_dict(v) if isinstance(v, nnx.State) else v
+    return jax.tree.map(np.asarray, {k: pure(v) for k, v in state.items()})
+
+
 def matrices_only(params):
     """Weight-decay mask: decay leaves with ndim >= 2 (kernels), not biases or norms."""
     return jax.tree.map(lambda v: jnp.ndim(v) >= 2, params)

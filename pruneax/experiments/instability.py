@@ -63,7 +63,7 @@ def _jobs(spawn: tuple[int, ...], copies: int) -> list[tuple[str, int, int]]:
     return jobs + [("child", k, c) for k in spawn for c in range(copies)]
 
 
-class _Interpolator:
+class Interpolator:
     """Test error of interpolated weights, with BatchNorm statistics re-estimated."""
 
     def __init__(self, trainer: lt.Trainer, data: dict[str, jax.Array], bn_batches: int):
@@ -119,7 +119,7 @@ def run(
         raise ValueError(f"points must be at least 3; got {points}")
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    arrays = lt._prepare(cfg, data_dir)
+    arrays = lt.prepare(cfg, data_dir)
     data = {k: jnp.asarray(v) for k, v in arrays.items()}
     input_shape = tuple(arrays["x_train"].shape[1:])
     setup = {
@@ -130,7 +130,7 @@ def run(
         "points": points,
         "bn_batches": bn_batches,
     }
-    model = lt._make_model(cfg, input_shape, jax.random.key(seed))
+    model = lt.make_model(cfg, input_shape, jax.random.key(seed))
     _, theta0, rest0 = nnx.split(model, nnx.Param, ...)
     trainer = lt.Trainer(cfg, model)
     jobs = _jobs(spawn, copies)
@@ -161,23 +161,23 @@ def run(
             for s in spawn[1:]:
                 state[f"theta_{s}"], state[f"rest_{s}"] = captured[s]
         else:
-            params = lt._restore_like(theta0, state[f"theta_{k}"]) if k else theta0
-            rest = lt._restore_like(rest0, state[f"rest_{k}"]) if k else rest0
+            params = common.restore_like(theta0, state[f"theta_{k}"]) if k else theta0
+            rest = common.restore_like(rest0, state[f"rest_{k}"]) if k else rest0
             key = jax.random.fold_in(base, 1000 * k + c)
             params, rest, curve, _ = trainer.train(params, rest, masks, data, key, k, label=label)
             state[f"final_{k}_{c}"], state[f"final_rest_{k}_{c}"] = params, rest
             runs.append({"spawn": k, "copy": c, "final_test_acc": curve[-1][3]})
-        state = lt._to_numpy(state)
+        state = common.state_to_numpy(state)
         ckpt.save(j, state, {"setup": setup, "runs": runs}, flat=False)
 
-    interp = _Interpolator(trainer, data, bn_batches)
+    interp = Interpolator(trainer, data, bn_batches)
     pairs = []
     for k in spawn:
         for c1, c2 in itertools.combinations(range(copies), 2):
             ends = [
                 (
-                    lt._restore_like(theta0, state[f"final_{k}_{c}"]),
-                    lt._restore_like(rest0, state[f"final_rest_{k}_{c}"]),
+                    common.restore_like(theta0, state[f"final_{k}_{c}"]),
+                    common.restore_like(rest0, state[f"final_rest_{k}_{c}"]),
                 )
                 for c in (c1, c2)
             ]

@@ -159,7 +159,7 @@ PRESETS: dict[str, Config] = {
 # ----------------------------------------------------------------------------- data
 
 
-def _prepare(cfg: Config, data_dir: str | None) -> dict[str, np.ndarray]:
+def prepare(cfg: Config, data_dir: str | None) -> dict[str, np.ndarray]:
     ds = pdata.load_dataset(cfg.dataset, data_dir)
     x_train, y_train = ds.train_images, ds.train_labels
     x_test, y_test = ds.test_images, ds.test_labels
@@ -194,7 +194,7 @@ def _as_nhwc(x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- model + training
 
 
-def _make_model(cfg: Config, input_shape: tuple[int, ...], seed_key: jax.Array) -> nnx.Module:
+def make_model(cfg: Config, input_shape: tuple[int, ...], seed_key: jax.Array) -> nnx.Module:
     rngs = nnx.Rngs(seed_key)
     if cfg.model == "lenet300100":
         return models.LeNet300100(in_features=int(np.prod(input_shape)), rngs=rngs)
@@ -477,7 +477,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         data_dir = os.environ.get("PRUNEAX_DATA_DIR")
     if cfg.dataset == "digits":
         print("[lottery_ticket] no data dir: using scikit-learn's bundled digits", flush=True)
-    arrays = _prepare(cfg, data_dir)
+    arrays = prepare(cfg, data_dir)
     data = {k: jnp.asarray(v) for k, v in arrays.items()}
     input_shape = tuple(arrays["x_train"].shape[1:])
 
@@ -506,7 +506,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     for j in range(first, len(jobs)):
         seed, kind, r = jobs[j]
         key = jax.random.fold_in(jax.random.key(seed), j)
-        model = _make_model(cfg, input_shape, jax.random.key(seed))
+        model = make_model(cfg, input_shape, jax.random.key(seed))
         trainer = trainer or Trainer(cfg, model)
         _, theta0, rest0 = nnx.split(model, nnx.Param, ...)
         if kind == "imp" and r == 0:
@@ -514,14 +514,14 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             masks = W.layerwise_masks(W.magnitude_scores(theta0), 0.0)
             params, rest, start = theta0, rest0, 0
         else:
-            theta_k = _restore_like(theta0, state["theta_k"])
-            rest_k = _restore_like(rest0, state["rest_k"])
+            theta_k = common.restore_like(theta0, state["theta_k"])
+            rest_k = common.restore_like(rest0, state["rest_k"])
             if kind == "imp":  # this round's masks: the last IMP round's pruning result
                 state["masks"] = state["next_masks"]
             masks = _masks_from_dict(theta0, state["masks"])
             params, rest, start = theta_k, rest_k, cfg.rewind_iteration
             if kind == "reinit":
-                fresh = _make_model(cfg, input_shape, jax.random.fold_in(key, 7))
+                fresh = make_model(cfg, input_shape, jax.random.fold_in(key, 7))
                 _, params, rest = nnx.split(fresh, nnx.Param, ...)
             elif kind == "random_prune":
                 masks = W.random_masks(jax.random.fold_in(key, 11), masks)
@@ -536,7 +536,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         if kind == "imp":
             if cfg.rewind_iteration in captured:
                 state["theta_k"], state["rest_k"] = captured[cfg.rewind_iteration]
-            state = _to_numpy(state)
+            state = common.state_to_numpy(state)
             next_masks = W.prune_round(
                 params,
                 masks,
@@ -546,23 +546,10 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             )
             state["next_masks"] = _masks_to_dict(next_masks)
         meta = {"config": lab.config_json(cfg), "results": results}
-        ckpt.save(j, _to_numpy(state), meta, flat=False)  # its keys change between jobs
+        ckpt.save(j, common.state_to_numpy(state), meta, flat=False)  # its keys change between jobs
         if cfg.rounds > 3:  # long runs: results so far are readable while it goes on
             _write_outputs(cfg, workdir, results, partial=True)
     return _write_outputs(cfg, workdir, results)
-
-
-def _restore_like(like, restored):
-    """A checkpointed pure dict put back into an NNX state shaped like ``like``."""
-    out = jax.tree.map(lambda x: x, like)  # a copy: replace_by_pure_dict works in place
-    nnx.replace_by_pure_dict(out, jax.tree.map(jnp.asarray, restored))
-    return out
-
-
-def _to_numpy(state: dict[str, Any]) -> dict[str, Any]:
-    """The experiment state as plain nested dicts of NumPy arrays (what orbax stores)."""
-    pure = lambda v: nnx.to_pure_dict(v) if isinstance(v, nnx.State) else v
-    return jax.tree.map(np.asarray, {k: pure(v) for k, v in state.items()})
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -186,7 +186,7 @@ def topvim_layers(depth: int) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------- data
 
 
-def _prepare(cfg: Config, data_dir: str | None) -> tuple[Config, dict[str, np.ndarray]]:
+def prepare(cfg: Config, data_dir: str | None) -> tuple[Config, dict[str, np.ndarray]]:
     dataset = cfg.dataset
     if dataset != "digits" and data_dir is None and not os.environ.get("PRUNEAX_DATA_DIR"):
         print(
@@ -203,7 +203,7 @@ def _prepare(cfg: Config, data_dir: str | None) -> tuple[Config, dict[str, np.nd
     return cfg, arrays
 
 
-def _vim_config(cfg: Config, arrays: dict[str, np.ndarray]) -> models.VimConfig:
+def model_config(cfg: Config, arrays: dict[str, np.ndarray]) -> models.VimConfig:
     return models.vim_config(cfg.variant, **common.shape_overrides(arrays, cfg.vim))
 
 
@@ -275,7 +275,7 @@ def _decay_mask(params):
     return jax.tree_util.tree_map_with_path(decay, params)
 
 
-def _runner(cfg: Config, vim_cfg: models.VimConfig) -> common.Runner:
+def make_runner(cfg: Config, vim_cfg: models.VimConfig) -> common.Runner:
     """The shared data-parallel runner, with hustvl's weight-decay exclusions."""
     model = models.Vim(vim_cfg, rngs=nnx.Rngs(cfg.seed))
     return common.Runner(cfg, model, log_tag=_TAG, decay_mask=_decay_mask)
@@ -315,15 +315,15 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     """Runs (or resumes) the experiment; returns the results dict also written to results.json."""
     _check(cfg)
     workdir = pathlib.Path(workdir)
-    cfg, arrays = _prepare(cfg, data_dir)
-    vim_cfg = _vim_config(cfg, arrays)
+    cfg, arrays = prepare(cfg, data_dir)
+    vim_cfg = model_config(cfg, arrays)
     main_s, singles = schedules(cfg, vim_cfg)
     for s in (main_s, *singles):  # bad layers / ratios fail before any training
         make_plan(cfg.modes[0], s).validate(vim_cfg.depth, vim_cfg.num_patches)
     workdir.mkdir(parents=True, exist_ok=True)
     data = {k: jnp.asarray(v) for k, v in arrays.items()}
     x_eval, y_eval = data["x_test"][: cfg.eval_size], data["y_test"][: cfg.eval_size]
-    runner = _runner(cfg, vim_cfg)
+    runner = make_runner(cfg, vim_cfg)
 
     progress = lab.Progress(workdir, cfg, ("evals", "finetune"))
 

@@ -149,7 +149,7 @@ PRESETS: dict[str, Config] = {
 # ----------------------------------------------------------------------------- data
 
 
-def _prepare(cfg: Config, data_dir: str | None) -> tuple[Config, dict[str, np.ndarray]]:
+def prepare(cfg: Config, data_dir: str | None) -> tuple[Config, dict[str, np.ndarray]]:
     dataset = cfg.dataset
     if dataset != "digits" and data_dir is None and not os.environ.get("PRUNEAX_DATA_DIR"):
         print(
@@ -164,14 +164,14 @@ def _prepare(cfg: Config, data_dir: str | None) -> tuple[Config, dict[str, np.nd
     return cfg, arrays
 
 
-def _vit_config(cfg: Config, arrays: dict[str, np.ndarray]) -> models.ViTConfig:
+def model_config(cfg: Config, arrays: dict[str, np.ndarray]) -> models.ViTConfig:
     return models.vit_config(cfg.variant, **common.shape_overrides(arrays, cfg.vit))
 
 
 # ----------------------------------------------------------------------------- model + training
 
 
-def _runner(cfg: Config, vit_cfg: models.ViTConfig) -> common.Runner:
+def make_runner(cfg: Config, vit_cfg: models.ViTConfig) -> common.Runner:
     model = models.ViT(vit_cfg, rngs=nnx.Rngs(cfg.seed))
     return common.Runner(cfg, model, log_tag="[vit_token_pruning]")
 
@@ -218,11 +218,11 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         raise ValueError(f"methods must be among {METHODS}; got unknown {sorted(unknown)}")
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg, arrays = _prepare(cfg, data_dir)
-    vit_cfg = _vit_config(cfg, arrays)
+    cfg, arrays = prepare(cfg, data_dir)
+    vit_cfg = model_config(cfg, arrays)
     data = {k: jnp.asarray(v) for k, v in arrays.items()}
     x_eval, y_eval = data["x_test"][: cfg.eval_size], data["y_test"][: cfg.eval_size]
-    runner = _runner(cfg, vit_cfg)
+    runner = make_runner(cfg, vit_cfg)
 
     progress = lab.Progress(workdir, cfg, ("evals", "finetune"))
 

@@ -315,7 +315,7 @@ PRESETS: dict[str, Config] = {
 # ----------------------------------------------------------------------------- data + model
 
 
-def _prepare(cfg: Config, data_dir: str | None) -> tuple[Config, dict[str, np.ndarray]]:
+def prepare(cfg: Config, data_dir: str | None) -> tuple[Config, dict[str, np.ndarray]]:
     if cfg.dataset not in ("mnist", "digits"):
         raise ValueError(f"dataset must be 'mnist' or 'digits'; got {cfg.dataset!r}")
     if cfg.dataset != "digits" and data_dir is None and not os.environ.get("PRUNEAX_DATA_DIR"):
@@ -640,7 +640,7 @@ class Job:
         res: dict[str, Any] = {"accuracy": float(correct.mean())}
         for f, name in enumerate(FAMILIES):
             res[f"acc_{name}"] = float(correct[ev["family"] == f].mean())
-        res.update(_kept_stats(kept, ev, self.vcfg.vision.grid, cfg.grid))
+        res.update(kept_stats(kept, ev, self.vcfg.vision.grid, cfg.grid))
         return res
 
     def _eval_batch(self, ev, sl):
@@ -679,7 +679,7 @@ class Job:
         return {"prefill_s": float(np.median(times)), "decode_token_s": float(np.median(dtimes))}
 
 
-def _kept_stats(
+def kept_stats(
     kept: np.ndarray, ev: dict[str, np.ndarray], vgrid: tuple[int, int], grid: int
 ) -> dict[str, float]:
     """Cell hit rate on locate questions and the mean normalised row of the kept tokens."""
@@ -714,7 +714,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     """Runs (or resumes) the experiment; returns the results dict also written to results.json."""
     _check(cfg)
     workdir = pathlib.Path(workdir)
-    cfg, arrays = _prepare(cfg, data_dir)
+    cfg, arrays = prepare(cfg, data_dir)
     cell_hw = arrays["x_train"].shape[1:3]
     vcfg = vlm_config(cfg, cell_hw, arrays["x_train"].shape[3])
     rows, cols = vcfg.vision.grid

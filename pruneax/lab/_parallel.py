@@ -9,18 +9,17 @@ that lives on its devices (``shard_batch`` does this with
 ``jax.make_array_from_process_local_data``).
 
 Parameter sharding (for the LLM): ``model_mesh(model=m)`` is a 2-D mesh ``("data", "model")``;
-``llm_param_specs`` gives Megatron-style specs for a ``LlamaLM``'s parameters (column-parallel
-q / k / v / gate / up kernels and the LM head, row-parallel o / down kernels, the embedding
-sharded along the vocabulary, norms replicated) and ``shard_params`` places them. jit then
-partitions every matmul (GSPMD) and inserts the collectives; the batch stays sharded along
-``"data"`` only. Each device holds about 1/m of the projection weights.
+``llm_param_specs`` gives the Megatron-style specs of ``pruneax.models.partition_spec``
+(column-parallel q / k / v / gate / up kernels and the LM head, row-parallel o / down kernels,
+the embedding sharded along the vocabulary, norms replicated) and ``shard_params`` places
+them. jit then partitions every matmul (GSPMD) and inserts the collectives; the batch stays
+sharded along ``"data"`` only. Each device holds about 1/m of the projection weights.
 
 Test without accelerators: ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import jax
@@ -81,23 +80,15 @@ def model_mesh(model: int, devices: list | None = None) -> Mesh:
     return Mesh(grid, ("data", "model"))
 
 
-# Megatron-style layout of a LlamaLM (leaf paths as ``nnx.state`` names them):
-# column-parallel kernels [in, out] split ``out``; row-parallel kernels split ``in``.
-_LLM_RULES: tuple[tuple[str, PartitionSpec], ...] = (
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$", PartitionSpec(None, "model")),
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/bias$", PartitionSpec("model")),
-    (r"(o_proj|down_proj)/kernel$", PartitionSpec("model", None)),
-    (r"lm_head/kernel$", PartitionSpec(None, "model")),
-    (r"embed_tokens/embedding$", PartitionSpec("model", None)),
-)
-
-
 def llm_param_specs(params: Any, mesh: Mesh) -> Any:
-    """``PartitionSpec`` per leaf of a ``LlamaLM``'s parameter state (see the module docstring).
+    """``PartitionSpec`` per leaf of a pruneax model's parameter state: the package's one
+    layout, ``pruneax.models.partition_spec`` (Megatron-style over the ``"model"`` axis, and
+    ``"fsdp"`` when the mesh has it), applied to each leaf's path name.
 
-    A leaf whose sharded dimension is not a multiple of the ``"model"`` axis size (e.g. 2 KV
-    heads on 4 devices) is replicated instead; so is every leaf no rule names (norm scales,
-    biases of o / down). Works on any pytree whose paths carry these names.
+    A leaf whose sharded dimension is not a multiple of the axis size (e.g. 2 KV heads on 4
+    devices) is replicated along it; so is every leaf no rule names (norm scales, biases of
+    o / down). Works on any pytree whose paths carry these names (``LlamaLM``, ``ViT``,
+    ``MambaLM``, ``VLM``).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -105,21 +96,13 @@ def llm_param_specs(params: Any, mesh: Mesh) -> Any:
       >>> params = {"q_proj": {"kernel": jnp.zeros((4, 8))}, "norm": {"scale": jnp.ones(4)}}
       >>> specs = lab.llm_param_specs(params, lab.model_mesh(1, jax.devices()[:1]))
       >>> tuple(specs["q_proj"]["kernel"]), tuple(specs["norm"]["scale"])
-      ((None, 'model'), ())
+      ((None, None), (None,))
     """
-    size = mesh.shape["model"]
+    from pruneax.models import partition_spec  # the models import pruneax.weights, not lab
 
-    def spec(path, leaf):
-        name = path_name(path)
-        for pattern, p in _LLM_RULES:
-            if re.search(pattern, name):
-                dim = next(i for i, a in enumerate(p) if a == "model")
-                if jax.numpy.ndim(leaf) > dim and leaf.shape[dim] % size == 0:
-                    return p
-                break
-        return PartitionSpec()
-
-    return jax.tree_util.tree_map_with_path(spec, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: partition_spec(path_name(path), np.shape(leaf), mesh), params
+    )
 
 
 def shard_params(params: Any, mesh: Mesh, specs: Any) -> Any:
@@ -132,7 +115,7 @@ def shard_params(params: Any, mesh: Mesh, specs: Any) -> Any:
       >>> params = {"q_proj": {"kernel": jnp.zeros((4, 8))}}
       >>> placed = lab.shard_params(params, mesh, lab.llm_param_specs(params, mesh))
       >>> tuple(placed["q_proj"]["kernel"].sharding.spec)
-      (None, 'model')
+      (None, None)
     """
     return jax.tree.map(
         lambda x, p: jax.device_put(x, NamedSharding(mesh, p)),

@@ -49,7 +49,14 @@ default predicate selects exactly them; the classifier is the attribute ``out`` 
 ``"out/*"``) in the CNNs and ``head`` (glob ``"head/*"``) in the ViT.
 """
 
-from pruneax.models._shared import param_count, read_checkpoint, read_safetensors
+from pruneax.models._shared import (
+    param_count,
+    partition_spec,
+    read_checkpoint,
+    read_safetensors,
+    shard_model,
+    write_safetensors,
+)
 from pruneax.models.convnets import (
     CONVNET_VARIANTS,
     RESNET_VARIANTS,
@@ -229,11 +236,13 @@ __all__ = [
     "mixer_forward",
     "mlp_importance",
     "param_count",
+    "partition_spec",
     "prune_structured",
     "pruned_mixer_forward",
     "read_checkpoint",
     "read_safetensors",
     "save_pruned",
+    "shard_model",
     "smollm2_gguf_path",
     "taylor_grads",
     "todre_shares",
@@ -245,4 +254,5 @@ __all__ = [
     "vit_config",
     "vit_flops",
     "vlm_prefill_flops",
+    "write_safetensors",
 ]

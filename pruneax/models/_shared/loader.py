@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from pruneax.models._shared.config_types import check_common, type_error
+from pruneax.models._shared.hub import checkpoint_dir
+from pruneax.models._shared.sharding import annotate, check_mesh, place
 from pruneax.weights import leaf_names
 
 # Attributes of every transformers ``PretrainedConfig`` (v4 and v5) that do not change what the
@@ -158,7 +159,7 @@ def read_config(
     """The checkpoint directory, its parsed ``config.json`` and its ``model_type``.
 
     Args:
-      path: a ``save_pretrained`` directory.
+      path: a ``save_pretrained`` directory, or a Hugging Face hub id (``checkpoint_dir``).
       loader: the public function's name, which starts every message (``"load_vit"``).
       model_types: the supported ``model_type`` values.
 
@@ -166,7 +167,8 @@ def read_config(
       ``(directory, config dict, model_type)``.
 
     Raises:
-      FileNotFoundError: if the directory or its ``config.json`` does not exist.
+      FileNotFoundError: if the directory (not a hub id either) or its ``config.json`` does
+        not exist.
       ValueError: naming the file (and the key) if ``config.json`` is not UTF-8 JSON holding
         an object, its ``model_type`` is not one of ``model_types``, ``architectures`` is not
         a list of strings, ``num_labels`` not an int >= 0 or ``id2label`` / ``label2id`` not
@@ -182,9 +184,7 @@ def read_config(
       ...     print(str(e).split(": ", 2)[2])
       'architectures' must be a list of class names (strings); got [5]
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{loader}: {str(root)!r} is not a directory")
+    root = checkpoint_dir(path, loader)
     config_file = root / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(
@@ -338,28 +338,36 @@ def fill(
     *,
     loader: str,
     note: str = "",
+    mesh: Any = None,
 ) -> nnx.Module:
     """``build()``'s model with every leaf taken from ``tensors`` through ``key_map``.
 
     Each tensor is converted from PyTorch layout (``from_torch``) and cast from the checkpoint's
-    dtype to the leaf's parameter dtype.
+    dtype to the leaf's parameter dtype. All shapes are checked before any tensor is read.
 
     Args:
       build: makes the model (called under ``nnx.eval_shape``: no random initialisation).
-      tensors: ``{HF key: array}`` (``read_checkpoint``).
+      tensors: ``{HF key: array}`` (``read_checkpoint``: memory-mapped).
       key_map: the architecture's ``KeyMap``.
       loader: the public function's name, which starts every message.
       note: appended to every message (the model type and the mapped config).
+      mesh: None (every leaf on the default device) or a ``jax.sharding.Mesh``: each leaf is
+        created directly in its ``NamedSharding`` (``sharding.partition_spec``) from the
+        slices of the memory-mapped tensor its devices hold, and the parameters carry their
+        spec as ``out_sharding`` metadata.
 
     Returns:
       The filled model.
 
     Raises:
       ValueError: listing the tensors missing from the checkpoint, those of the wrong shape,
-        or the checkpoint tensors the model does not use (outside ``key_map.ignore``).
+        or the checkpoint tensors the model does not use (outside ``key_map.ignore``); for a
+        ``mesh`` that is not a ``Mesh``.
     """
+    if mesh is not None:
+        mesh = check_mesh(mesh, loader)
     names, leaves, merge = abstract_leaves(build)
-    values, used, missing, wrong = [], set(), [], []
+    found, used, missing, wrong = [], set(), [], []
     for name, leaf in zip(names, leaves, strict=True):
         options = tuple(key_map.candidates(name))
         key = next((k for k in options if k in tensors), None)
@@ -372,8 +380,7 @@ def fill(
         if tuple(array.shape) != want:
             wrong.append(f"{key}: {list(array.shape)}, expected {list(want)}")
             continue
-        converted = from_torch(name, np.asarray(array), tuple(leaf.shape))
-        values.append(jnp.asarray(converted.astype(np.dtype(leaf.dtype))))
+        found.append((name, key, leaf))
     if missing:
         raise ValueError(f"{loader}: tensors missing from the checkpoint: {missing}{note}")
     if wrong:
@@ -381,4 +388,11 @@ def fill(
     unused = sorted(k for k in set(tensors) - used if not key_map.ignore(k))
     if unused:
         raise ValueError(f"{loader}: checkpoint tensors the model does not use: {unused}{note}")
-    return merge(values)
+    values = [
+        place(from_torch(name, tensors[key], tuple(leaf.shape)), np.dtype(leaf.dtype), mesh, name)
+        for name, key, leaf in found
+    ]
+    model = merge(values)
+    if mesh is not None:
+        annotate(model, mesh)
+    return model

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax.numpy as jnp
 from flax import nnx
 
 from pruneax.models._shared.checkpoint import read_checkpoint
+from pruneax.models._shared.dtypes import resolve_dtypes
 from pruneax.models._shared.loader import ConfigRules, KeyMap, check_config, fill, read_config
 from pruneax.models.mamba._model import MambaConfig, MambaLM
 
@@ -84,8 +84,9 @@ def _hf_candidates(name: str, prefix: str) -> tuple[str, ...]:
 def load_mamba(
     path: str | os.PathLike,
     *,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
+    dtype: Any = "auto",
+    param_dtype: Any = None,
+    mesh: Any = None,
     scan_mode: str = "associative",
     scan_chunk: int | None = None,
     scan_remat: bool = False,
@@ -109,9 +110,13 @@ def load_mamba(
     so does ``MambaLM``).
 
     Args:
-      path: directory with ``config.json`` and ``model.safetensors`` (or the sharded index).
-      dtype: computation dtype of the returned model.
-      param_dtype: parameter dtype (the stored weights are cast to it).
+      path: directory with ``config.json`` and ``model.safetensors`` (or the sharded index),
+        or a Hugging Face hub id (``org/name``; needs ``huggingface_hub``).
+      dtype: computation dtype of the returned model; ``"auto"`` (default) keeps the
+        checkpoint's (``checkpoint_dtype``: a bfloat16 checkpoint stays bfloat16).
+      param_dtype: parameter dtype (the stored weights are cast to it); None means ``dtype``.
+      mesh: None, or a ``jax.sharding.Mesh`` to load onto: every parameter is created in its
+        ``NamedSharding`` (``partition_spec``) from slices of the memory-mapped file.
       scan_mode, scan_chunk, scan_remat: the ``MambaConfig`` scan options.
 
     Returns:
@@ -138,12 +143,13 @@ def load_mamba(
     References: Gu & Dao, "Mamba", 2023 (arXiv:2312.00752); transformers'
       ``modeling_mamba.py`` / ``configuration_mamba.py``.
     """
-    _, cfg, model_type = read_config(path, "load_mamba", ("mamba",))
+    root, cfg, model_type = read_config(path, "load_mamba", ("mamba",))
     check_config(cfg, _RULES, "load_mamba")
     c = _RULES.complete(cfg)
     if c["hidden_act"] != "silu":
         raise ValueError(f"load_mamba: hidden_act must be 'silu'; got {c['hidden_act']!r}")
-    tensors = read_checkpoint(path)
+    tensors = read_checkpoint(root)
+    dtype, param_dtype = resolve_dtypes(dtype, param_dtype, tensors, "load_mamba")
     keys = set(tensors)
     prefix = "backbone." if any(k.startswith("backbone.") for k in keys) else ""
     arch = (cfg.get("architectures") or [""])[0]
@@ -170,5 +176,6 @@ def load_mamba(
         tensors,
         KeyMap(candidates=lambda name: _hf_candidates(name, prefix), ignore=tied.__contains__),
         loader="load_mamba",
+        mesh=mesh,
         note=f" (model_type {model_type!r}, architectures {cfg.get('architectures')}, as {config})",
     )

@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pruneax.models._shared.checkpoint import read_safetensors
 from pruneax.models._shared.loader import abstract_leaves
+from pruneax.models._shared.safetensors_write import atomic_write, write_safetensors
 from pruneax.models.structured._arch import (
     StructuredKeep,
     arch_by_name,
@@ -185,8 +187,11 @@ def config_from_json(text: str) -> Any:
 
 
 def save_pruned(directory: str | pathlib.Path, model: nnx.Module) -> None:
-    """Writes ``config.json`` (``config_to_json``) and ``variables.npz`` (every variable by
-    leaf name) of a (pruned) ``ViT`` / ``LlamaLM`` to ``directory`` (created if needed).
+    """Writes ``model.safetensors`` (every variable by leaf name, in its own dtype) and
+    ``config.json`` (``config_to_json``) of a (pruned) ``ViT`` / ``LlamaLM`` to ``directory``
+    (created if needed). Each file is written atomically (temporary file, then rename), the
+    config last, so a crash never leaves a directory ``load_pruned`` would misread. bfloat16
+    and float16 models round-trip bit for bit.
 
     Args:
       directory: where to write.
@@ -212,40 +217,59 @@ def save_pruned(directory: str | pathlib.Path, model: nnx.Module) -> None:
     arch_of_model(model, "save_pruned")
     cfg = model.config
     path = pathlib.Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(config_to_json(cfg))
     arrays = {name: np.asarray(v) for name, v in by_name(nnx.state(model)).items()}
-    np.savez(path / "variables.npz", **arrays)
+    write_safetensors(path / "model.safetensors", arrays, metadata={"format": "pruneax"})
+    atomic_write(path / "config.json", [config_to_json(cfg).encode("utf-8")])
 
 
-def load_pruned(directory: str | pathlib.Path, *, dtype: Any = jnp.float32) -> nnx.Module:
+def load_pruned(directory: str | pathlib.Path, *, dtype: Any = "auto") -> nnx.Module:
     """The model ``save_pruned`` wrote: a ``ViT`` / ``LlamaLM`` of the saved config (per-layer
-    sizes included) with the saved variables (their dtype is the parameter dtype).
+    sizes included) with the saved variables, each in its saved dtype (the parameter dtype).
+
+    Reads ``model.safetensors``; a directory written by pruneax before it (``variables.npz``)
+    is still read.
 
     Args:
       directory: what ``save_pruned`` wrote.
-      dtype: the computation dtype of the model.
+      dtype: the computation dtype of the model; ``"auto"`` (default) is the saved parameters'
+        dtype (a bfloat16 model computes in bfloat16).
 
     Returns:
       The model (``ViT`` or ``LlamaLM``).
 
     Raises:
+      FileNotFoundError: if ``config.json`` or the variables are missing.
       ValueError: for a bad config or variables that do not fit it.
 
     Example:
       >>> import tempfile
+      >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import pruneax.models as M
       >>> d = tempfile.mkdtemp()
-      >>> M.save_pruned(d, M.ViT(M.vit_config("mnist/4", num_layers=1), rngs=nnx.Rngs(0)))
-      >>> type(M.load_pruned(d)).__name__
-      'ViT'
+      >>> cfg = M.vit_config("mnist/4", num_layers=1)
+      >>> vit = M.ViT(cfg, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+      >>> M.save_pruned(d, vit)
+      >>> back = M.load_pruned(d)
+      >>> type(back).__name__, back.blocks[0].mlp.fc1.kernel[...].dtype
+      ('ViT', dtype(bfloat16))
     """
     path = pathlib.Path(directory)
-    cfg = config_from_json((path / "config.json").read_text())
-    with np.load(path / "variables.npz") as f:
-        values = {name: f[name] for name in f.files}
-    param_dtype = next(iter(values.values())).dtype if values else jnp.float32
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"load_pruned: no config.json in {str(path)!r}")
+    cfg = config_from_json(config_file.read_text())
+    if (path / "model.safetensors").is_file():
+        values = dict(read_safetensors(path / "model.safetensors"))
+    elif (path / "variables.npz").is_file():
+        with np.load(path / "variables.npz") as f:
+            values = {name: f[name] for name in f.files}
+    else:
+        raise FileNotFoundError(f"load_pruned: no model.safetensors in {str(path)!r}")
+    floats = [v.dtype for v in values.values() if jnp.issubdtype(v.dtype, jnp.floating)]
+    param_dtype = floats[0] if floats else jnp.float32
+    if isinstance(dtype, str) and dtype == "auto":
+        dtype = param_dtype
     model_type = arch_of_config(cfg, "load_pruned").model_type
     try:
         return _fill(model_type, cfg, values, dtype, param_dtype)

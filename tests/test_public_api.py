@@ -16,6 +16,7 @@ PUBLIC = [
     "Method",
     "budget",
     "cls_attention",
+    "contextual_merge",
     "coverage",
     "coverage_matrix",
     "feather",

@@ -8,6 +8,7 @@ Protected tokens (CLS, registers, a middle class token): select among
 ``unprotected_positions(n, protected)`` and map back with ``with_protected`` (see ``_ops``).
 """
 
+from pruneax.tokens._contextual import contextual_merge
 from pruneax.tokens._coverage import coverage, coverage_matrix
 from pruneax.tokens._diversity import kcenter, maxmin_diversity, maxsum_diversity
 from pruneax.tokens._feather import feather, uniform_grid
@@ -45,6 +46,7 @@ __all__ = [
     "Method",
     "budget",
     "cls_attention",
+    "contextual_merge",
     "coverage",
     "coverage_matrix",
     "feather",

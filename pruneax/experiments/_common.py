@@ -62,7 +62,27 @@ def experiment_parser(doc: str, presets: dict[str, Any]) -> argparse.ArgumentPar
     parser.add_argument("--iterations", type=int, help="override training iterations")
     parser.add_argument("--keep_ratios", type=float, nargs="+", help="override the keep ratios")
     parser.add_argument("--eval_size", type=int, help="override the examples evaluated")
+    add_cache_flag(parser)
     return parser
+
+
+def add_cache_flag(parser: argparse.ArgumentParser) -> None:
+    """``--compilation_cache DIR|off``: JAX's persistent compilation cache (default
+    ``lab.default_cache_dir()``), so a rerun or resumed run loads compiled plans."""
+    parser.add_argument(
+        "--compilation_cache",
+        default="",
+        help="persistent compilation cache folder ('off' to disable; default "
+        "$PRUNEAX_COMPILATION_CACHE or ~/.cache/pruneax/jax-<version>)",
+    )
+
+
+def use_cache_flag(args: argparse.Namespace) -> None:
+    """Turns on the cache ``--compilation_cache`` names (nothing for ``off``)."""
+    value = getattr(args, "compilation_cache", "off")
+    if value != "off":
+        folder = lab.compilation_cache(value or None)
+        print(f"[compilation cache] {folder}", flush=True)
 
 
 def config_from_args(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
@@ -70,6 +90,7 @@ def config_from_args(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
     (lists become tuples); initialises multi-host JAX first when ``--distributed``."""
     if args.distributed:
         lab.initialize_distributed()
+    use_cache_flag(args)
     cfg = presets[args.preset]
     fields = {f.name for f in dataclasses.fields(cfg)}
     given = {

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from pruneax import lab
+from pruneax.experiments import _common as common
 from pruneax.experiments._common import Experiment
 from pruneax.lab import FAILS, HOLDS, NA, NOISE, Claim, compare  # noqa: F401  (re-exported)
 
@@ -139,11 +140,13 @@ def run(
         print(f"{tag}: running into {sub}", flush=True)
         module, cfg = _experiment_config(exp, preset)
         t0 = time.perf_counter()
+        clock = lab.CompileClock()
         try:
-            if exp.needs_data:
-                module.run(cfg, sub, data_dir)
-            else:
-                module.run(cfg, sub)
+            with clock:
+                if exp.needs_data:
+                    module.run(cfg, sub, data_dir)
+                else:
+                    module.run(cfg, sub)
             status, error = "done", None
         except Exception as e:  # recorded in the report; the others still run
             traceback.print_exc()
@@ -153,11 +156,13 @@ def run(
             "status": status,
             "preset": preset,
             "seconds": round(seconds, 1),
+            "compile_seconds": round(clock.seconds, 1),
+            "programs_compiled": clock.events,
             "error": error,
             "command": _command(exp, preset, sub, data_dir),
         }
         _save_state(workdir, state)
-        print(f"{tag}: {status} in {seconds:.0f} s", flush=True)
+        print(f"{tag}: {status} in {seconds:.0f} s ({clock.seconds:.0f} s compiling)", flush=True)
     report = write_report(preset, workdir, data_dir, state, chosen)
     total = time.perf_counter() - started
     print(
@@ -190,7 +195,9 @@ def write_report(
         lines = [f"## {exp.name}", "", exp.summary, ""]
         lines += [f"Command: `{entry.get('command', _command(exp, preset, sub, data_dir))}`"]
         if entry.get("seconds") is not None:
-            lines += [f"Wall time here: {entry['seconds']:.0f} s.", ""]
+            compiling = entry.get("compile_seconds")
+            spent = f" ({compiling:.0f} s of it compiling)" if compiling is not None else ""
+            lines += [f"Wall time here: {entry['seconds']:.0f} s{spent}.", ""]
         results_path = sub / "results.json"
         if entry.get("status") != "done" or not results_path.exists():
             lines += [f"**Not completed**: {entry.get('error') or 'not run'}.", ""]
@@ -287,9 +294,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     names = ",".join(e.name for e in EXPERIMENTS)
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {names}")
     parser.add_argument("--force", action="store_true", help="rerun finished experiments")
+    common.add_cache_flag(parser)
     args = parser.parse_args(argv)
     if args.distributed:
         lab.initialize_distributed()
+    common.use_cache_flag(args)
     only = tuple(s for s in args.only.split(",") if s) if args.only else None
     report = run(args.preset, args.workdir, args.data_dir, only=only, force=args.force)
     failed = [k for k, v in report["experiments"].items() if v.get("status") != "done"]

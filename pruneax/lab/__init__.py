@@ -12,12 +12,15 @@
 - ``data_mesh`` / ``model_mesh`` / ``shard_batch`` / ``replicate`` / ``llm_param_specs`` /
   ``shard_params`` / ``constrain_batch`` / ``batch_multiple`` / ``initialize_distributed``:
   data and Megatron-style model parallelism over a ``jax.sharding.Mesh``.
+- ``compilation_cache`` / ``default_cache_dir`` / ``CompileClock``: JAX's persistent
+  compilation cache for reruns, and the seconds spent compiling.
 - ``Claim`` / ``compare`` / ``versus`` and the verdicts ``HOLDS`` / ``FAILS`` / ``NOISE`` /
   ``NA``: a paper's claim beside a measured result, with a computed verdict.
 """
 
 from pruneax.lab._checkpoints import Checkpoints, Progress, config_json, lock_directory
 from pruneax.lab._claims import FAILS, HOLDS, NA, NOISE, VERDICTS, Claim, compare, versus
+from pruneax.lab._compile import CompileClock, compilation_cache, default_cache_dir
 from pruneax.lab._io import markdown_table, write_json, write_report, write_text
 from pruneax.lab._machine import cache_bytes, cpu_model, describe, machine, versions
 from pruneax.lab._parallel import (
@@ -41,14 +44,17 @@ __all__ = [
     "VERDICTS",
     "Checkpoints",
     "Claim",
+    "CompileClock",
     "Progress",
     "batch_multiple",
     "cache_bytes",
     "compare",
+    "compilation_cache",
     "config_json",
     "constrain_batch",
     "cpu_model",
     "data_mesh",
+    "default_cache_dir",
     "describe",
     "initialize_distributed",
     "llm_param_specs",

@@ -227,7 +227,8 @@ def test_bfloat16_checkpoint(torch, tr, tmp_path):
     hf_model.to(torch.bfloat16).save_pretrained(tmp_path)
     stored = read_checkpoint(tmp_path)
     assert {a.dtype for a in stored.values()} == {np.dtype(ml_dtypes.bfloat16)}
-    ours = M.load_vit(tmp_path)
+    assert M.load_vit(tmp_path).blocks[0].attn.query.kernel.dtype == jnp.bfloat16  # "auto"
+    ours = M.load_vit(tmp_path, dtype=jnp.float32)
     assert ours.blocks[0].attn.query.kernel.dtype == jnp.float32
     # the bf16 weights, computed in float32 on both sides
     diffs = max_diffs(torch, hf_model.to(torch.float32), ours, pixels(torch))

@@ -1,10 +1,11 @@
-"""Vision Transformer (ViT, DeiT, CLIP image tower) with static token-pruning plans, and its
-Hugging Face import.
+"""Vision Transformer (ViT, DeiT, CLIP and SigLIP image towers) with static token-pruning plans,
+and its Hugging Face import.
 
-Modules: ``_config`` (``ViTConfig``, variants), ``_layers`` (attention, MLP, block), ``_model``
-(``ViT``), ``_stage`` (``ViTStage`` protocol, ``PruneStage``), ``_ops`` (ToMe, EViT, registry
-selectors on the stream), ``_plan`` (``PruningPlan``), ``_flops`` (``vit_flops``), ``_hf``
-(``load_vit``).
+Modules: ``_config`` (``ViTConfig``, variants), ``_layers`` (attention: fused, explicit or with
+the [CLS] row; MLP, block), ``_pos`` (sin-cos table), ``_head`` (SigLIP's ``MapHead``),
+``_model`` (``ViT``), ``_stage`` (``ViTStage`` protocol, ``PruneStage``), ``_ops`` (ToMe, EViT,
+registry selectors on the stream), ``_plan`` (``PruningPlan``), ``_flops`` (``vit_flops``),
+``_hf`` / ``_hf_config`` (``load_vit``).
 """
 
 from pruneax.models.vit._config import (
@@ -16,15 +17,17 @@ from pruneax.models.vit._flops import (
     block_flops,
     vit_flops,
 )
+from pruneax.models.vit._head import (
+    MapHead,
+)
 from pruneax.models.vit._hf import (
     load_vit,
 )
 from pruneax.models.vit._layers import (
     Attention,
     Block,
-    FixedEmbedding,
     Mlp,
-    sincos_pos_embed,
+    cls_row_attention,
 )
 from pruneax.models.vit._model import (
     ViT,
@@ -33,6 +36,10 @@ from pruneax.models.vit._model import (
 from pruneax.models.vit._plan import (
     PruningPlan,
     apply_stage,
+)
+from pruneax.models.vit._pos import (
+    FixedEmbedding,
+    sincos_pos_embed,
 )
 from pruneax.models.vit._stage import (
     METHODS,
@@ -48,6 +55,7 @@ __all__ = [
     "Attention",
     "Block",
     "FixedEmbedding",
+    "MapHead",
     "Mlp",
     "PruneStage",
     "PruningPlan",
@@ -57,6 +65,7 @@ __all__ = [
     "ViTStage",
     "apply_stage",
     "block_flops",
+    "cls_row_attention",
     "load_vit",
     "sincos_pos_embed",
     "vit_config",

@@ -28,7 +28,15 @@ POOLS = ("cls", "mean", "cls_dist")
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 
 _SIZES = ("patch_size", "num_channels", "hidden_size", "num_layers", "num_heads", "mlp_dim")
-_FLAGS = ("class_token", "distillation_token", "pre_norm", "qkv_bias", "pooler", "patch_bias")
+_FLAGS = (
+    "class_token",
+    "distillation_token",
+    "pre_norm",
+    "qkv_bias",
+    "pooler",
+    "patch_bias",
+    "map_head",
+)
 _FIELDS = {  # ViTConfig's per-field checks, run in this order by check_fields
     "image_size": hw_field(),
     **dict.fromkeys(_SIZES, int_field(low=1)),
@@ -77,6 +85,9 @@ class ViTConfig(PatchGrid):
       qkv_bias: biases on the query / key / value projections.
       pooler: HF ``ViTModel``'s pooler: ``tanh(dense(pooled))`` in ``ViTOutput.pooler_output``.
       patch_bias: bias on the patch-embedding conv (CLIP has none).
+      map_head: SigLIP's multihead attention-pooling head (``MapHead``: a learned probe
+        attends over the final tokens) gives ``ViTOutput.pooler_output``; not with
+        ``pooler``.
       layer_heads: heads kept by each block after structured pruning (``num_layers`` ints in
         ``[0, num_heads]``), or None: ``num_heads`` in every block. ``num_heads`` stays the
         unpruned count, so ``head_dim = hidden_size // num_heads`` survives pruning. A block
@@ -88,8 +99,9 @@ class ViTConfig(PatchGrid):
     Raises:
       ValueError: for non-positive sizes, an image size not divisible by the patch size, a
         hidden size not divisible by the heads, unknown option strings, inconsistent token
-        options (``pool="cls"`` without ``class_token``, ``"cls_dist"`` without a distillation
-        token or classes), or ``layer_heads`` / ``layer_mlp`` of the wrong length or range.
+        options (``pool="cls"`` without ``class_token``, ``pooler`` with ``map_head``,
+        ``"cls_dist"`` without a distillation token or classes), or ``layer_heads`` /
+        ``layer_mlp`` of the wrong length or range.
 
     Example:
       >>> from pruneax.models.vit import ViTConfig
@@ -118,6 +130,7 @@ class ViTConfig(PatchGrid):
     qkv_bias: bool = True
     pooler: bool = False
     patch_bias: bool = True
+    map_head: bool = False
     layer_heads: tuple[int, ...] | None = None
     layer_mlp: tuple[int, ...] | None = None
 
@@ -149,6 +162,10 @@ class ViTConfig(PatchGrid):
                 "ViTConfig: pool='cls_dist' (DeiT with teacher) needs distillation_token=True and "
                 f"num_classes > 0; got distillation_token={self.distillation_token}, "
                 f"num_classes={self.num_classes}"
+            )
+        if self.pooler and self.map_head:
+            raise ValueError(
+                "ViTConfig: pooler=True and map_head=True both define pooler_output; pick one"
             )
         for name, top in (("layer_heads", self.num_heads), ("layer_mlp", self.mlp_dim)):
             value = layer_sizes(getattr(self, name), self.num_layers, top, name, "ViTConfig")

@@ -32,8 +32,8 @@ def block_flops(config: ViTConfig, layer: int, attn_tokens: int, mlp_tokens: int
 
 
 def vit_flops(config: ViTConfig, plan: Any = None, *, tokens: int | None = None) -> int:
-    """Analytic forward FLOPs per image of a ``ViT``: patch embedding, every block, pooler and
-    classifier; the blocks on the tokens ``plan`` leaves them.
+    """Analytic forward FLOPs per image of a ``ViT``: patch embedding, every block, pooler or
+    MAP head, and classifier; the blocks on the tokens ``plan`` leaves them.
 
     An in-block stage (ToMe, EViT) shortens the MLP of the block it runs in, as the published
     blocks do (``PruningPlan.block_tokens``). The selection itself (scores, matching, gathers)
@@ -75,5 +75,8 @@ def vit_flops(config: ViTConfig, plan: Any = None, *, tokens: int | None = None)
     total = 2 * n * config.num_channels * config.patch_size**2 * d
     total += sum(block_flops(config, i, a, b) for i, (a, b) in enumerate(pairs))
     total += 2 * d * d * config.pooler
+    if config.map_head:  # probe query, keys / values of the final tokens, scores, out, MLP
+        t = pairs[-1][1]
+        total += 2 * d * d + 4 * t * d * d + 4 * t * d + 2 * d * d + 4 * d * config.mlp_dim
     total += 2 * d * c * ((c > 0) + (config.pool == "cls_dist"))
     return int(total)

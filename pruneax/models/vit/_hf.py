@@ -8,13 +8,16 @@ Supported ``model_type``: ``"vit"`` (``ViTModel`` with or without pooler,
 ``ViTForImageClassification``), ``"deit"`` (``DeiTModel``, ``DeiTForImageClassification``,
 ``DeiTForImageClassificationWithTeacher``), ``"clip_vision_model"`` (``CLIPVisionModel``,
 ``CLIPVisionModelWithProjection`` minus its projection) and ``"clip"`` (the image tower of a
-``CLIPModel``; the text side and the projections are ignored). Both the hub layout
+``CLIPModel``; the text side and the projections are ignored), ``"siglip_vision_model"``
+(``SiglipVisionModel``, with or without its MAP head) and ``"siglip"`` (the image tower of a
+``SiglipModel``, text tower ignored; or ``SiglipForImageClassification`` with its classifier).
+Both the hub layout
 (``encoder.layer.{i}.attention.attention.query``) and the transformers>=5 in-memory layout
 (``layers.{i}.attention.q_proj``, written by ``save_pretrained(save_original_format=False)``)
 load, with or without the base-model prefix (``vit.``, ``deit.``, ``vision_model.``).
 
-References: transformers' ``modeling_vit.py``, ``modeling_deit.py``, ``modeling_clip.py`` and
-their ``configuration_*.py``.
+References: transformers' ``modeling_vit.py``, ``modeling_deit.py``, ``modeling_clip.py``,
+``modeling_siglip.py`` and their ``configuration_*.py``.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import jax.numpy as jnp
 from flax import nnx
 
 from pruneax.models._shared.checkpoint import read_checkpoint
+from pruneax.models._shared.dtypes import resolve_dtypes
 from pruneax.models._shared.loader import (
     KeyMap,
     check_config,
@@ -38,6 +41,8 @@ from pruneax.models._shared.loader import (
 from pruneax.models.vit._hf_config import (
     _CLIP_RULES,
     _CLIP_VISION_RULES,
+    _SIGLIP_RULES,
+    _SIGLIP_VISION_RULES,
     _VIT_RULES,
     SUPPORTED_MODEL_TYPES,
     _activation,
@@ -82,6 +87,21 @@ _CLIP_TOP = {
     "pre_norm": ("pre_layrnorm",),
     "norm": ("post_layernorm",),
 }
+_SIGLIP_TOP = {
+    "pos_embed": ("embeddings.position_embedding.weight",),
+    "patch_embed": ("embeddings.patch_embedding",),
+    "norm": ("post_layernorm",),
+    "map_head/out": ("head.attention.out_proj",),
+    "map_head/norm": ("head.layernorm",),
+    "map_head/mlp/fc1": ("head.mlp.fc1",),
+    "map_head/mlp/fc2": ("head.mlp.fc2",),
+}
+# Leaves stored under a key that is not "<module>.<weight|bias>" (no base-model prefix here).
+_SIGLIP_EXACT = {
+    "map_head/probe": "head.probe",
+    "map_head/in_proj/kernel": "head.attention.in_proj_weight",
+    "map_head/in_proj/bias": "head.attention.in_proj_bias",
+}
 _PARAM_SUFFIX = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 
 
@@ -96,9 +116,12 @@ class _Spec:
     heads: dict[str, str]  # our module -> HF module (no prefix): "head" -> "classifier"
     vision: Callable[[str], bool]  # the checkpoint keys that must all be used
     unbatched: dict[str, int] = dataclasses.field(default_factory=dict)  # leading axes HF lacks
+    exact: dict[str, str] = dataclasses.field(default_factory=dict)  # leaf -> key (no prefix)
 
     def candidates(self, name: str) -> tuple[str, ...]:
         """HF key candidates of our leaf ``name`` (``"blocks/3/attn/query/kernel"``)."""
+        if name in self.exact:
+            return (self.prefix + self.exact[name],)
         parts = name.split("/")
         if parts[0] == "blocks":
             i, module, param = parts[1], "/".join(parts[2:-1]), parts[-1]
@@ -234,16 +257,52 @@ def _clip_spec(cfg: dict[str, Any], keys: set[str], model_type: str) -> _Spec:
     return _Spec(config, _CLIP_BLOCK, _CLIP_TOP, prefix, {}, vision, unbatched)
 
 
+def _siglip_spec(cfg: dict[str, Any], keys: set[str], model_type: str) -> _Spec:
+    heads = {}
+    if model_type == "siglip":
+        check_config(cfg, _SIGLIP_RULES, "load_vit")
+        vision_cfg = cfg.get("vision_config")
+        if not isinstance(vision_cfg, dict):
+            raise ValueError("load_vit: a 'siglip' config.json must have a 'vision_config' object")
+        check_config(vision_cfg, _SIGLIP_VISION_RULES, "load_vit", "config.json vision_config")
+        prefix = "vision_model."
+        # SiglipForImageClassification: classifier(mean of last_hidden_state) = our pool="mean"
+        if "classifier.weight" in keys and _num_labels(cfg) > 0:
+            heads = {"head": "classifier"}
+        vision = lambda k: k.startswith(prefix) or k in {"classifier.weight", "classifier.bias"}
+    else:
+        check_config(cfg, _SIGLIP_VISION_RULES, "load_vit")
+        vision_cfg = cfg
+        prefix = _base_prefix(keys, "vision_model.")  # transformers < 5 wrapped the tower
+        vision = lambda k: True
+    c = _SIGLIP_VISION_RULES.complete(vision_cfg)
+    config = ViTConfig(
+        **_sizes(c),
+        num_classes=_num_labels(cfg) if heads else 0,
+        class_token=False,
+        pos_embed="learned",
+        final_norm="all",
+        pool="mean",
+        qkv_bias=True,
+        patch_bias=True,
+        map_head=bool(c["vision_use_head"]),
+    )
+    # position_embedding.weight [N, D] fills [1, N, D]
+    return _Spec(config, _CLIP_BLOCK, _SIGLIP_TOP, prefix, heads, vision, {"pos_embed": 1},
+                 _SIGLIP_EXACT)  # fmt: skip
+
+
 # ------------------------------------------------------------------------------ load_vit
 
 
 def load_vit(
     path: str | os.PathLike,
     *,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
+    dtype: Any = "auto",
+    param_dtype: Any = None,
+    mesh: Any = None,
 ) -> ViT:
-    """A ``ViT`` with the weights of a Hugging Face ViT / DeiT / CLIP checkpoint directory.
+    """A ``ViT`` with the weights of a Hugging Face ViT / DeiT / CLIP / SigLIP checkpoint.
 
     Reads ``config.json`` and the safetensors weights of a ``save_pretrained`` directory. The
     head comes from the config's ``architectures`` (or, without one, from the keys present):
@@ -252,8 +311,13 @@ def load_vit(
     teacher); ``num_classes`` from ``num_labels`` / ``id2label``; ``pooler.dense`` (ViT / DeiT,
     when present) -> ``pooler`` (``ViTOutput.pooler_output``). CLIP gives ``pre_norm=True``,
     ``final_norm="pooled"`` (HF's ``pooler_output`` is ``ViTOutput.pooled``), no patch bias and
-    no head. PyTorch layouts are converted: Linear ``[out, in]`` -> kernel ``[in, out]``,
-    Conv2d ``[D, C, p, p]`` -> ``[p, p, C, D]``. The returned ``model.config`` tells the token
+    no head. SigLIP gives no CLS token (``class_token=False``, ``num_prefix=0``), a patch bias,
+    ``final_norm="all"`` (``post_layernorm``: HF's ``last_hidden_state``), ``pool="mean"`` and,
+    when ``vision_use_head`` (default True; PaliGemma's tower has none), ``map_head=True``:
+    HF's ``pooler_output`` is ``ViTOutput.pooler_output``; position embeddings are never
+    interpolated (HF's ``interpolate_pos_encoding=False`` default). PyTorch layouts are
+    converted: Linear ``[out, in]`` -> kernel ``[in, out]``, Conv2d ``[D, C, p, p]`` ->
+    ``[p, p, C, D]``. The returned ``model.config`` tells the token
     layout (``num_prefix``, ``grid``).
 
     Inputs must be preprocessed as for the PyTorch model (resize, normalize), then passed NHWC:
@@ -261,9 +325,15 @@ def load_vit(
 
     Args:
       path: directory with ``config.json`` and ``model.safetensors`` (or the sharded
-        ``model.safetensors.index.json``).
-      dtype: computation dtype of the returned model.
-      param_dtype: parameter dtype (the stored weights are cast to it).
+        ``model.safetensors.index.json``), or a Hugging Face hub id (``org/name``; needs
+        ``huggingface_hub``).
+      dtype: computation dtype of the returned model; ``"auto"`` (default) keeps the
+        checkpoint's (a bfloat16 checkpoint stays bfloat16).
+      param_dtype: parameter dtype (the stored weights are cast to it); None means ``dtype``.
+      mesh: None, or a ``jax.sharding.Mesh`` to load onto: every parameter is created in its
+        ``NamedSharding`` (``pruneax.models.partition_spec``) from the slices of the
+        memory-mapped checkpoint its devices hold, and carries the spec as ``out_sharding``
+        metadata (``nnx.get_partition_spec``).
 
     Returns:
       The ``ViT``.
@@ -284,18 +354,22 @@ def load_vit(
       FileNotFoundError: load_vit: 'no/such/dir' is not a directory
 
     References: Dosovitskiy et al., ICLR 2021; Touvron et al. (DeiT), ICML 2021; Radford et
-      al. (CLIP), ICML 2021; transformers' ``modeling_vit.py`` / ``modeling_deit.py`` /
-      ``modeling_clip.py``.
+      al. (CLIP), ICML 2021; Zhai et al. (SigLIP), ICCV 2023; transformers'
+      ``modeling_vit.py`` / ``modeling_deit.py`` / ``modeling_clip.py`` /
+      ``modeling_siglip.py``.
     """
-    _, cfg, model_type = read_config(path, "load_vit", SUPPORTED_MODEL_TYPES)
-    tensors = read_checkpoint(path)
-    make_spec = _clip_spec if model_type.startswith("clip") else _vit_spec
+    root, cfg, model_type = read_config(path, "load_vit", SUPPORTED_MODEL_TYPES)
+    tensors = read_checkpoint(root)
+    dtype, param_dtype = resolve_dtypes(dtype, param_dtype, tensors, "load_vit")
+    family = model_type.split("_")[0]
+    make_spec = {"clip": _clip_spec, "siglip": _siglip_spec}.get(family, _vit_spec)
     spec = make_spec(cfg, set(tensors), model_type)
     return fill(
         lambda: ViT(spec.config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype),
         tensors,
         spec.key_map(),
         loader="load_vit",
+        mesh=mesh,
         note=(
             f" (model_type {model_type!r}, architectures {cfg.get('architectures')}, "
             f"as {spec.config})"

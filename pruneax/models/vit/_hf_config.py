@@ -8,7 +8,14 @@ from typing import Any
 
 from pruneax.models._shared.loader import ConfigRules
 
-SUPPORTED_MODEL_TYPES = ("vit", "deit", "clip_vision_model", "clip")
+SUPPORTED_MODEL_TYPES = (
+    "vit",
+    "deit",
+    "clip_vision_model",
+    "clip",
+    "siglip_vision_model",
+    "siglip",
+)
 
 # HF ``hidden_act`` -> ``ViTConfig.hidden_act`` (gelu_new / gelu_fast / gelu_pytorch_tanh are
 # all the tanh approximation).
@@ -102,6 +109,41 @@ _CLIP_RULES = ConfigRules(
         "text_config text_config_dict projection_dim logit_scale_init_value "
         "initializer_factor".split()
     ),
+)
+
+# transformers' SiglipVisionConfig (v5) defaults. vision_use_head is handled (the MAP head).
+# Harmless: attention_dropout (identity at eval), the initialiser scales and
+# tie_word_embeddings (v4 PretrainedConfig field). Interpolation of the position embeddings is
+# a forward argument (``interpolate_pos_encoding``, default False), not a config attribute:
+# the ViT always uses the stored table at the configured image size.
+_SIGLIP_VISION_RULES = ConfigRules(
+    "SiglipVisionConfig",
+    dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_channels=3,
+        image_size=224,
+        patch_size=16,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-6,
+        attention_dropout=0.0,
+        vision_use_head=True,
+    ),
+    handled=_HANDLED | {"vision_use_head"},
+    harmless=frozenset(
+        "attention_dropout initializer_range initializer_factor tie_word_embeddings".split()
+    ),
+)
+# transformers' SiglipConfig (v5): only the vision tower (and SiglipForImageClassification's
+# classifier, num_labels / id2label) is loaded; the text config and the logit scale / bias
+# cannot change it.
+_SIGLIP_RULES = ConfigRules(
+    "SiglipConfig",
+    dict(text_config=None, vision_config=None, initializer_factor=1.0),
+    handled=frozenset({"vision_config"}),
+    harmless=frozenset({"text_config", "initializer_factor"}),
 )
 
 

@@ -1,9 +1,8 @@
-"""The layers of the ViT: sin-cos position table, attention, MLP and the pre-norm block.
+"""The layers of the ViT: attention (fused, explicit, or fused plus the [CLS] row), MLP and the
+pre-norm block.
 
-References: Vaswani et al., "Attention Is All You Need", NeurIPS 2017; He et al., "Masked
-Autoencoders Are Scalable Vision Learners", CVPR 2022 (arXiv:2111.06377) for the 2-D sin-cos
-embedding; Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023 (arXiv:2210.09461) for
-proportional attention.
+References: Vaswani et al., "Attention Is All You Need", NeurIPS 2017; Bolya et al., "Token
+Merging: Your ViT But Faster", ICLR 2023 (arXiv:2210.09461) for proportional attention.
 """
 
 from __future__ import annotations
@@ -12,66 +11,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from pruneax.models._shared.common import is_size
 from pruneax.models.vit._config import ViTConfig
 
 # timm-style init for training from scratch: N(0, 0.02) truncated at 2 std, zero biases.
 _trunc02 = jax.nn.initializers.truncated_normal(stddev=0.02)
 _zeros = jax.nn.initializers.zeros
-
-
-def sincos_pos_embed(dim: int, grid: tuple[int, int]) -> np.ndarray:
-    """MAE's fixed 2-D sin-cos position embedding, ``[rows * cols, dim]`` float32 (row-major).
-
-    Exactly ``get_2d_sincos_pos_embed`` of the MAE code: the first half of the channels encodes
-    the column coordinate and the second half the row coordinate, each as
-    ``[sin(pos * w), cos(pos * w)]`` with ``w = 10000 ** -(i / (dim / 4))``.
-
-    Args:
-      dim: embedding width, divisible by 4.
-      grid: ``(rows, cols)``.
-
-    Returns:
-      A NumPy array ``[rows * cols, dim]`` float32.
-
-    Raises:
-      ValueError: if ``dim`` is not a positive multiple of 4.
-
-    References: He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022
-      (``util/pos_embed.py`` of facebookresearch/mae).
-
-    Example:
-      >>> from pruneax.models.vit import sincos_pos_embed
-      >>> sincos_pos_embed(8, (2, 3)).shape
-      (6, 8)
-    """
-    if not is_size(dim) or dim % 4:
-        raise ValueError(f"sincos_pos_embed: dim must be a positive multiple of 4; got {dim!r}")
-    rows, cols = grid
-    mesh = np.meshgrid(np.arange(cols, dtype=np.float64), np.arange(rows, dtype=np.float64))
-
-    def one_d(d: int, pos: np.ndarray) -> np.ndarray:
-        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
-        out = np.einsum("m,d->md", pos.reshape(-1), omega)
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-    emb = np.concatenate([one_d(dim // 2, mesh[0]), one_d(dim // 2, mesh[1])], axis=1)
-    return emb.astype(np.float32)
-
-
-class FixedEmbedding(nnx.Variable):
-    """A non-trainable embedding (the ``"sincos"`` position table): not an ``nnx.Param``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from flax import nnx
-      >>> from pruneax.models.vit import FixedEmbedding
-      >>> isinstance(FixedEmbedding(jnp.zeros((1, 4, 8))), nnx.Param)
-      False
-    """
 
 
 def _activation(name: str, x: jax.Array) -> jax.Array:
@@ -82,15 +28,68 @@ def _activation(name: str, x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)  # quick_gelu
 
 
+def cls_row_attention(
+    q: jax.Array, k: jax.Array, bias: jax.Array | None = None, *, scale: float | None = None
+) -> jax.Array:
+    """The [CLS] query's attention probabilities ``softmax(q_0 . K^T * scale + bias)``, float32.
+
+    The one row that CLS-attention scorers (EViT, FasterVLM-style top-k, HoloV, FEATHER's
+    scores) read, computed from the queries and keys without materialising the ``T x T``
+    matrix. It equals row 0 of ``Attention``'s probabilities (``return_attention=True``).
+
+    Args:
+      q: [B, T, H, hd] queries (only ``q[:, 0]`` is used).
+      k: [B, S, H, hd] keys.
+      bias: optional bias over the keys, broadcastable to [B, H, 1, S] (ToMe's
+        ``log(size)[:, None, None, :]``).
+      scale: logit scale; None means ``hd ** -0.5``.
+
+    Returns:
+      [B, H, S] float32 probabilities (each row sums to 1).
+
+    Raises:
+      ValueError: if ``q`` and ``k`` are not rank 4 with the same batch, heads and head width.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from pruneax.models.vit import cls_row_attention
+      >>> q = jax.random.normal(jax.random.key(0), (1, 5, 2, 8))
+      >>> row = cls_row_attention(q, q)
+      >>> row.shape, bool(jnp.allclose(row.sum(-1), 1.0))
+      ((1, 2, 5), True)
+    """
+    if q.ndim != 4 or k.ndim != 4 or (q.shape[0], *q.shape[2:]) != (k.shape[0], *k.shape[2:]):
+        raise ValueError(
+            "cls_row_attention: q [B, T, H, hd] and k [B, S, H, hd] must share B, H and hd; got "
+            f"shapes {tuple(q.shape)} and {tuple(k.shape)}"
+        )
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = jnp.einsum("bhd,bkhd->bhk", q[:, 0], k, preferred_element_type=jnp.float32)
+    logits = logits * scale
+    if bias is not None:
+        logits = logits + jnp.broadcast_to(bias, (*logits.shape[:2], 1, logits.shape[-1]))[:, :, 0]
+    return jax.nn.softmax(logits, axis=-1)
+
+
 class Attention(nnx.Module):
-    """Multi-head self-attention with explicit float32 softmax probabilities.
+    """Multi-head self-attention: fused unless the probabilities are asked for.
 
     Attributes ``query``, ``key``, ``value``: ``nnx.Linear(D, H * hd)``; ``out``:
     ``nnx.Linear(H * hd, D)`` (``H * hd = D`` unless structurally pruned).
 
+    Two paths give the same output (float32 logits and softmax in both): with
+    ``return_attention=True`` the probabilities ``[B, H, T, T]`` are materialised explicitly
+    and returned; otherwise ``jax.nn.dot_product_attention`` computes the output (ToMe's
+    ``log(size)`` enters as its ``bias`` over the keys). ``return_cls_attention=True`` (fused
+    path) also returns the [CLS] query's row ``[B, H, T]`` (``cls_row_attention``), all that a
+    CLS-attention scorer needs; scores over all queries (received attention) need
+    ``return_attention=True``.
+
     Shapes:
       ``x`` [B, T, D]; optional ``size`` [B, T] token sizes. Returns ``(out [B, T, D],
-      probs [B, H, T, T] float32 or None, keys [B, H, T, hd] or None)``.
+      attention, keys [B, H, T, hd] or None)``: ``attention`` is the probabilities
+      [B, H, T, T] float32 with ``return_attention``, the CLS row [B, H, T] float32 with
+      ``return_cls_attention``, else None.
 
     Args:
       dim: token width D.
@@ -103,7 +102,8 @@ class Attention(nnx.Module):
       rngs: ``nnx.Rngs`` for the initializers.
 
     Raises:
-      ValueError: if ``size`` is not ``[B, T]``.
+      ValueError: if ``size`` is not ``[B, T]``, or both ``return_attention`` and
+        ``return_cls_attention`` are set.
 
     References: Vaswani et al., "Attention Is All You Need", NeurIPS 2017; Bolya et al.,
       "Token Merging", ICLR 2023, Eq. 1 (proportional attention ``softmax(QK^T/sqrt(d) +
@@ -117,6 +117,8 @@ class Attention(nnx.Module):
       >>> out, probs, keys = attn(jnp.ones((1, 5, 16)), return_keys=True)
       >>> out.shape, probs, keys.shape
       ((1, 5, 16), None, (1, 2, 5, 8))
+      >>> attn(jnp.ones((1, 5, 16)), return_cls_attention=True)[1].shape
+      (1, 2, 5)
     """
 
     def __init__(
@@ -158,29 +160,45 @@ class Attention(nnx.Module):
         size: jax.Array | None = None,
         return_attention: bool = False,
         return_keys: bool = False,
+        return_cls_attention: bool = False,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-        """``(out, probs or None, keys or None)``; ``size`` adds ``log(size)`` over the keys."""
+        """``(out, attention or None, keys or None)``; ``size`` adds ``log(size)`` over the
+        keys. See the class docstring."""
+        if return_attention and return_cls_attention:
+            raise ValueError(
+                "Attention: pass return_attention (all rows) or return_cls_attention (the CLS "
+                "row), not both"
+            )
         b, t, _ = x.shape
         shape = (b, t, self.num_heads, self.head_dim)
         q = self.query(x).reshape(shape)
         k = self.key(x).reshape(shape)
         v = self.value(x).reshape(shape)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        logits = logits * (self.head_dim**-0.5)
+        bias = None
         if size is not None:
             if size.shape != (b, t):
                 raise ValueError(
                     f"Attention: size must be [B, T] = {(b, t)}; got shape {tuple(size.shape)}"
                 )
-            logits = logits + jnp.log(size.astype(jnp.float32))[:, None, None, :]
-        probs = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+            bias = jnp.log(size.astype(jnp.float32))[:, None, None, :]
+        scale = self.head_dim**-0.5
+        attention = None
+        if return_attention or self.num_heads == 0:
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+            logits = logits * scale
+            if bias is not None:
+                logits = logits + bias
+            probs = jax.nn.softmax(logits, axis=-1)
+            out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+            attention = probs if return_attention else None
+            if return_cls_attention:
+                attention = probs[:, :, 0]
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale)
+            if return_cls_attention:
+                attention = cls_row_attention(q, k, bias, scale=scale)
         out = self.out(out.reshape(b, t, self.num_heads * self.head_dim))
-        return (
-            out,
-            probs if return_attention else None,
-            jnp.swapaxes(k, 1, 2) if return_keys else None,
-        )
+        return out, attention, jnp.swapaxes(k, 1, 2) if return_keys else None
 
 
 class Mlp(nnx.Module):
@@ -244,8 +262,9 @@ class Block(nnx.Module):
     the attention residual, before the MLP (which then runs on fewer tokens).
 
     Shapes:
-      ``x`` [B, T, D]; returns ``(x [B, T, D], probs [B, H, T, T] or None, keys
-      [B, H, T, hd] or None)`` as ``Attention`` does.
+      ``x`` [B, T, D]; returns ``(x [B, T, D], attention (probabilities [B, H, T, T], the CLS
+      row [B, H, T]) or None, keys [B, H, T, hd] or None)`` as ``Attention`` does (fused
+      unless ``return_attention``).
 
     Args:
       config: the ``ViTConfig``.
@@ -302,10 +321,15 @@ class Block(nnx.Module):
         size: jax.Array | None = None,
         return_attention: bool = False,
         return_keys: bool = False,
+        return_cls_attention: bool = False,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-        """The attention half: ``(x + attn(norm1(x)), probs or None, keys or None)``."""
+        """The attention half: ``(x + attn(norm1(x)), attention or None, keys or None)``."""
         y, probs, keys = self.attn(
-            self.norm1(x), size=size, return_attention=return_attention, return_keys=return_keys
+            self.norm1(x),
+            size=size,
+            return_attention=return_attention,
+            return_keys=return_keys,
+            return_cls_attention=return_cls_attention,
         )
         return x + y, probs, keys
 
@@ -320,9 +344,14 @@ class Block(nnx.Module):
         size: jax.Array | None = None,
         return_attention: bool = False,
         return_keys: bool = False,
+        return_cls_attention: bool = False,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         """Both halves; see the class docstring for the shapes."""
         x, probs, keys = self.attend(
-            x, size=size, return_attention=return_attention, return_keys=return_keys
+            x,
+            size=size,
+            return_attention=return_attention,
+            return_keys=return_keys,
+            return_cls_attention=return_cls_attention,
         )
         return self.feed_forward(x), probs, keys

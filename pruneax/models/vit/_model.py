@@ -24,15 +24,10 @@ from flax import nnx, struct
 
 from pruneax.models._shared.common import check_images
 from pruneax.models.vit._config import ViTConfig
-from pruneax.models.vit._layers import (
-    Block,
-    FixedEmbedding,
-    _layer_norm,
-    _trunc02,
-    _zeros,
-    sincos_pos_embed,
-)
+from pruneax.models.vit._head import MapHead
+from pruneax.models.vit._layers import Block, _layer_norm, _trunc02, _zeros
 from pruneax.models.vit._plan import PruningPlan
+from pruneax.models.vit._pos import FixedEmbedding, sincos_pos_embed
 
 __all__ = ["ViT", "ViTConfig", "ViTOutput"]
 
@@ -52,12 +47,19 @@ class _Tokens:
         self.aux: dict[int, dict[str, jax.Array | None]] = {}
         self.kept: list[jax.Array] = []
 
-    def wants(self, block: int) -> tuple[bool, bool]:
-        return self.plan.wants(block) if self.plan is not None else (False, False)
+    def wants(self, block: int, everything: bool) -> tuple[bool, bool, bool]:
+        """(full probabilities, the CLS row only, keys) block ``block`` must return."""
+        attn, keys = self.plan.wants(block) if self.plan is not None else (False, False)
+        row = attn and not everything and self.p > 0 and self.plan.cls_row_only(block)
+        return (attn and not row) or everything, row, keys
 
-    def record(self, block: int, probs, keys) -> None:
-        if any(self.wants(block)):
-            self.aux[block] = {"attn": probs, "keys": keys}
+    def record(self, block: int, attention, keys, row: bool) -> None:
+        if self.plan is not None and any(self.plan.wants(block)):
+            self.aux[block] = {
+                "attn": None if row else attention,
+                "cls_attn": attention if row else None,
+                "keys": keys,
+            }
 
     @property
     def attn_size(self) -> jax.Array | None:
@@ -88,7 +90,8 @@ class ViTOutput:
       pooled: [B, D] the pooled token after the final (or pooled-only) LayerNorm, before the
         pooler and the head. For CLIP this is HF's ``pooler_output``; for ``pool="cls_dist"``
         it is the CLS token.
-      pooler_output: [B, D] ``tanh(pooler(pooled))`` (HF ``ViTModel``), or None.
+      pooler_output: [B, D] ``tanh(pooler(pooled))`` (HF ``ViTModel``), SigLIP's MAP head
+        over the final tokens (``map_head``), or None.
       hidden: [B, T_final, D] the last hidden state: after the final LayerNorm when
         ``final_norm="all"``, raw otherwise (HF CLIP's ``last_hidden_state``).
       kept: one [B, n_i] int32 per pruning stage: the original patch index (row-major over the
@@ -131,8 +134,9 @@ class ViT(nnx.Module):
     ``flatten(2).transpose(1, 2)``. Learned position embeddings cover CLS, distillation and
     patches (not registers). Every dense / conv weight is a leaf named ``kernel``
     (``patch_embed``, ``blocks/{i}/attn/{query,key,value,out}``, ``blocks/{i}/mlp/{fc1,fc2}``,
-    ``pooler``, ``head``, ``head_dist``), so ``pruneax.weights``' default predicate selects
-    exactly them; the classifier is ``head`` (glob ``"head/*"``).
+    ``pooler``, ``map_head/{in_proj,out}``, ``map_head/mlp/{fc1,fc2}``, ``head``,
+    ``head_dist``), so ``pruneax.weights``' default predicate selects exactly them; the
+    classifier is ``head`` (glob ``"head/*"``).
 
     Initialization (training from scratch, timm style): kernels, the patch embedding, the
     learned position embedding and the CLS / distillation / register tokens ~ N(0, 0.02)
@@ -227,6 +231,8 @@ class ViT(nnx.Module):
             kernel_init=_trunc02, bias_init=_zeros, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
         self.pooler = nnx.Linear(d, d, **kw) if cfg.pooler else None
+        mk = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.map_head = MapHead(cfg, **mk) if cfg.map_head else None
         self.head = nnx.Linear(d, cfg.num_classes, **kw) if cfg.num_classes else None
         self.head_dist = nnx.Linear(d, cfg.num_classes, **kw) if cfg.pool == "cls_dist" else None
 
@@ -281,9 +287,12 @@ class ViT(nnx.Module):
           plan: static token-pruning plan (``None``: all tokens through every block). A stage
             at ``layer`` runs inside block ``layer - 1`` between its attention and its MLP
             (``in_block``: ToMe, EViT) or before block ``layer``, with the attention / keys of
-            the blocks ``plan.wants``.
+            the blocks ``plan.wants``. Blocks run fused (``jax.nn.dot_product_attention``)
+            unless a stage needs their full probabilities; a block read only through the [CLS]
+            row (``plan.cls_row_only``) computes that row alone.
           key: PRNG key for random stages (the stage at ``layer`` gets ``fold_in(key, layer)``).
-          return_attention: also return every block's attention probabilities.
+          return_attention: also return every block's attention probabilities (every block
+            then materialises them; the stages read the full matrices).
           return_hidden_states: also return the residual stream before block 0 and after each
             block.
 
@@ -306,14 +315,15 @@ class ViT(nnx.Module):
         attentions, hidden_states = [], [x]
         for i, block in enumerate(self.blocks):
             x = tok.stage(x, layer=i, in_block=False)
-            want_attn, want_keys = tok.wants(i)
+            full, row, want_keys = tok.wants(i, return_attention)
             x, probs, keys = block.attend(
                 x,
                 size=tok.attn_size,
-                return_attention=want_attn or return_attention,
+                return_attention=full,
                 return_keys=want_keys,
+                return_cls_attention=row,
             )
-            tok.record(i, probs, keys)
+            tok.record(i, probs, keys, row)
             x = tok.stage(x, layer=i + 1, in_block=True)  # the published ToMe / EViT place
             x = block.feed_forward(x)
             attentions.append(probs)
@@ -367,6 +377,8 @@ class ViT(nnx.Module):
         if cfg.final_norm == "pooled":
             pooled = self.norm(pooled)
         pooler_output = jnp.tanh(self.pooler(pooled)) if self.pooler is not None else None
+        if self.map_head is not None:
+            pooler_output = self.map_head(x, size)
         logits = None
         if self.head is not None:
             logits = self.head(pooled)

@@ -10,7 +10,8 @@ original order. ``"tome"`` and ``"evit"`` are the ViT's own token ops (not selec
   size-weighted merge (``pruneax.tokens.tome_merge``), output in the published order
   ``[unmerged A; B]`` (the prefix first), so the next merge splits A / B as the published code.
 - EViT (Liang et al., ICLR 2022; ``youweiliang/evit``, ``evit.py``): top-k patch tokens by the
-  head-averaged CLS attention, the rest fused into one token weighted by that attention.
+  head-averaged CLS attention (the CLS row alone when the model computed only that row), the
+  rest fused into one token weighted by that attention.
   Kept tokens stay in their original order (the published code orders them by descending
   attention; a ViT's outputs do not depend on the order of the tokens after the embedding).
 """
@@ -30,11 +31,27 @@ VIT_INPUTS = frozenset({"scores", "features", "shallow_scores", "deep_scores", "
 
 def _need(aux: dict, block: int, what: str, stage: Any) -> jax.Array:
     if block not in aux or aux[block].get(what) is None:
+        if what == "attn" and aux.get(block, {}).get("cls_attn") is not None:
+            raise ValueError(
+                f"apply_stage: the {stage.method!r} stage at layer {stage.layer} needs block "
+                f"{block}'s full attention probabilities (all query rows); only its CLS row was "
+                "kept"
+            )
         raise ValueError(
             f"apply_stage: the {stage.method!r} stage at layer {stage.layer} needs block "
             f"{block}'s attention; the model did not keep it (call it through ViT with this plan)"
         )
     return aux[block][what]
+
+
+def _cls_scores(aux: dict, block: int, stage: Any, p: int) -> jax.Array:
+    """Head-averaged CLS attention of ``block`` over the patch keys ([B, n]): from the CLS row
+    the model kept (``aux[block]["cls_attn"]`` [B, H, T], fused path) or else from the full
+    probabilities (received attention there when there is no prefix token)."""
+    row = aux.get(block, {}).get("cls_attn")
+    if row is not None and p > 0:
+        return jnp.mean(row[:, :, p:].astype(jnp.float32), axis=1)
+    return _scores(_need(aux, block, "attn", stage), p, received=False)
 
 
 def _scores(attn: jax.Array, p: int, received: bool) -> jax.Array:
@@ -97,7 +114,7 @@ def evit(stage: Any, x: jax.Array, size: jax.Array, aux: dict, p: int):
     b, t, _ = x.shape
     n = t - p
     k = stage.kept(n)
-    a = _scores(_need(aux, stage.layer - 1, "attn", stage), p, received=False)
+    a = _cls_scores(aux, stage.layer - 1, stage, p)
     if k == n:  # the published block leaves the tokens alone (no fused token)
         return x, size, jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
     idx = jax.vmap(lambda s: T.select_tokens("topk", k, scores=s))(a)
@@ -129,7 +146,7 @@ def select(stage: Any, x, size, aux: dict, p: int, grid: tuple[int, int], key):
     if "features" in uses:
         inputs["features"] = x[:, p:]
     if "scores" in uses:  # CLS attention (received attention without a prefix token)
-        inputs["scores"] = _scores(_need(aux, stage.layer - 1, "attn", stage), p, False)
+        inputs["scores"] = _cls_scores(aux, stage.layer - 1, stage, p)
     if "deep_scores" in uses:  # attention received at the stage's block
         inputs["deep_scores"] = _scores(_need(aux, stage.layer - 1, "attn", stage), p, True)
     if "shallow_scores" in uses:  # attention received at the shallow block

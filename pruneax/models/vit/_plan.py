@@ -193,6 +193,24 @@ class PruningPlan:
             attn, keys = attn or a, keys or k
         return attn, keys
 
+    def cls_row_only(self, layer: int) -> bool:
+        """True when the stages read block ``layer``'s attention only through the [CLS] row.
+
+        Every stage that wants that block's probabilities (``reads``) lists it in its
+        ``cls_row_blocks()`` (a ``ViTStage`` without that method needs the full matrix). The
+        model then runs the block fused and computes the one row from q and k.
+
+        Example:
+          >>> from pruneax.models.vit import PruningPlan
+          >>> PruningPlan.at(3, 0.5, "evit").cls_row_only(2)
+          True
+          >>> PruningPlan.at(3, 0.5, "hiprune").cls_row_only(2)  # received attention: all rows
+          False
+        """
+        readers = [s for s in self.stages if s.reads().get(layer, (False, False))[0]]
+        rows = lambda s: getattr(s, "cls_row_blocks", frozenset)()
+        return bool(readers) and all(layer in rows(s) for s in readers)
+
     @property
     def uses_size(self) -> bool:
         """True when a stage makes token sizes matter (ToMe's proportional attention)."""

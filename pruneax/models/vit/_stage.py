@@ -57,6 +57,11 @@ class ViTStage(Protocol):
         (-1: synthetic), ``num_prefix`` P, ``grid`` (rows, cols), ``key`` a PRNG key or None.
         Returns ``(x [B, P + n', D], size [B, P + n'], src [B, n'] int32)``: ``src`` indexes
         the incoming patch tokens (-1 for a synthetic token); prefix tokens stay first.
+      cls_row_blocks() (optional): blocks among ``reads()`` whose attention the stage reads
+        only as the [CLS] query's row; there the model runs the block fused and passes
+        ``aux[block]["cls_attn"]`` [B, H, T] float32 with ``"attn"`` None (when the model has a
+        prefix token and ``return_attention`` is off). Without it, ``"attn"`` is the full
+        matrix.
 
     Example:
       >>> import dataclasses, jax.numpy as jnp
@@ -257,6 +262,26 @@ class PruneStage:
         if self._needs("shallow_scores"):
             out[self.shallow] = (True, out.get(self.shallow, (False, False))[1])
         return out
+
+    def cls_row_blocks(self) -> frozenset[int]:
+        """Blocks whose attention this stage reads only through the [CLS] query's row.
+
+        EViT and the selectors whose only attention input is ``scores`` (CLS attention:
+        ``topk``, ``kcenter``, ``maxsum``, ``feather``, ``holov``...) need one row of block
+        ``layer - 1``; the model then runs that block fused and computes the row from q and k.
+        Received attention (``deep_scores``, ``shallow_scores``: HiPrune) averages all query
+        rows, so those blocks keep the full probabilities. Without a prefix token the ViT
+        scores by received attention, and the model ignores this.
+        """
+        if self.method == "evit":
+            return frozenset({self.layer - 1})
+        if self.method in VIT_OPS:
+            return frozenset()
+        m = T.get_method(self.method)
+        uses = m.needs | m.optional
+        if "scores" in uses and not (uses & {"deep_scores", "shallow_scores"}):
+            return frozenset({self.layer - 1})
+        return frozenset()
 
     def apply(self, x, *, size, aux, patch_ids, num_prefix, grid, key):
         """Runs the stage on a batch (see ``ViTStage``; ``patch_ids`` is unused)."""

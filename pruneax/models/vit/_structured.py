@@ -58,6 +58,9 @@ class ViTStructured:
             total += 4 * d * h * hd + 3 * h * hd * cfg.qkv_bias + d  # q, k, v, out (+ out bias)
             total += 2 * d * m + m + d  # fc1, fc2
         total += (d * d + d) * cfg.pooler
+        if cfg.map_head:  # probe, packed in_proj, out, LayerNorm, MLP (never pruned)
+            total += d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d
+            total += 2 * d * cfg.mlp_dim + cfg.mlp_dim + d
         k = cfg.num_classes
         total += (d * k + k) * ((k > 0) + (cfg.pool == "cls_dist"))
         return int(total)

@@ -37,18 +37,22 @@ class LayerCache(NamedTuple):
     valid: jax.Array
     length: jax.Array
 
-    def write(self, positions: jax.Array, valid: jax.Array) -> tuple[LayerCache, jax.Array]:
+    def write(
+        self, positions: jax.Array, valid: jax.Array, bidirectional: jax.Array | None = None
+    ) -> tuple[LayerCache, jax.Array]:
         """Writes the positions / validity of T new tokens at slots ``[length, length + T)``.
 
         Args:
           positions: [B, T] int32 RoPE positions of the new tokens.
           valid: [B, T] bool validity of the new tokens.
+          bidirectional: [B, T] bool or None: new tokens flagged here also see the flagged new
+            tokens after them (a bidirectional prefix block inside this call's tokens).
 
         Returns:
           ``(cache, mask)``: the cache with those slots written (keys / values and ``length``
           unchanged: the attention writes the keys at ``length``, ``advance`` moves it), and
-          the attention mask bool [B, T, S] of the new queries over every slot (valid and
-          causal by slot index).
+          the attention mask bool [B, T, S] of the new queries over every slot (valid, and
+          causal by slot index or both flagged ``bidirectional``).
 
         Example:
           >>> from pruneax.models.llama import init_cache, llm_config
@@ -61,8 +65,14 @@ class LayerCache(NamedTuple):
         slot_valid = jax.lax.dynamic_update_slice_in_dim(self.valid, valid, self.length, 1)
         slot_pos = jax.lax.dynamic_update_slice_in_dim(self.positions, positions, self.length, 1)
         s = slot_valid.shape[1]
-        causal = jnp.arange(s)[None, :] <= self.length + jnp.arange(t)[:, None]
-        return self._replace(positions=slot_pos, valid=slot_valid), slot_valid[:, None] & causal
+        allowed = (jnp.arange(s)[None, :] <= self.length + jnp.arange(t)[:, None])[None]
+        if bidirectional is not None:
+            slot_bidir = jnp.zeros_like(slot_valid)
+            slot_bidir = jax.lax.dynamic_update_slice_in_dim(
+                slot_bidir, bidirectional, self.length, 1
+            )
+            allowed = allowed | (bidirectional[:, :, None] & slot_bidir[:, None, :])
+        return self._replace(positions=slot_pos, valid=slot_valid), slot_valid[:, None] & allowed
 
     def advance(self, keys: jax.Array, values: jax.Array, t: int) -> LayerCache:
         """The cache after the attention wrote ``t`` new keys / values: ``length + t``."""

@@ -212,7 +212,7 @@ def calibrated_prune(
 
     pruned = nnx.clone(model)
     batches = [jnp.asarray(ids[i : i + batch_size]) for i in range(0, ids.shape[0], batch_size)]
-    xs = [pruned.embed(b) for b in batches]
+    xs = [pruned.scale_inputs(pruned.embed(b)) for b in batches]
     ctx = {}  # (b, t) -> (cos, sin, causal mask)
     for x in xs:
         b, t = x.shape[:2]

@@ -16,6 +16,7 @@ import numpy as np
 from pruneax.models.llama._cache import KVCache
 from pruneax.models.llama._config import LlamaConfig
 from pruneax.models.llama._prune import check_prune
+from pruneax.models.llama._scores import prune_form
 
 
 class CallPlan(NamedTuple):
@@ -23,15 +24,18 @@ class CallPlan(NamedTuple):
 
     Attributes:
       asked: layers whose attention probabilities are returned (``return_attention_at``).
-      explicit: layers that compute explicit probabilities (asked, or read by the spec).
+      explicit: layers that compute explicit probabilities (asked, or read whole by the spec).
       events: layers at whose input the pruning spec acts.
       tokens: tokens each layer processes (and appends to its cache).
+      forms: {layer: form} in which the spec reads each of its ``attention_layers``
+        (``"probs"``, ``"last_query"``, ``("key_mass", start, stop)``: see ``_scores``).
     """
 
     asked: frozenset[int]
     explicit: frozenset[int]
     events: tuple[int, ...]
     tokens: tuple[int, ...]
+    forms: dict[int, Any]
 
 
 def plan_call(
@@ -55,10 +59,11 @@ def plan_call(
     if cache is not None:
         check_cache(cache, config, b)
     asked = frozenset(attention_layers(return_attention_at, n))
-    explicit, events, tokens = asked, (), (t,) * n
+    explicit, events, tokens, forms = asked, (), (t,) * n, {}
     if prune is not None:
         check_prune(prune, n, t, "LlamaLM")
-        explicit = asked | frozenset(int(i) for i in prune.attention_layers(n))
+        forms = {int(i): prune_form(prune, int(i), n, "LlamaLM") for i in prune.attention_layers(n)}
+        explicit = asked | frozenset(i for i, f in forms.items() if f == "probs")
         events = tuple(int(i) for i in prune.pruning_layers(n))
         tokens = tuple(int(v) for v in prune.tokens_per_layer(n, t))
     if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int):
@@ -67,7 +72,7 @@ def plan_call(
         raise ValueError(f"LlamaLM: logits_to_keep must be >= 0; got {logits_to_keep}")
     if cache is not None:
         check_room(cache, tokens)
-    return CallPlan(asked, explicit, events, tokens)
+    return CallPlan(asked, explicit, events, tokens, forms)
 
 
 def token_inputs(model: Any, input_ids: Any, inputs_embeds: Any) -> jax.Array:
@@ -103,6 +108,19 @@ def token_mask(attention_mask: Any, b: int, t: int) -> jax.Array:
         raise ValueError(
             f"LlamaLM: attention_mask must be bool or 0/1 integers of shape [B, T] = "
             f"{(b, t)}; got shape {tuple(m.shape)} dtype {m.dtype}"
+        )
+    return m.astype(bool)
+
+
+def token_flags(bidirectional: Any, b: int, t: int) -> jax.Array | None:
+    """The bidirectional-prefix flags bool [B, T] of the new tokens, or None."""
+    if bidirectional is None:
+        return None
+    m = jnp.asarray(bidirectional)
+    if m.shape != (b, t) or not (m.dtype == bool or jnp.issubdtype(m.dtype, jnp.integer)):
+        raise ValueError(
+            f"LlamaLM: bidirectional must be bool or 0/1 integers of shape [B, T] = {(b, t)}; "
+            f"got shape {tuple(m.shape)} dtype {m.dtype}"
         )
     return m.astype(bool)
 

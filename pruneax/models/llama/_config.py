@@ -1,7 +1,7 @@
 """``LlamaConfig``: the hyperparameters of a ``LlamaLM``, and the named variants.
 
-References: transformers' ``LlamaConfig`` / ``Qwen2Config`` and ``modeling_rope_utils.py``
-(the ``"linear"`` and ``"llama3"`` RoPE scalings).
+References: transformers' ``LlamaConfig`` / ``Qwen2Config`` / ``GemmaConfig`` and
+``modeling_rope_utils.py`` (the ``"linear"`` and ``"llama3"`` RoPE scalings).
 """
 
 from __future__ import annotations
@@ -11,9 +11,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from pruneax.models._shared.common import layer_sizes
-from pruneax.models._shared.fields import bool_field, check_fields, int_field, is_real, real_field
+from pruneax.models._shared.fields import (
+    bool_field,
+    check_fields,
+    int_field,
+    is_real,
+    one_of,
+    real_field,
+)
 
 ROPE_TYPES = ("linear", "llama3")  # besides None ("default")
+HIDDEN_ACTS = ("silu", "gelu_tanh")
 _ROPE_KEYS = {
     "linear": {"factor"},
     "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
@@ -66,6 +74,17 @@ class LlamaConfig:
         either of the two (the other is derived) or both (consistent); stored resolved.
       layer_mlp: SwiGLU width of every layer (``num_layers`` ints in ``[0,
         intermediate_size]``), or None: ``intermediate_size`` everywhere.
+      hidden_act: the gate activation of the gated MLP: ``"silu"`` (Llama, Qwen2: SwiGLU) or
+        ``"gelu_tanh"`` (Gemma's ``gelu_pytorch_tanh``, the tanh approximation: GeGLU).
+      rms_norm_unit_offset: Gemma's RMSNorm, ``(x * rsqrt(mean(x^2) + eps) * (1 + w))`` all in
+        float32 and cast to the computation dtype after (scales initialised to 0); False:
+        Llama's ``w * x_normed`` (scales initialised to 1).
+      scale_embeddings: Gemma's embedding normaliser: the embeddings entering layer 0 are
+        multiplied by ``sqrt(hidden_size)`` (cast to the computation dtype first), whether
+        they come from ``input_ids`` or ``inputs_embeds``.
+
+    Gemma (v1) is ``hidden_act="gelu_tanh", rms_norm_unit_offset=True,
+    scale_embeddings=True, tie_word_embeddings=True`` (``llm_config("gemma-2b")``).
 
     ``num_kv_heads``, ``head_dim`` and ``attention_out_bias`` are stored resolved, so
     ``dataclasses.replace(config, hidden_size=...)`` keeps the old values: pass them again (or
@@ -101,6 +120,9 @@ class LlamaConfig:
     layer_heads: tuple[int, ...] | None = None
     layer_kv_heads: tuple[int, ...] | None = None
     layer_mlp: tuple[int, ...] | None = None
+    hidden_act: str = "silu"
+    rms_norm_unit_offset: bool = False
+    scale_embeddings: bool = False
 
     def __post_init__(self):
         sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads")
@@ -123,7 +145,8 @@ class LlamaConfig:
         if self.attention_out_bias is None:
             object.__setattr__(self, "attention_out_bias", self.attention_bias)
         flags = ("tie_word_embeddings", "attention_bias", "attention_out_bias", "mlp_bias")
-        check_fields(self, **dict.fromkeys(flags, _BOOL))
+        flags += ("rms_norm_unit_offset", "scale_embeddings")
+        check_fields(self, **dict.fromkeys(flags, _BOOL), hidden_act=one_of(HIDDEN_ACTS))
         object.__setattr__(self, "rope_scaling", self._normalize_rope_scaling(self.rope_scaling))
         self._resolve_layer_sizes()
 
@@ -273,6 +296,23 @@ LLM_VARIANTS: dict[str, dict[str, Any]] = {
         attention_bias=True,
         attention_out_bias=False,
     ),
+    # Gemma 1 2B, the LLM of PaliGemma-3B (whose vocabulary adds 1216 location / segmentation
+    # tokens: vocab_size=257216).
+    "gemma-2b": dict(
+        vocab_size=256000,
+        hidden_size=2048,
+        intermediate_size=16384,
+        num_layers=18,
+        num_heads=8,
+        num_kv_heads=1,
+        head_dim=256,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        hidden_act="gelu_tanh",
+        rms_norm_unit_offset=True,
+        scale_embeddings=True,
+    ),
 }
 
 
@@ -280,8 +320,9 @@ def llm_config(name: str, **overrides: Any) -> LlamaConfig:
     """The ``LlamaConfig`` of a named variant of ``LLM_VARIANTS``, with fields overridden.
 
     ``"tiny"`` (D=64, 4 layers, 4 heads / 2 KV heads, V=256) is for tests and quick
-    experiments; ``"llama2-7b"`` (= Vicuna-7B v1.5, LLaVA-1.5's LLM), ``"llama3.2-1b"`` and
-    ``"qwen2.5-0.5b"`` are the published sizes (weights come from ``load_llm``).
+    experiments; ``"llama2-7b"`` (= Vicuna-7B v1.5, LLaVA-1.5's LLM), ``"llama3.2-1b"``,
+    ``"qwen2.5-0.5b"`` and ``"gemma-2b"`` are the published sizes (weights come from
+    ``load_llm``).
 
     Args:
       name: a key of ``LLM_VARIANTS``.

@@ -49,6 +49,7 @@ def generate_greedy(
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
     cache_dtype: Any = None,
+    bidirectional: jax.Array | None = None,
 ) -> GenerationOutput:
     """Greedy decoding with a KV cache: one jitted program (prefill, then ``lax.scan`` over
     single-token decode steps).
@@ -69,6 +70,8 @@ def generate_greedy(
       prune: a ``PruneSpec`` applied to the prompt (static).
       eos_token_id, pad_token_id: see above (static).
       cache_dtype: dtype of the cache (default: the model's compute dtype).
+      bidirectional: [B, T] flags of the prompt's bidirectional prefix (see
+        ``LlamaLM.__call__``; PaliGemma's prefix-LM), or None; generated tokens are causal.
 
     Returns:
       A ``GenerationOutput``.
@@ -103,6 +106,7 @@ def generate_greedy(
         inputs_embeds,
         attention_mask,
         positions,
+        bidirectional,
         max_new_tokens=int(max_new_tokens),
         prune=prune,
         eos=eos_token_id,
@@ -115,7 +119,7 @@ def generate_greedy(
     jax.jit, static_argnames=("graphdef", "max_new_tokens", "prune", "eos", "pad", "dtype")
 )
 def _generate(
-    graphdef, state, input_ids, inputs_embeds, attention_mask, positions, *,
+    graphdef, state, input_ids, inputs_embeds, attention_mask, positions, bidirectional, *,
     max_new_tokens, prune, eos, pad, dtype,
 ):  # fmt: skip
     model = nnx.merge(graphdef, state)
@@ -130,6 +134,7 @@ def _generate(
         cache=cache,
         prune=prune,
         logits_to_keep=1,
+        bidirectional=bidirectional,
     )
     first = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
     rest, cache = decode_greedy(

@@ -1,4 +1,5 @@
-"""Hugging Face checkpoint import for ``LlamaLM``: ``LlamaForCausalLM`` and ``Qwen2ForCausalLM``.
+"""Hugging Face checkpoint import for ``LlamaLM``: ``LlamaForCausalLM``, ``Qwen2ForCausalLM`` and
+``GemmaForCausalLM`` (Gemma 1).
 
 ``load_llm(path)`` reads a ``save_pretrained`` directory (``config.json`` + safetensors, single
 or sharded) with ``read_checkpoint`` -- no torch, ``transformers`` or ``safetensors`` package --
@@ -6,7 +7,8 @@ and returns a ``LlamaLM`` whose logits, attention probabilities and greedy gener
 the PyTorch model's.
 
 References: transformers' ``models/llama/{configuration,modeling}_llama.py``,
-``models/qwen2/{configuration,modeling}_qwen2.py`` and ``modeling_rope_utils.py`` (v4 configs
+``models/qwen2/{configuration,modeling}_qwen2.py``, ``models/gemma/{configuration,modeling}
+_gemma.py`` and ``modeling_rope_utils.py`` (v4 configs
 keep ``rope_theta`` / ``rope_scaling`` at the top level, v5 configs put both in
 ``rope_parameters``).
 """
@@ -17,14 +19,20 @@ import math
 import os
 from typing import Any
 
-import jax.numpy as jnp
 from flax import nnx
 
 from pruneax.models._shared.checkpoint import read_checkpoint
+from pruneax.models._shared.dtypes import resolve_dtypes
 from pruneax.models._shared.loader import ConfigRules, KeyMap, check_config, fill, read_config
 from pruneax.models.llama._model import LlamaConfig, LlamaLM
 
-SUPPORTED_LLM_TYPES = ("llama", "qwen2")
+SUPPORTED_LLM_TYPES = ("llama", "qwen2", "gemma")
+# later Gemma generations: other networks (soft-capping, sliding windows, extra norms ...)
+_OTHER_GEMMAS = ("gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma3n_text", "recurrent_gemma")
+# Gemma's activation: transformers >= 5 reads hidden_act and maps the legacy "gelu" of the
+# published configs to "gelu_pytorch_tanh"; 4.x read hidden_activation (None: that same tanh
+# GELU, whatever hidden_act says). Only settings both agree on are accepted.
+_GEMMA_ACTS = ("gelu", "gelu_pytorch_tanh")
 
 # Attributes that cannot change the logits: initializer_range (initialisation only),
 # attention_dropout (dropout is the identity at inference), pretraining_tp (transformers < 5
@@ -94,6 +102,34 @@ _RULES: dict[str, ConfigRules] = {
         | {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types"},
         harmless=_HARMLESS,
     ),
+    # GemmaConfig (v5; v4 adds hidden_activation and keeps RoPE in rope_theta). Gemma has no
+    # mlp_bias attribute (no MLP biases) and a fixed head_dim default of 256.
+    "gemma": ConfigRules(
+        "GemmaConfig",
+        dict(
+            vocab_size=256000,
+            hidden_size=3072,
+            intermediate_size=24576,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            head_dim=256,
+            hidden_act="gelu_pytorch_tanh",
+            hidden_activation=None,
+            max_position_embeddings=8192,
+            initializer_range=0.02,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            rope_parameters=None,
+            attention_bias=False,
+            attention_dropout=0.0,
+            use_bidirectional_attention=None,
+        ),
+        handled=_SIZES
+        | _ROPE
+        | {"attention_bias", "hidden_activation", "use_bidirectional_attention"},
+        harmless=_HARMLESS,
+    ),
 }
 # LlamaConfig field -> transformers attribute.
 _FIELDS = {
@@ -132,7 +168,10 @@ def _rope(cfg: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None
 def _config(cfg: dict[str, Any], model_type: str) -> LlamaConfig:
     where = "load_llm"
     c = _RULES[model_type].complete(cfg)
-    if c["hidden_act"] != "silu":
+    gemma = model_type == "gemma"
+    if gemma:
+        _check_gemma(c, where)
+    elif c["hidden_act"] != "silu":
         raise ValueError(f"{where}: hidden_act must be 'silu'; got {c['hidden_act']!r}")
     if model_type == "qwen2":
         layer_types = c.get("layer_types") or []
@@ -149,8 +188,13 @@ def _config(cfg: dict[str, Any], model_type: str) -> LlamaConfig:
         qkv_bias, out_bias, mlp_bias = True, False, False
     else:
         qkv_bias = out_bias = bool(c["attention_bias"])
-        mlp_bias = bool(c["mlp_bias"])
+        mlp_bias = bool(c.get("mlp_bias", False))
     theta, scaling = _rope(c, where)
+    gemma_fields = {}
+    if gemma:
+        gemma_fields = dict(
+            hidden_act="gelu_tanh", rms_norm_unit_offset=True, scale_embeddings=True
+        )
     try:
         return LlamaConfig(
             **{field: c[key] for field, key in _FIELDS.items()},
@@ -161,9 +205,26 @@ def _config(cfg: dict[str, Any], model_type: str) -> LlamaConfig:
             attention_bias=qkv_bias,
             attention_out_bias=out_bias,
             mlp_bias=mlp_bias,
+            **gemma_fields,
         )
     except ValueError as e:
         raise ValueError(f"{where}: unsupported config.json ({e})") from None
+
+
+def _check_gemma(c: dict[str, Any], where: str) -> None:
+    """Refuses Gemma activations other than the tanh GELU, and bidirectional attention."""
+    act, act2 = c["hidden_act"], c.get("hidden_activation")
+    if act not in _GEMMA_ACTS or act2 not in (None, "gelu_pytorch_tanh"):
+        raise ValueError(
+            f"{where}: Gemma's activation must be the tanh GELU: hidden_act in "
+            f"{list(_GEMMA_ACTS)} and hidden_activation None or 'gelu_pytorch_tanh'; got "
+            f"hidden_act={act!r}, hidden_activation={act2!r}"
+        )
+    if c.get("use_bidirectional_attention"):
+        raise ValueError(
+            f"{where}: use_bidirectional_attention=True (an encoder, not a causal LM) is not "
+            "supported"
+        )
 
 
 def _hf_name(name: str) -> str:
@@ -178,20 +239,26 @@ def _hf_name(name: str) -> str:
 def load_llm(
     path: str | os.PathLike,
     *,
-    dtype: Any = jnp.float32,
+    dtype: Any = "auto",
     param_dtype: Any = None,
+    mesh: Any = None,
 ) -> LlamaLM:
-    """A ``LlamaLM`` with the weights of a Hugging Face Llama / Qwen2 causal-LM directory.
+    """A ``LlamaLM`` with the weights of a Hugging Face Llama / Qwen2 / Gemma causal-LM directory.
 
-    Reads ``config.json`` (``model_type`` ``"llama"`` or ``"qwen2"``; architectures
-    ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``) and the safetensors weights. Config keys:
+    Reads ``config.json`` (``model_type`` ``"llama"``, ``"qwen2"`` or ``"gemma"``; architectures
+    ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` / ``GemmaForCausalLM``) and the safetensors
+    weights. Config keys:
     ``vocab_size``, ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``,
     ``num_attention_heads``, ``num_key_value_heads``, ``head_dim``, ``rms_norm_eps``,
     ``max_position_embeddings``, ``tie_word_embeddings``, ``attention_bias`` / ``mlp_bias``
     (Llama; Qwen2 always has q/k/v biases and no o_proj / MLP bias), RoPE from
     ``rope_parameters`` (transformers >= 5) or ``rope_theta`` + ``rope_scaling`` (< 5), types
     default, ``"linear"`` and ``"llama3"``; transformers' defaults for absent keys.
-    ``hidden_act`` must be ``"silu"``; Qwen2 sliding-window layers are refused. Every other
+    ``hidden_act`` must be ``"silu"`` (Llama, Qwen2); Qwen2 sliding-window layers are refused.
+    Gemma 1 maps to ``hidden_act="gelu_tanh"``, ``rms_norm_unit_offset``, ``scale_embeddings``
+    (see ``LlamaConfig``): its ``hidden_act`` must be ``"gelu_pytorch_tanh"`` or the legacy
+    ``"gelu"`` (transformers reads both as the tanh GELU), ``hidden_activation`` None or
+    ``"gelu_pytorch_tanh"``; Gemma 2 / 3 (``"gemma2"``, ``"gemma3"`` ...) are refused. Every other
     attribute must keep transformers' default unless it cannot change the logits
     (``initializer_range``, ``attention_dropout``, ``pretraining_tp``, bookkeeping such as
     ``torch_dtype`` or token ids); anything else, unknown attributes included, is refused.
@@ -203,9 +270,15 @@ def load_llm(
     ignored, as transformers ties it). Linear ``[out, in]`` -> kernel ``[in, out]``.
 
     Args:
-      path: directory with ``config.json`` and ``model.safetensors`` (or the sharded index).
-      dtype: computation dtype of the returned model.
-      param_dtype: parameter dtype (stored weights are cast to it); None means ``dtype``.
+      path: directory with ``config.json`` and ``model.safetensors`` (or the sharded index),
+        or a Hugging Face hub id (``org/name``; needs ``huggingface_hub``).
+      dtype: computation dtype of the returned model; ``"auto"`` (default) keeps the
+        checkpoint's (a bfloat16 checkpoint stays bfloat16).
+      param_dtype: parameter dtype (the stored weights are cast to it); None means ``dtype``.
+      mesh: None, or a ``jax.sharding.Mesh`` to load onto: every parameter is created in its
+        ``NamedSharding`` (``pruneax.models.partition_spec``) from the slices of the
+        memory-mapped checkpoint its devices hold, and carries the spec as ``out_sharding``
+        metadata (``nnx.get_partition_spec``).
 
     Returns:
       The ``LlamaLM`` (``model.config`` holds the mapped ``LlamaConfig``).
@@ -231,17 +304,23 @@ def load_llm(
 
     References: transformers' ``modeling_llama.py`` / ``modeling_qwen2.py``.
     """
-    _, cfg, model_type = read_config(path, "load_llm", SUPPORTED_LLM_TYPES)
+    root, cfg, model_type = read_config(path, "load_llm", SUPPORTED_LLM_TYPES + _OTHER_GEMMAS)
+    if model_type in _OTHER_GEMMAS:
+        raise ValueError(
+            f"load_llm: model_type {model_type!r} is not supported: only Gemma 1 ('gemma'); "
+            "Gemma 2 / 3 are different networks (logit soft-capping, sliding-window layers, "
+            f"extra norms); supported: {list(SUPPORTED_LLM_TYPES)}"
+        )
     arch = (cfg.get("architectures") or [None])[0]
     if arch is not None and not arch.endswith("ForCausalLM"):
         raise ValueError(
             f"load_llm: architecture {arch!r} is not supported; expected a *ForCausalLM "
-            "checkpoint (LlamaForCausalLM, Qwen2ForCausalLM)"
+            "checkpoint (LlamaForCausalLM, Qwen2ForCausalLM, GemmaForCausalLM)"
         )
     check_config(cfg, _RULES[model_type], "load_llm")
     config = _config(cfg, model_type)
-    tensors = read_checkpoint(path)
-    param_dtype = dtype if param_dtype is None else param_dtype
+    tensors = read_checkpoint(root)
+    dtype, param_dtype = resolve_dtypes(dtype, param_dtype, tensors, "load_llm")
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     key_map = KeyMap(
         candidates=lambda name: (_hf_name(name),),
@@ -253,5 +332,6 @@ def load_llm(
         tensors,
         key_map,
         loader="load_llm",
+        mesh=mesh,
         note=f" (model_type {model_type!r}, architectures {cfg.get('architectures')}, as {config})",
     )

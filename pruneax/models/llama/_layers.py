@@ -1,12 +1,14 @@
-"""The layers of ``LlamaLM``: grouped-query attention with RoPE and a KV cache, the SwiGLU MLP,
-RMSNorm and the pre-norm decoder block.
+"""The layers of ``LlamaLM``: grouped-query attention with RoPE and a KV cache, the gated MLP
+(SwiGLU; GeGLU for Gemma), RMSNorm (Llama's, or Gemma's unit-offset one) and the pre-norm
+decoder block.
 
 Every projection is an ``nnx.Linear`` (a ``kernel`` leaf, so ``pruneax.weights``' default
 predicate selects it) of the per-layer width a structurally pruned config gives
 (``heads_per_layer`` / ``kv_heads_per_layer`` / ``mlp_per_layer``).
 
 References: transformers' ``LlamaAttention`` / ``LlamaMLP`` / ``LlamaRMSNorm`` /
-``LlamaDecoderLayer``; Ainslie et al., "GQA", EMNLP 2023 (arXiv:2305.13245).
+``LlamaDecoderLayer``, ``GemmaMLP`` / ``GemmaRMSNorm`` (``models/gemma/modeling_gemma.py``);
+Ainslie et al., "GQA", EMNLP 2023 (arXiv:2305.13245).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from flax import nnx
 from pruneax.models._shared.layers import rms_norm as shared_rms_norm
 from pruneax.models.llama._config import LlamaConfig
 from pruneax.models.llama._rope import apply_rope
+from pruneax.models.llama._scores import attention_scores
 
 # HF's init for training from scratch: N(0, initializer_range = 0.02), zero biases.
 normal02 = jax.nn.initializers.normal(0.02)
@@ -111,12 +114,16 @@ class LlamaAttention(nnx.Module):
         kv_cache: tuple[jax.Array, jax.Array] | None = None,
         offset: jax.Array | int = 0,
         return_attention: bool = False,
+        scores: Any = None,
     ) -> tuple[jax.Array, jax.Array | None, tuple[jax.Array, jax.Array]]:
         """``x`` [B, T, D], ``cos`` / ``sin`` [B, T, hd] of the tokens' positions, ``mask`` bool
         [B, T, S] over the keys (S = T without a cache, the cache size with one). With
         ``kv_cache = (keys, values)`` [B, S, KV, hd] the new keys / values are written at slots
         ``[offset, offset + T)`` and attention runs over the whole cache. Returns ``(out [B, T,
-        D], probs [B, H, T, S] or None, (keys, values))``."""
+        D], probs [B, H, T, S] or None, (keys, values))``. ``scores``: a reduced form
+        (``"last_query"``, ``("key_mass", start, stop)``; see ``_scores``) returned instead of
+        the probabilities while the output uses the fused attention (ignored when
+        ``return_attention``)."""
         cfg = self.config
         b, t, _ = x.shape
         q, k = self.project_qk(x)
@@ -129,13 +136,19 @@ class LlamaAttention(nnx.Module):
         if self.num_heads == 0:  # every group pruned away: nothing to attend with
             out = jnp.zeros((b, t, 0, cfg.head_dim), q.dtype)
             probs = jnp.zeros((b, 0, t, k.shape[1]), _F32) if return_attention else None
+            if scores is not None and not return_attention:
+                shape = (1, k.shape[1]) if scores == "last_query" else (t, 1)
+                probs = jnp.zeros((b, 0, *shape), _F32)
         else:
             out, probs = _attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, return_attention)
+            if scores is not None and not return_attention:
+                probs = attention_scores(q, k.astype(q.dtype), mask, scores, offset)
         return self.o_proj(out.reshape(b, t, self.num_heads * cfg.head_dim)), probs, (k, v)
 
 
 class LlamaMlp(nnx.Module):
-    """SwiGLU: ``down_proj(silu(gate_proj(x)) * up_proj(x))``, of width
+    """Gated MLP ``down_proj(act(gate_proj(x)) * up_proj(x))`` with ``act`` the config's
+    ``hidden_act`` (SiLU: SwiGLU; tanh-approximated GELU: Gemma's GeGLU), of width
     ``config.mlp_per_layer[layer]`` (0 after structured pruning leaves the ``down_proj`` bias)."""
 
     def __init__(
@@ -159,13 +172,43 @@ class LlamaMlp(nnx.Module):
         self.gate_proj = nnx.Linear(d, f, **kw)
         self.up_proj = nnx.Linear(d, f, **kw)
         self.down_proj = nnx.Linear(f, d, **kw)
+        self.hidden_act = config.hidden_act
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate = self.gate_proj(x)
+        if self.hidden_act == "gelu_tanh":
+            gate = jax.nn.gelu(gate, approximate=True)
+        else:
+            gate = jax.nn.silu(gate)
+        return self.down_proj(gate * self.up_proj(x))
 
 
-def rms_norm(config: LlamaConfig, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.RMSNorm:
-    """The shared RMSNorm (float32 statistics) over ``hidden_size`` with the config's epsilon."""
+class UnitOffsetRMSNorm(nnx.Module):
+    """Gemma's RMSNorm: ``x * rsqrt(mean(x^2) + eps) * (1 + scale)`` computed in float32 and
+    cast to ``dtype`` afterwards (Llama's casts before the scale). ``scale`` [dim] starts at 0
+    (the identity), as transformers' ``GemmaRMSNorm.weight``."""
+
+    def __init__(self, dim: int, eps: float, *, dtype: Any, param_dtype: Any):
+        self.epsilon = eps
+        self.dtype = dtype
+        self.scale = nnx.Param(jnp.zeros((dim,), param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(_F32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
+        dtype = x.dtype if self.dtype is None else self.dtype
+        return (normed * (1.0 + self.scale[...].astype(_F32))).astype(dtype)
+
+
+def rms_norm(
+    config: LlamaConfig, dtype: Any, param_dtype: Any, rngs: nnx.Rngs
+) -> nnx.RMSNorm | UnitOffsetRMSNorm:
+    """The RMSNorm over ``hidden_size`` with the config's epsilon (float32 statistics): the
+    shared ``nnx.RMSNorm``, or ``UnitOffsetRMSNorm`` when ``config.rms_norm_unit_offset``."""
+    if config.rms_norm_unit_offset:
+        return UnitOffsetRMSNorm(
+            config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype
+        )
     return shared_rms_norm(
         config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
@@ -201,6 +244,7 @@ class LlamaBlock(nnx.Module):
         kv_cache: tuple[jax.Array, jax.Array] | None = None,
         offset: jax.Array | int = 0,
         return_attention: bool = False,
+        scores: Any = None,
     ) -> tuple[jax.Array, jax.Array | None, tuple[jax.Array, jax.Array]]:
         y, probs, kv = self.self_attn(
             self.input_layernorm(x),
@@ -210,6 +254,7 @@ class LlamaBlock(nnx.Module):
             kv_cache=kv_cache,
             offset=offset,
             return_attention=return_attention,
+            scores=scores,
         )
         x = x + y
         x = x + self.mlp(self.post_attention_layernorm(x))

@@ -1,11 +1,13 @@
-"""Llama-family decoder (Llama 2 / 3, Qwen2) in Flax NNX, with a KV cache and in-LLM pruning.
+"""Llama-family decoder (Llama 2 / 3, Qwen2, Gemma 1) in Flax NNX: KV cache, in-LLM pruning.
 
 ``LlamaLM`` is the decoder-only transformer of Llama as transformers' ``LlamaForCausalLM``
 computes it: token embedding (or caller-supplied ``inputs_embeds``, so that a VLM can splice
 projected image tokens into the sequence), ``num_layers`` x [RMSNorm -> grouped-query attention
 with rotary position embedding (RoPE, rotate-half layout) at EXPLICIT position ids -> residual
 -> RMSNorm -> SwiGLU MLP -> residual], a final RMSNorm and an LM head (tied to the embedding or
-not). Qwen2 is the same network with biases on the query / key / value projections.
+not). Qwen2 is the same network with biases on the query / key / value projections; Gemma
+(v1) the same with a GeGLU MLP (tanh GELU), unit-offset RMSNorms computed in float32, and the
+embeddings multiplied by sqrt(hidden_size) (see ``LlamaConfig``).
 
 The pieces live beside it: ``_config`` (``LlamaConfig``, variants), ``_rope``, ``_layers``
 (attention, MLP, norm, block), ``_cache`` (``KVCache``, one ``LayerCache`` threaded through each
@@ -19,7 +21,8 @@ ORIGINAL RoPE position ids. Later decode steps then attend over fewer entries.
 
 References: Touvron et al., "Llama 2: Open Foundation and Fine-Tuned Chat Models", 2023
 (arXiv:2307.09288); Yang et al., "Qwen2 Technical Report", 2024 (arXiv:2407.10671);
-transformers' ``modeling_llama.py``, ``modeling_qwen2.py``.
+transformers' ``modeling_llama.py``, ``modeling_qwen2.py``, ``modeling_gemma.py``; Gemma Team,
+"Gemma: Open Models Based on Gemini Research and Technology", 2024 (arXiv:2403.08295).
 """
 
 from __future__ import annotations
@@ -32,7 +35,13 @@ from flax import nnx, struct
 
 from pruneax.models._shared.layers import lm_head, lm_logits
 from pruneax.models.llama._cache import KVCache, LayerCache, init_cache
-from pruneax.models.llama._checks import plan_call, token_inputs, token_mask, token_positions
+from pruneax.models.llama._checks import (
+    plan_call,
+    token_flags,
+    token_inputs,
+    token_mask,
+    token_positions,
+)
 from pruneax.models.llama._config import LLM_VARIANTS, LlamaConfig, llm_config
 from pruneax.models.llama._layers import LlamaAttention, LlamaBlock, LlamaMlp, normal02, rms_norm
 from pruneax.models.llama._prune import PruneContext, PruneSpec, PruneStep, check_prune, check_step
@@ -40,6 +49,7 @@ from pruneax.models.llama._prune_fastv import FastVSpec, fastv_keep_indices
 from pruneax.models.llama._prune_feather import FeatherSpec
 from pruneax.models.llama._prune_todre import TodreSpec
 from pruneax.models.llama._rope import apply_rope, rope_cos_sin, rope_inv_freq
+from pruneax.models.llama._scores import reduce_probs
 
 # names other modules import from here (pruneax.models.vlm, pruneax.models.structured, _hf)
 __all__ = [
@@ -71,7 +81,8 @@ _F32 = jnp.float32
 
 class _Tokens(NamedTuple):
     """The tokens flowing through the layers: hidden states [B, T_l, D], RoPE positions, their
-    cos / sin, validity [B, T_l] and indices into the call's tokens (None without pruning)."""
+    cos / sin, validity [B, T_l], indices into the call's tokens (None without pruning) and
+    the bidirectional-prefix flags [B, T_l] (None: plain causal)."""
 
     x: jax.Array
     positions: jax.Array
@@ -79,6 +90,7 @@ class _Tokens(NamedTuple):
     sin: jax.Array
     valid: jax.Array
     kept: jax.Array | None
+    bidir: jax.Array | None = None
 
 
 @struct.dataclass
@@ -127,7 +139,7 @@ class LlamaLM(nnx.Module):
     ``norm/scale``, ``lm_head/kernel`` [D, V] (absent when tied). Every dense weight is a
     ``kernel``, so ``pruneax.weights``' default predicate selects the projections and the
     untied head. From scratch (HF's init): weights and the embedding N(0, 0.02^2), biases 0,
-    norm scales 1.
+    norm scales 1 (0 for Gemma's unit-offset norms: ``rms_norm_unit_offset``).
 
     Args:
       config: a ``LlamaConfig`` (``llm_config("tiny")`` for a named variant).
@@ -178,8 +190,17 @@ class LlamaLM(nnx.Module):
         )
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
-        """Token embeddings [B, T, D] of ``input_ids`` [B, T] (what ``inputs_embeds`` replaces)."""
+        """Token embeddings [B, T, D] of ``input_ids`` [B, T] (what ``inputs_embeds`` replaces):
+        the embedding rows, WITHOUT Gemma's normaliser (``scale_inputs`` applies it)."""
         return self.embed_tokens(input_ids)
+
+    def scale_inputs(self, x: jax.Array) -> jax.Array:
+        """The residual stream entering layer 0 from embeddings ``x`` [B, T, D] (``embed``'s, or
+        ``inputs_embeds``): ``x * sqrt(hidden_size)`` with the normaliser cast to ``x``'s dtype
+        first when ``config.scale_embeddings`` (Gemma), else ``x`` unchanged."""
+        if not self.config.scale_embeddings:
+            return x
+        return x * jnp.asarray(self.config.hidden_size**0.5, dtype=x.dtype)
 
     def rope(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(cos, sin)`` [B, T, head_dim] for positions [B, T] (see ``rope_cos_sin``)."""
@@ -201,12 +222,17 @@ class LlamaLM(nnx.Module):
         return_hidden_states: bool = False,
         prune: PruneSpec | None = None,
         logits_to_keep: int = 0,
+        bidirectional: jax.Array | None = None,
     ) -> LlamaOutput:
         """Runs the decoder on T new tokens (a whole prompt, or a prefill / decode chunk).
 
         Args:
           input_ids: [B, T] integer token ids; or
-          inputs_embeds: [B, T, D] floating embeddings instead (exactly one of the two).
+          inputs_embeds: [B, T, D] floating embeddings instead (exactly one of the two), in
+            ``embed``'s scale: for a Gemma config (``scale_embeddings``) they are multiplied by
+            ``sqrt(hidden_size)`` like the token embeddings (transformers 4.x's GemmaModel;
+            PaliGemma divides its image features by ``sqrt(hidden_size)`` before, so they
+            enter layer 0 unscaled).
           positions: [B, T] (or [T]) integer RoPE positions; default: continue from
             ``cache.next_position`` (0 without a cache) over the valid tokens, i.e.
             ``next_position + cumsum(attention_mask) - 1`` (HF's rule for left padding;
@@ -223,6 +249,13 @@ class LlamaLM(nnx.Module):
             have room (``init_cache(..., prune=prune)`` sizes it). Decode calls after a pruned
             prefill pass None.
           logits_to_keep: compute logits for the last n tokens only (0: all; static).
+          bidirectional: [B, T] bool / 0-1 flags of the new tokens that form a bidirectional
+            prefix (PaliGemma's prefix-LM: image + prompt tokens, ``token_type_ids == 0``):
+            token i attends to token j when j <= i (causal) or both are flagged, among the
+            valid tokens; flagged tokens see flagged tokens of THIS call only (earlier cached
+            tokens are before them anyway). None: plain causal. Decode steps after a
+            bidirectional prefill pass None. The flags follow the tokens an in-LLM ``prune``
+            keeps.
 
         Returns:
           A ``LlamaOutput``.
@@ -238,30 +271,36 @@ class LlamaLM(nnx.Module):
           >>> out.logits.shape, out.kept.shape  # 2 of the 4 image tokens leave at layer 1
           ((1, 3, 256), (1, 3))
         """
-        x = token_inputs(self, input_ids, inputs_embeds)
+        x = self.scale_inputs(token_inputs(self, input_ids, inputs_embeds))
         b, t = x.shape[:2]
         valid = token_mask(attention_mask, b, t)
+        bidir = token_flags(bidirectional, b, t)
         plan = plan_call(self.config, b, t, cache, prune, return_attention_at, logits_to_keep)
         start = cache.next_position if cache is not None else jnp.zeros((b,), jnp.int32)
         positions = token_positions(positions, valid, start, b, t)
         kept = None if prune is None else jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        seq = _Tokens(x, positions, *self.rope(positions), valid, kept)
+        seq = _Tokens(x, positions, *self.rope(positions), valid, kept, bidir)
         attentions: dict[int, jax.Array] = {}
+        scores: dict[int, jax.Array] = {}  # what the spec reads, in its attention_form
         info: dict[str, jax.Array] = {}
         hidden_states, layer_caches = [x], []
         for i, layer in enumerate(self.layers):
             if i in plan.events:
                 offset = cache.lengths[i - 1] if cache is not None and i > 0 else 0
-                ctx = PruneContext(seq.x, seq.valid, attentions.get(i - 1), offset, layer)
+                ctx = PruneContext(seq.x, seq.valid, scores.get(i - 1), offset, layer)
                 seq, step_info = self._prune(prune, i, ctx, seq, plan.tokens[i])
                 info.update(step_info)
             layer_cache = None if cache is None else cache.layer(i)
-            x, probs, layer_cache = _run_layer(layer, seq, layer_cache, i in plan.explicit)
+            form, explicit = plan.forms.get(i), i in plan.explicit
+            x, probs, new_cache = _run_layer(layer, seq, layer_cache, explicit, form)
             seq = seq._replace(x=x)
-            if probs is not None:
+            if i in plan.asked:
                 attentions[i] = probs
+            if form is not None:
+                offset = 0 if layer_cache is None else layer_cache.length
+                scores[i] = reduce_probs(probs, form, offset) if explicit else probs
             hidden_states.append(x)
-            layer_caches.append(layer_cache)
+            layer_caches.append(new_cache)
 
         hidden = self.norm(seq.x)
         logits = self.head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
@@ -275,7 +314,7 @@ class LlamaLM(nnx.Module):
             hidden=hidden,
             positions=seq.positions,
             kept=seq.kept,
-            attentions={i: a for i, a in attentions.items() if i in plan.asked},
+            attentions=attentions,
             hidden_states=tuple(hidden_states) if return_hidden_states else None,
             cache=new_cache,
             prune_info=info or None,
@@ -293,24 +332,30 @@ class LlamaLM(nnx.Module):
             x = jnp.take_along_axis(seq.x, step.keep[..., None], axis=1)
             positions = gather(seq.positions)
             cos, sin = self.rope(positions)
-            seq = _Tokens(x, positions, cos, sin, gather(seq.valid), gather(seq.kept))
+            bidir = None if seq.bidir is None else gather(seq.bidir)
+            seq = _Tokens(x, positions, cos, sin, gather(seq.valid), gather(seq.kept), bidir)
         if step.hide is not None:  # out of the keys (and cache) of this layer on
             seq = seq._replace(valid=seq.valid & ~step.hide)
         return seq, step.info
 
 
 def _run_layer(
-    layer: LlamaBlock, seq: _Tokens, cache: LayerCache | None, explicit: bool
+    layer: LlamaBlock, seq: _Tokens, cache: LayerCache | None, explicit: bool, form: Any
 ) -> tuple[jax.Array, jax.Array | None, LayerCache | None]:
-    """One decoder layer on ``seq``: plain causal attention without a cache; with one, the new
-    tokens are written at the layer's next free slots and attend over every valid earlier slot.
-    Returns the hidden states, the probabilities (``explicit``) and the updated cache."""
+    """One decoder layer on ``seq``: causal attention (plus the bidirectional prefix block)
+    without a cache; with one, the new tokens are written at the layer's next free slots and
+    attend over every valid earlier slot. Returns the hidden states, the probabilities
+    (``explicit``; else the spec's reduced ``form`` of them, if any) and the updated cache."""
+    scores = None if explicit or form in (None, "probs") else form
     if cache is None:
         t = seq.x.shape[1]
-        mask = seq.valid[:, None, :] & jnp.tril(jnp.ones((t, t), bool))[None]
-        x, probs, _ = layer(seq.x, seq.cos, seq.sin, mask, return_attention=explicit)
+        allowed = jnp.tril(jnp.ones((t, t), bool))[None]
+        if seq.bidir is not None:
+            allowed = allowed | (seq.bidir[:, :, None] & seq.bidir[:, None, :])
+        mask = seq.valid[:, None, :] & allowed
+        x, probs, _ = layer(seq.x, seq.cos, seq.sin, mask, return_attention=explicit, scores=scores)
         return x, probs, None
-    cache, mask = cache.write(seq.positions, seq.valid)
+    cache, mask = cache.write(seq.positions, seq.valid, seq.bidir)
     x, probs, (k, v) = layer(
         seq.x,
         seq.cos,
@@ -319,5 +364,6 @@ def _run_layer(
         kv_cache=(cache.keys, cache.values),
         offset=cache.length,
         return_attention=explicit,
+        scores=scores,
     )
     return x, probs, cache.advance(k, v, seq.x.shape[1])

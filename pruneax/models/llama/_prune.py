@@ -11,7 +11,13 @@ How ``LlamaLM`` drives a spec, for a call of T tokens through L layers:
 1. ``check_prune`` (at the start of the call, and in ``init_cache`` with T = ``max_len``):
    ``validate(L, T, where)``, then ``pruning_layers(L)``, ``attention_layers(L)`` and
    ``tokens_per_layer(L, T)`` are checked for shape (see ``PruneSpec``).
-2. Every layer in ``attention_layers(L)`` computes explicit attention probabilities.
+2. Every layer in ``attention_layers(L)`` computes explicit attention probabilities, or only
+   the part the spec reads when it has the OPTIONAL method ``attention_form(layer, L)``:
+   ``"probs"`` (the default: [B, H, T, S]), ``"last_query"`` (the last query's row [B, H, 1,
+   S]; FastV) or ``("key_mass", start, stop)`` (each query's probability mass on the keys of
+   the call's tokens ``[start, stop)``, [B, H, T, 1]; ToDRE). The reduced forms are computed
+   from q and k in float32 while the layer's output uses the fused attention, so no [T, S]
+   probability matrix is materialised.
 3. At the INPUT of every layer i in ``pruning_layers(L)``, ``apply(i, L, ctx)`` receives a
    ``PruneContext`` and returns a ``PruneStep``: the tokens listed in ``keep`` go on (with
    their ORIGINAL RoPE positions), those flagged in ``hide`` stay in the sequence but leave
@@ -57,6 +63,7 @@ import jax
 import jax.numpy as jnp
 
 from pruneax.models._shared.fields import is_int
+from pruneax.models.llama._scores import prune_form
 
 
 class PruneContext(NamedTuple):
@@ -67,7 +74,8 @@ class PruneContext(NamedTuple):
       valid: [B, T_i] bool: the token is real (not padding) and not hidden by an earlier step.
       attn: [B, H, T_{i-1}, S] float32 attention probabilities of layer i - 1 when i - 1 is in
         ``attention_layers`` (S = T_{i-1} without a cache, layer i - 1's cache size with one),
-        else None.
+        else None; in the spec's ``attention_form`` when it has one (``"last_query"``: [B, H,
+        1, S]; ``("key_mass", start, stop)``: [B, H, T_{i-1}, 1]).
       offset: the cache slot of the call's first token in layer i - 1 (where its queries sit
         among ``attn``'s keys): an int32 scalar with a cache, 0 without one or at layer 0.
       block: layer i's ``LlamaBlock`` (``input_layernorm``, ``self_attn.project_qk``), for
@@ -167,7 +175,7 @@ def check_prune(prune: Any, num_layers: int, length: int, where: str) -> None:
     Raises:
       ValueError: naming the missing methods when ``prune`` is not a ``PruneSpec``; for an
         unhashable spec; whatever ``prune.validate`` raises; for ``pruning_layers`` /
-        ``attention_layers`` / ``tokens_per_layer`` of the wrong form.
+        ``attention_layers`` / ``tokens_per_layer`` / ``attention_form`` of the wrong form.
 
     Example:
       >>> from pruneax.models.llama import FastVSpec
@@ -205,6 +213,8 @@ def check_prune(prune: Any, num_layers: int, length: int, where: str) -> None:
             f"{where}: {name}.attention_layers({num_layers}) must be ints in [0, "
             f"{num_layers}); got {attention!r}"
         )
+    for i in attention:
+        prune_form(prune, int(i), num_layers, where)
     tokens = prune.tokens_per_layer(num_layers, length)
     ok = (
         isinstance(tokens, tuple | list)

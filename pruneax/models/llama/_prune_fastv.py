@@ -133,6 +133,11 @@ class FastVSpec:
         """``{layer - 1}``: the attention FastV scores with."""
         return frozenset({self.layer - 1})
 
+    def attention_form(self, layer: int, num_layers: int) -> str:
+        """``"last_query"``: FastV reads only the last query's row, so layer K-1 computes those
+        probabilities [B, H, 1, S] alone (its output uses the fused attention)."""
+        return "last_query"
+
     def apply(self, layer: int, num_layers: int, ctx: PruneContext) -> PruneStep:
         """Keeps the top ``num_keep`` image tokens by ``ctx.attn`` (``fastv_keep_indices``)."""
         keep = fastv_keep_indices(self, ctx.attn, ctx.x.shape[1], ctx.offset)
@@ -144,7 +149,8 @@ def fastv_keep_indices(spec: FastVSpec, attn: jax.Array, length: int, offset: An
 
     Args:
       spec: the ``FastVSpec``.
-      attn: [B, H, T, S] float attention probabilities of layer K-1 (S = T without a cache).
+      attn: [B, H, T, S] float attention probabilities of layer K-1 (S = T without a cache),
+        or just the last query's row [B, H, 1, S] (only that row is read).
       length: T, the call's tokens.
       offset: the cache slot of the call's first token (0 without a cache).
 

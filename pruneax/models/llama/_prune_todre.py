@@ -137,11 +137,20 @@ class TodreSpec:
         """``{K - 1}``: the attention whose shares decide."""
         return frozenset({self.layer_for(num_layers) - 1})
 
+    def attention_form(self, layer: int, num_layers: int) -> tuple[str, int, int]:
+        """``("key_mass", start, stop)``: the shares need only each query's probability mass on
+        the image keys, computed without the [B, H, T, S] probabilities."""
+        return ("key_mass", self.start, self.stop)
+
     def apply(self, layer: int, num_layers: int, ctx: PruneContext) -> PruneStep:
         """The shares of ``ctx.attn``; hides (or, ``physical``, drops) the image tokens."""
         x, valid = ctx.x, ctx.valid
         t = x.shape[1]
-        t2v, v2t = todre_shares(ctx.attn, valid, self.start, self.stop, ctx.offset)
+        if ctx.attn.shape[-1] == 1:  # our attention_form: each query's mass on the image keys
+            image_mass = jnp.mean(ctx.attn[..., 0].astype(jnp.float32), axis=1)  # [B, T]
+            t2v, v2t = _shares(image_mass, 1.0 - image_mass, valid, self.start, self.stop)
+        else:  # the full probabilities (a subclass reading "probs")
+            t2v, v2t = todre_shares(ctx.attn, valid, self.start, self.stop, ctx.offset)
         drop = (t2v < self.tau) & (v2t < self.tau)
         info = {"drop": drop, "text_to_visual": t2v, "visual_to_text": v2t}
         image = (jnp.arange(t) >= self.start) & (jnp.arange(t) < self.stop)
@@ -175,12 +184,18 @@ def todre_shares(
       >>> round(float(t2v[0]), 4), round(float(v2t[0]), 4)
       (0.3333, 0.6667)
     """
-    t = attn.shape[2]
     a = jnp.mean(attn.astype(jnp.float32), axis=1)  # [B, T, S]
     image_mass = jnp.sum(
         jax.lax.dynamic_slice_in_dim(a, offset + start, stop - start, axis=2), axis=2
     )  # [B, T]
-    other_mass = jnp.sum(a, axis=2) - image_mass
+    return _shares(image_mass, jnp.sum(a, axis=2) - image_mass, valid, start, stop)
+
+
+def _shares(
+    image_mass: jax.Array, other_mass: jax.Array, valid: jax.Array, start: int, stop: int
+) -> tuple[jax.Array, jax.Array]:
+    """The two shares from each query's head-averaged mass on the image keys / the others."""
+    t = image_mass.shape[1]
     image = (jnp.arange(t) >= start) & (jnp.arange(t) < stop)
     text_q = valid & ~image[None]
     image_q = valid & image[None]

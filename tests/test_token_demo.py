@@ -22,6 +22,7 @@ NOT_SELECTORS = {
     "unregister",
     "budget",
     "cls_attention",
+    "contextual_merge",
     "coverage_matrix",
     "fuse_pruned",
     "gather",

@@ -115,7 +115,13 @@ def test_tiny_gpu_benchmark_runs_on_cpu(tmp_path):
     assert gpu.main(["--tiny", "--repeats", "2", "--out", str(out)]) == 0
     result = json.loads(out.with_suffix(".json").read_text())
     rows = {r["variant"]: r for r in result["rows"]}
-    assert list(rows) == ["dense", "fastervlm k=4", "divprune k=4", "fastv k=4"]
+    assert list(rows) == [
+        "dense",
+        "dense, explicit LLM attention",
+        "fastervlm k=4",
+        "divprune k=4",
+        "fastv k=4",
+    ]
     assert rows["dense"]["speedup"] == 1.0 and rows["dense"]["select_ms"] is None
     assert rows["fastervlm k=4"]["select_ms"] > 0 and rows["fastv k=4"]["select_ms"] is None
     assert all(r["prefill_ms"] > 0 and r["compile_s"] > 0 for r in rows.values())

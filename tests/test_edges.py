@@ -232,3 +232,34 @@ def test_holov_scale_invariant_for_huge_rows():
         want,
         want,
     ]
+
+
+# ------------------------------------------------------------------------------ item 1
+
+GREEDY = {
+    "maxmin_diversity": lambda x: T.maxmin_diversity(x, 3),
+    "kcenter": lambda x: T.kcenter(x, 3, pivot=jnp.argmax(x[:, 0])),
+    "maxsum_diversity": lambda x: T.maxsum_diversity(x, 3, pivot=0),
+    "coverage": lambda x: T.coverage(x, 3),
+    "holov": lambda x: T.holov(jnp.sum(x, 1), x, 3, num_chunks=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GREEDY))
+def test_gradients_flow_around_cache_batched_selectors(name):
+    """grad, jacfwd and per-example vmap(grad) through a selector followed by a gather (the
+    selectors' custom batching rule has no derivative; the indices need none)."""
+    select = GREEDY[name]
+
+    def loss(x):
+        return jnp.sum(T.gather(x, select(x)) ** 2)
+
+    xs = jax.random.normal(jax.random.key(3), (3, 10, 4))
+    per_example = jax.vmap(jax.grad(loss))(xs)
+    for b in range(3):
+        idx = np.asarray(select(xs[b]))
+        want = np.zeros((10, 4), np.float32)
+        want[idx] = 2 * np.asarray(xs[b])[idx]
+        np.testing.assert_allclose(np.asarray(jax.grad(loss)(xs[b])), want, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(jax.jacfwd(loss)(xs[b])), want, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(per_example[b]), want, rtol=1e-6)

@@ -8,7 +8,9 @@ steps goes to main memory: measured 3.2x slower per image than batch 1 on a 2-co
 ``cache_batched`` gives a single-example function a custom batching rule: on CPU the batch runs
 as ``lax.map`` over chunks whose working sets fit in ``working_set_bytes()`` (each chunk is
 vmapped); on GPU and TPU, which want wide batches, it is a plain ``vmap``. The result is
-identical either way; only the schedule changes.
+identical either way; only the schedule changes. The wrapped selectors' inputs go through
+``stop_gradient`` (their outputs are integer indices), so ``jax.grad``, ``jax.jacfwd`` and
+``vmap(grad(...))`` of a function that selects and then gathers work.
 """
 
 from __future__ import annotations
@@ -57,4 +59,10 @@ def cache_batched(fn: Callable[..., jax.Array], bytes_per_example: int) -> Calla
 
         return jax.lax.map(one, batched, batch_size=chunk), True
 
-    return wrapped
+    def selector(*args):
+        # The outputs are integer indices: no derivative flows through them. Stopping the
+        # inputs' gradients lets jax.grad / jacfwd / vmap(grad) trace through the custom_vmap
+        # (which has no differentiation rule) instead of failing to linearize it.
+        return wrapped(*(jax.lax.stop_gradient(a) for a in args))
+
+    return selector

@@ -380,11 +380,14 @@ class Setting:
         self.select, self.prune = select, prune
 
 
-def settings(cfg: Config, vcfg: VLMConfig) -> list[Setting]:
+def settings(cfg: Any, vcfg: VLMConfig, start: int = 1) -> list[Setting]:
     """Dense, every pre-LLM method, every available in-LLM method and the combinations, at
-    every keep ratio (fraction of the N visual tokens that reach the LLM's last layer)."""
+    every keep ratio (fraction of the N visual tokens that reach the LLM's last layer).
+
+    ``cfg`` needs ``keep_ratios``, ``methods``, ``position_ablation``, ``llm_methods``,
+    ``combos`` and ``fastv_layer``; ``start`` is the number of prompt tokens before the image
+    (1 here: [BOS]), where the in-LLM specs' image span begins."""
     n = vcfg.num_visual
-    start = 1  # [BOS]
     out = [Setting("dense", "dense", "dense", 1.0, VisualSelect(), None)]
     for r in cfg.keep_ratios:
         for m in cfg.methods:

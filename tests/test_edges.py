@@ -263,3 +263,23 @@ def test_gradients_flow_around_cache_batched_selectors(name):
         np.testing.assert_allclose(np.asarray(jax.grad(loss)(xs[b])), want, rtol=1e-6)
         np.testing.assert_allclose(np.asarray(jax.jacfwd(loss)(xs[b])), want, rtol=1e-6)
         np.testing.assert_allclose(np.asarray(per_example[b]), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("where", ["end", "start", "middle"])
+def test_coverage_nan_text_rows_are_absent(where):
+    """A non-finite text row (a masked padding position of the question) changes nothing: the
+    picks and the text rows of C equal those of the text without it (session 8: C's text rows
+    were divided by m including such rows, so padding diluted the text term)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 8)).astype(np.float32)
+    text = rng.normal(size=(3, 8)).astype(np.float32)
+    pad = np.full((2, 8), np.nan, np.float32)
+    parts = {"end": [text, pad], "start": [pad, text], "middle": [text[:1], pad, text[1:]]}
+    padded = np.concatenate(parts[where])
+    for k in (1, 3, 6):
+        want = T.coverage(x, k, text=text, tau_tv=0.3)
+        np.testing.assert_array_equal(T.coverage(x, k, text=padded, tau_tv=0.3), want)
+    c, c_pad = T.coverage_matrix(x, text=text), T.coverage_matrix(x, text=padded)
+    valid = np.all(np.isfinite(padded), axis=1)
+    np.testing.assert_allclose(np.asarray(c_pad)[:5][valid], np.asarray(c)[:3], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(c_pad)[5:], np.asarray(c)[3:], rtol=1e-6)

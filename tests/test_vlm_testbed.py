@@ -132,7 +132,8 @@ def test_left_padded_question_generates_as_unpadded():
     prefix = jnp.asarray(np.broadcast_to(p.prefix, (2, len(p.prefix))))
     nv = vlm.config.num_visual
     mask = np.concatenate([np.ones((2, len(p.prefix) + nv), bool), valid], axis=1)
-    for select in (VisualSelect("fastervlm", keep=4),):  # dense: test_vlm_hf's padded batch
+    # dense: test_vlm_hf's padded batch; coverage reads the question, padding masked out
+    for select in (VisualSelect("fastervlm", keep=4), VisualSelect("coverage", keep=4)):
         out = vlm.generate(images, prefix, jnp.asarray(q), 5, attention_mask=jnp.asarray(mask),
                            select=select, eos_token_id=p.eos, pad_token_id=p.pad)  # fmt: skip
         for i, text in enumerate(questions):

@@ -26,7 +26,9 @@ def coverage_matrix(
     """MMTok's coverage matrix ``C = [P; alpha * Q]`` of shape [m + n, n] (float32).
 
     ``P = softmax_n(z x^T / tau_tv) / m`` (text rows) and ``Q = softmax_row(v v^T / tau_vv) / n``
-    (vision rows), all inputs L2-normalised with the norm clamped at 1e-8. Column j holds how
+    (vision rows), all inputs L2-normalised with the norm clamped at 1e-8; m counts the finite
+    text rows (a non-finite row, e.g. a masked padding position, is absent: a zero row that
+    changes nothing else). Column j holds how
     well token j covers each target. The coverage of a set S is ``sum_r max_{j in S} C[r, j]``.
 
     Args:
@@ -153,7 +155,8 @@ def _matrix(x, text, x_vision, alpha, tau_tv, tau_vv):
     if text is not None:
         z, text_valid = features(text)
         logits = jnp.matmul(l2_normalize(z), l2_normalize(x).T, precision=_HIGHEST) / tau_tv
-        rows.insert(0, _masked_softmax(logits, valid, text_valid) / z.shape[0])
+        m_valid = jnp.maximum(jnp.sum(text_valid), 1)  # a non-finite row is absent, not a 0
+        rows.insert(0, _masked_softmax(logits, valid, text_valid) / m_valid)
     return jnp.concatenate(rows, axis=0), valid
 
 

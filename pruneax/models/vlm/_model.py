@@ -162,6 +162,7 @@ class VLM(nnx.Module, VLMPrompt):
         *,
         select: VisualSelect = NO_SELECT,
         key: jax.Array | None = None,
+        question_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """The projected visual tokens that enter the LLM and their patch indices.
 
@@ -182,6 +183,9 @@ class VLM(nnx.Module, VLMPrompt):
           question_ids: [B, Q] int question tokens, or None.
           select: the ``VisualSelect`` (static).
           key: PRNG key, for methods that need one (``"random"``).
+          question_mask: [B, Q] bool validity of ``question_ids`` (padding inside the
+            question is False), or None (all valid). Masked positions are left out of
+            ``text`` (their rows become NaN, which the coverage selector ignores).
 
         Returns:
           ``(tokens [B, pv + k, D], kept [B, k] int32)``: the ``pv =
@@ -231,7 +235,11 @@ class VLM(nnx.Module, VLMPrompt):
             inputs["vision_features"] = fv
         if "text" in uses and select.coverage_text and question_ids is not None:
             if question_ids.shape[1]:
-                inputs["text"] = self.llm.embed(question_ids)
+                text = self.llm.embed(question_ids)
+                if question_mask is not None:
+                    valid = jnp.asarray(question_mask).astype(bool)[..., None]
+                    text = jnp.where(valid, text, jnp.nan)
+                inputs["text"] = text
         if "key" in uses and key is not None:
             inputs["key"] = jax.random.split(key, b)
         static = {"grid": vcfg.grid} if "grid" in uses else {}
@@ -258,9 +266,10 @@ class VLM(nnx.Module, VLMPrompt):
         *,
         select: VisualSelect = NO_SELECT,
         key: jax.Array | None = None,
+        question_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """``inputs_embeds`` [B, P + pv + k + Q, D] of the prompt and the kept patch indices
-        [B, k] (``pv = config.num_visual_prefix``).
+        [B, k] (``pv = config.num_visual_prefix``); ``question_mask`` as ``select_visual``.
 
         Feed them to ``self.llm`` or ``generate_greedy(vlm.llm, inputs_embeds=...,
         attention_mask=vlm.llm_attention_mask(...))``, or use ``generate``.
@@ -272,7 +281,9 @@ class VLM(nnx.Module, VLMPrompt):
         b = images.shape[0] if hasattr(images, "shape") and len(images.shape) else -1
         prefix = _ids(prefix_ids, "prefix_ids", b)
         question = _ids(question_ids, "question_ids", b)
-        visual, kept = self.select_visual(images, question, select=select, key=key)
+        visual, kept = self.select_visual(
+            images, question, select=select, key=key, question_mask=question_mask
+        )
         parts = []
         if prefix is not None:
             parts.append(self.llm.embed(prefix).astype(visual.dtype))

@@ -112,6 +112,7 @@ class LlavaNext(nnx.Module):
         *,
         select: VisualSelect = NO_SELECT,
         key: jax.Array | None = None,
+        question_mask: jax.Array | None = None,
     ) -> tuple[list[jax.Array], list[jax.Array]]:
         """The packed visual tokens of every image and their packed positions.
 
@@ -123,6 +124,8 @@ class LlavaNext(nnx.Module):
           question_ids: [B, Q] question tokens (for methods that take ``text``), or None.
           select: a pre-LLM ``VisualSelect`` (see ``_next_select``); default keeps all.
           key: PRNG key for methods that need one.
+          question_mask: [B, Q] validity of ``question_ids`` (masked rows leave ``text``, as
+            in ``VLM.select_visual``), or None.
 
         Returns:
           ``(tokens, kept)``: per image, [n_b, D] tokens and int32 [n_b] packed positions.
@@ -170,6 +173,8 @@ class LlavaNext(nnx.Module):
         if "text" in uses and select.coverage_text and question_ids is not None:
             q = _ids(question_ids, "question_ids", x.shape[0])
             text = None if q is None else self.vlm.llm.embed(q)
+            if text is not None and question_mask is not None:
+                text = jnp.where(jnp.asarray(question_mask).astype(bool)[..., None], text, jnp.nan)
         keys = [None] * len(lays) if key is None else list(jax.random.split(key, len(lays)))
         newline = self.image_newline[...].astype(proj.dtype)
         out_tokens, out_kept = [], []
@@ -240,8 +245,9 @@ class LlavaNext(nnx.Module):
         pairs = (("prefix_mask", prefix_mask, prefix), ("question_mask", question_mask, question))
         masks_in = [_text_mask(m, x, name, b) for name, m, x in pairs]
         tokens, kept = self.image_tokens(
-            pixel_values, image_sizes, question, select=select, key=key
-        )
+            pixel_values, image_sizes, question, select=select, key=key,
+            question_mask=masks_in[1] if question is not None else None,
+        )  # fmt: skip
         n_max = max(t.shape[0] for t in tokens)
         d = tokens[0].shape[-1]
         dtype = tokens[0].dtype

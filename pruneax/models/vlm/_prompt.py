@@ -168,9 +168,14 @@ class VLMPrompt:
         Raises:
           ValueError: as ``__call__``.
         """
-        embeds, kept = self.embed_inputs(images, prefix_ids, question_ids, select=select, key=key)
         p = 0 if prefix_ids is None else int(jnp.shape(prefix_ids)[1])
         q = 0 if question_ids is None else int(jnp.shape(question_ids)[1])
+        question_mask = None
+        if attention_mask is not None and q and jnp.ndim(attention_mask) == 2:
+            question_mask = jnp.asarray(attention_mask)[:, jnp.shape(attention_mask)[1] - q :]
+        embeds, kept = self.embed_inputs(
+            images, prefix_ids, question_ids, select=select, key=key, question_mask=question_mask
+        )
         pv, k = self.config.num_visual_prefix, kept.shape[1]
         if prune is not None:
             start, stop = getattr(prune, "start", None), getattr(prune, "stop", None)

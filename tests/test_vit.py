@@ -455,7 +455,7 @@ def test_integer_images_and_bad_plans_fail(tiny):
         (dict(pos_embed="rope"), r"pos_embed must be one of \['learned', 'sincos', 'none'\]"),
         (dict(pool="max"), r"pool must be one of"),
         (dict(final_norm="last"), r"final_norm must be one of"),
-        (dict(hidden_act="relu"), r"hidden_act must be one of \['gelu', 'gelu_tanh'"),
+        (dict(hidden_act="swish"), r"hidden_act must be one of \['gelu', 'gelu_tanh'"),
         (dict(layer_norm_eps=0.0), r"layer_norm_eps must be a float > 0"),
         (dict(class_token=False), r"pool='cls' needs class_token=True"),
         (dict(class_token=False, pool="mean", distillation_token=True), r"needs class_token"),

@@ -93,3 +93,72 @@ def test_unknown_method_is_refused(tmp_path):
     bad = dataclasses.replace(vtp.PRESETS["tiny"], methods=("topk", "magic"))
     with pytest.raises(ValueError, match="magic"):
         vtp.run(bad, tmp_path)
+
+
+def _fake_mnist(root: pathlib.Path, n_train: int = 8, n_test: int = 48) -> None:
+    """The four MNIST IDX files (gzipped) with random 28x28 digits."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    (root / "mnist").mkdir(parents=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        with gzip.open(root / "mnist" / f"{split}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        with gzip.open(root / "mnist" / f"{split}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">II", 2049, n) + labels.tobytes())
+
+
+def test_pretrained_preset_loads_a_lucidrains_checkpoint(tmp_path):
+    """The pretrained_mnist preset on a random-weight checkpoint of the lucidrains layout
+    (D 16, 2 heads of width 12, 3 blocks) at the default place under the data directory:
+    nothing is trained, the dense accuracy is that model's own on the normalised images."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from pruneax.data import load_mnist
+
+    _fake_mnist(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.5
+    d, inner, m = 16, 24, 32
+    sd = {"pos_embedding": r(1, 50, d), "cls_token": r(1, 1, d)}
+    sd |= {"to_patch_embedding.1.weight": r(d, 16), "to_patch_embedding.1.bias": r(d)}
+    for i in range(3):
+        p = f"transformer.layers.{i}."
+        sd |= {p + "0.norm.weight": 1 + r(d), p + "0.norm.bias": r(d)}
+        sd |= {p + "0.fn.to_qkv.weight": r(3 * inner, d), p + "0.fn.to_out.0.weight": r(d, inner)}
+        sd |= {p + "0.fn.to_out.0.bias": r(d), p + "1.norm.weight": 1 + r(d)}
+        sd |= {p + "1.norm.bias": r(d), p + "1.fn.net.0.weight": r(m, d)}
+        sd |= {p + "1.fn.net.0.bias": r(m), p + "1.fn.net.3.weight": r(d, m)}
+        sd |= {p + "1.fn.net.3.bias": r(d)}
+    sd |= {"mlp_head.0.weight": 1 + r(d), "mlp_head.0.bias": r(d)}
+    sd |= {"mlp_head.1.weight": r(10, d), "mlp_head.1.bias": r(10)}
+    path = tmp_path.joinpath(*vtp.PRETRAINED_RELATIVE)
+    path.parent.mkdir(parents=True)
+    torch.save(sd, path)
+    cfg = dataclasses.replace(
+        vtp.PRESETS["pretrained_mnist"], vit=(("num_heads", 2), ("patch_size", 4)),
+        methods=("random", "topk", "tome"), keep_ratios=(0.5,), prune_layers=(1,),
+        eval_size=48, eval_batch=16, throughput_batch=16, throughput_repeats=1,
+        throughput_iters=1,
+    )  # fmt: skip
+    out = vtp.run(cfg, tmp_path / "work", str(tmp_path))
+    assert out["train_losses"] == [] and out["finetune"] == {}
+    assert out["vit"]["attention_head_dim"] == 12 and out["vit"]["hidden_act"] == "relu"
+    model = models.load_lucidrains_vit(path, num_heads=2, image_size=28, patch_size=4)
+    ds = load_mnist(tmp_path)
+    x = ((ds.test_images.astype(np.float32) / 255 - 0.1307) / 0.3081)[..., None]
+    want = float(np.mean(np.argmax(model(x).logits, -1) == ds.test_labels))
+    assert out["evals"]["dense@L0:1.0"]["accuracy"] == pytest.approx(want)
+    assert {"random@L1:0.5", "topk@L1:0.5", "tome@L1:0.5"} <= set(out["evals"])
+    claims = vtp.claims(out)
+    assert all("trained elsewhere" in c.claim for c in claims)
+    assert any("before block 1" in c.claim for c in claims)
+    with pytest.raises(FileNotFoundError, match="pretrained checkpoint not found"):
+        vtp.run(dataclasses.replace(cfg, checkpoint=str(tmp_path / "nope.pt")), tmp_path / "w2",
+                str(tmp_path))  # fmt: skip

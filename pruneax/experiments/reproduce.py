@@ -18,6 +18,11 @@ WORKDIR/<experiment>`` reproduces one of them alone), then ``WORKDIR/report.md``
 claims table, every experiment's tables and plots, the machine, the package versions and the
 commands; ``WORKDIR/report.json`` holds the same claims as data.
 
+An experiment module may offer extra presets (``extra_presets(preset, data_dir)``), run after its
+own into ``WORKDIR/<experiment>_<preset>/``: at ``cpu`` / ``gpu``, ``vit_token_pruning`` adds
+``pretrained_mnist`` (a ViT trained elsewhere, when the data directory holds its checkpoint), so
+the ViT claims are reported per model, each claim naming its model and pruning layer.
+
 Interrupted runs resume: the experiments resume from their own orbax checkpoints, and an
 experiment already finished at the same preset (recorded in ``WORKDIR/reproduce.json``) is not
 run again (``--force`` reruns everything).
@@ -59,6 +64,7 @@ NAMES = (
     "vit_token_pruning",
     "ssm_token_pruning",
     "vlm_token_pruning",
+    "vlm_testbed",
 )
 
 
@@ -72,15 +78,38 @@ EXPERIMENTS: tuple[Experiment, ...] = tuple(_module(n).EXPERIMENT for n in NAMES
 # ------------------------------------------------------------------------- running
 
 
-def _experiment_config(exp: Experiment, preset: str) -> Any:
-    module = _module(exp.name)
-    return module, module.PRESETS[exp.presets[preset]]
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One run of an experiment: ``key`` names its subdirectory, state entry and report
+    section (the experiment's name; ``<name>_<preset>`` for an extra preset)."""
+
+    key: str
+    exp: Experiment
+    preset: str  # the experiment's own preset
 
 
-def _command(exp: Experiment, preset: str, workdir: Path, data_dir: str | None) -> str:
-    cmd = f"python -m pruneax.experiments.{exp.name} --preset {exp.presets[preset]}"
+def jobs(chosen: list[Experiment], preset: str, data_dir: str | None) -> list[Job]:
+    """The runs for ``preset``: each experiment at its own preset, then the extra presets its
+    module offers (``extra_presets(preset, data_dir)``: e.g. ``vit_token_pruning``'s pretrained
+    MNIST ViT when the data directory holds it)."""
+    out = []
+    for exp in chosen:
+        out.append(Job(exp.name, exp, exp.presets[preset]))
+        extra = getattr(_module(exp.name), "extra_presets", None)
+        for own in extra(preset, data_dir) if extra else ():
+            out.append(Job(f"{exp.name}_{own}", exp, own))
+    return out
+
+
+def _experiment_config(job: Job) -> Any:
+    module = _module(job.exp.name)
+    return module, module.PRESETS[job.preset]
+
+
+def _command(job: Job, workdir: Path, data_dir: str | None) -> str:
+    cmd = f"python -m pruneax.experiments.{job.exp.name} --preset {job.preset}"
     cmd += f" --workdir {workdir}"
-    if exp.needs_data and data_dir:
+    if job.exp.needs_data and data_dir:
         cmd += f" --data_dir {data_dir}"
     return cmd
 
@@ -130,15 +159,16 @@ def run(
     data_dir = data_dir or os.environ.get("PRUNEAX_DATA_DIR")
     state = _state(workdir)
     started = time.perf_counter()
-    for i, exp in enumerate(chosen, 1):
-        sub = workdir / exp.name
-        entry = state.get(exp.name, {})
-        tag = f"[reproduce] {i}/{len(chosen)} {exp.name} (preset {exp.presets[preset]})"
+    todo = jobs(chosen, preset, data_dir)
+    for i, job in enumerate(todo, 1):
+        exp, sub = job.exp, workdir / job.key
+        entry = state.get(job.key, {})
+        tag = f"[reproduce] {i}/{len(todo)} {job.key} (preset {job.preset})"
         if entry.get("status") == "done" and entry.get("preset") == preset and not force:
             print(f"{tag}: finished earlier, not rerun", flush=True)
             continue
         print(f"{tag}: running into {sub}", flush=True)
-        module, cfg = _experiment_config(exp, preset)
+        module, cfg = _experiment_config(job)
         t0 = time.perf_counter()
         clock = lab.CompileClock()
         try:
@@ -152,18 +182,18 @@ def run(
             traceback.print_exc()
             status, error = "failed", f"{type(e).__name__}: {e}"
         seconds = time.perf_counter() - t0
-        state[exp.name] = {
+        state[job.key] = {
             "status": status,
             "preset": preset,
             "seconds": round(seconds, 1),
             "compile_seconds": round(clock.seconds, 1),
             "programs_compiled": clock.events,
             "error": error,
-            "command": _command(exp, preset, sub, data_dir),
+            "command": _command(job, sub, data_dir),
         }
         _save_state(workdir, state)
         print(f"{tag}: {status} in {seconds:.0f} s ({clock.seconds:.0f} s compiling)", flush=True)
-    report = write_report(preset, workdir, data_dir, state, chosen)
+    report = write_report(preset, workdir, data_dir, state, todo)
     total = time.perf_counter() - started
     print(
         f"[reproduce] wrote {workdir / 'report.md'} ({total:.0f} s); claims: "
@@ -185,15 +215,16 @@ def write_report(
     workdir: Path,
     data_dir: str | None,
     state: dict[str, Any],
-    chosen: list[Experiment],
+    todo: list[Job],
 ) -> dict[str, Any]:
-    """Writes ``report.md`` and ``report.json`` from the experiments' results files."""
+    """Writes ``report.md`` and ``report.json`` from the runs' results files (``jobs``)."""
     sections, rows, claims_json = [], [], {}
     verdicts = {HOLDS: 0, FAILS: 0, NOISE: 0, NA: 0}
-    for exp in chosen:
-        sub, entry = workdir / exp.name, state.get(exp.name, {})
-        lines = [f"## {exp.name}", "", exp.summary, ""]
-        lines += [f"Command: `{entry.get('command', _command(exp, preset, sub, data_dir))}`"]
+    for job in todo:
+        exp, key = job.exp, job.key
+        sub, entry = workdir / key, state.get(key, {})
+        lines = [f"## {key}", "", exp.summary, ""]
+        lines += [f"Command: `{entry.get('command', _command(job, sub, data_dir))}`"]
         if entry.get("seconds") is not None:
             compiling = entry.get("compile_seconds")
             spent = f" ({compiling:.0f} s of it compiling)" if compiling is not None else ""
@@ -202,13 +233,13 @@ def write_report(
         if entry.get("status") != "done" or not results_path.exists():
             lines += [f"**Not completed**: {entry.get('error') or 'not run'}.", ""]
             sections.append("\n".join(lines))
-            claims_json[exp.name] = {"status": entry.get("status", "not run")}
+            claims_json[key] = {"status": entry.get("status", "not run")}
             continue
         try:
             claims = exp.claims(json.loads(results_path.read_text()))
         except Exception as e:  # a results format this reader does not know
             claims = [Claim("-", "reading the claims", f"{type(e).__name__}: {e}", NA)]
-        claims_json[exp.name] = {
+        claims_json[key] = {
             "status": "done",
             "claims": [dataclasses.asdict(c) for c in claims],
         }
@@ -217,7 +248,7 @@ def write_report(
             verdicts[c.verdict] = verdicts.get(c.verdict, 0) + 1
             cells = (c.paper, c.claim, c.measured, f"**{c.verdict}**")
             lines.append("| " + " | ".join(_md_escape(x) for x in cells) + " |")
-            rows.append((exp.name, c))
+            rows.append((key, c))
         lines.append("")
         tables = sub / "results.md"
         if tables.exists():
@@ -225,7 +256,7 @@ def write_report(
             body = [("#### " + ln.lstrip("#").strip()) if ln.startswith("#") else ln for ln in body]
             lines += ["### Tables", "", *body, ""]
         for png in sorted(sub.glob("*.png")):
-            lines += [f"![{exp.name}: {png.stem}]({exp.name}/{png.name})", ""]
+            lines += [f"![{key}: {png.stem}]({key}/{png.name})", ""]
         sections.append("\n".join(lines))
 
     machine, versions = lab.machine(), lab.versions()

@@ -6,6 +6,15 @@ Commands:
       --workdir runs/vtp
   python -m pruneax.experiments.vit_token_pruning --preset gpu --data_dir ../shared/data \
       --workdir runs/vtp_gpu
+  python -m pruneax.experiments.vit_token_pruning --preset pretrained_mnist \
+      --data_dir ../shared/data --workdir runs/vtp_pretrained  # a ViT trained elsewhere
+
+The ``pretrained_mnist`` preset trains nothing: it loads the MNIST ViT of lucidrains' layout
+that someone else trained (``DATA/pretrained/vit-mnist-lucidrains/vit_mnist_gpu.pt``, or
+``--checkpoint``; ``load_lucidrains_vit``), feeds it the images as it was trained
+(``(x / 255 - 0.1307) / 0.3081``), skips fine-tuning and runs steps 2 and 4 at pruning layers
+1-4, so that every claim is read on a second model whose attention was shaped by another
+training run. ``claims`` reports each comparison per pruning layer and names the model.
 
 1. Train a ViT (AdamW, warmup + cosine) with an orbax checkpoint every ``ckpt_every`` steps; a
    killed run resumes from the last one.
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import pathlib
@@ -40,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pruneax import data as pdata
 from pruneax import lab, models
 from pruneax.experiments import _common as common
 from pruneax.models.vit import PruningPlan, vit_flops
@@ -91,6 +102,14 @@ class Config:
     throughput_repeats: int = 7
     throughput_iters: int = 10
     seed: int = 0
+    # a model trained elsewhere instead of training one (``pretrained="lucidrains"``): the
+    # ``torch.save`` state dict at ``checkpoint`` ("" = ``pretrained_path(data_dir)``); ``vit``
+    # gives ``num_heads``, ``patch_size`` and ``hidden_act``; images ``(x / pixel_max - mean) /
+    # std`` with ``normalize = (mean, std)`` (the model's own; None: standardised here).
+    pretrained: str = ""
+    checkpoint: str = ""
+    normalize: tuple[float, float] | None = None
+    model_name: str = ""  # names the model in the claims ("" = described from the config)
 
 
 PRESETS: dict[str, Config] = {
@@ -143,13 +162,63 @@ PRESETS: dict[str, Config] = {
         finetune_steps=2_000,
         throughput_batch=64,
     ),
+    # The MNIST ViT trained elsewhere (lucidrains layout: D 64, 4 heads of 64, ReLU MLP 128,
+    # 6 blocks, 49 patches + CLS; 97.21%): no training, no fine-tuning; pruning before blocks
+    # 1-4 down to 10% (5 of 49 patches) and 5% (3 patches).
+    "pretrained_mnist": Config(
+        variant="mnist/4",
+        vit=(("hidden_act", "relu"), ("num_heads", 4), ("patch_size", 4)),
+        dataset="mnist",
+        iterations=0,
+        methods=("random", "topk", "evit", "tome", "divprune"),
+        keep_ratios=(0.5, 0.25, 0.1, 0.05),
+        prune_layers=(1, 2, 3, 4),
+        eval_size=10_000,
+        eval_batch=500,
+        throughput_batch=500,
+        finetune_top=0,
+        pretrained="lucidrains",
+        normalize=(0.1307, 0.3081),
+        throughput_repeats=3,
+        throughput_iters=3,
+        model_name="MNIST ViT trained elsewhere (lucidrains layout)",
+    ),
 }
+
+PRETRAINED_RELATIVE = ("pretrained", "vit-mnist-lucidrains", "vit_mnist_gpu.pt")
+
+
+def pretrained_path(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
+    """Where the ``pretrained_mnist`` checkpoint lives under ``data_dir`` (or
+    ``$PRUNEAX_DATA_DIR``); None without a data directory."""
+    root = data_dir or os.environ.get("PRUNEAX_DATA_DIR")
+    return pathlib.Path(root, *PRETRAINED_RELATIVE) if root else None
+
+
+def extra_presets(preset: str, data_dir: str | None) -> tuple[str, ...]:
+    """The presets ``reproduce`` runs besides ``EXPERIMENT.presets[preset]``: the pretrained
+    MNIST ViT at ``cpu`` / ``gpu`` when the data directory holds its checkpoint."""
+    path = pretrained_path(data_dir)
+    return ("pretrained_mnist",) if preset != "tiny" and path and path.is_file() else ()
 
 
 # ----------------------------------------------------------------------------- data
 
 
 def prepare(cfg: Config, data_dir: str | None) -> tuple[Config, dict[str, np.ndarray]]:
+    if cfg.normalize is not None:  # the model's own input normalisation
+        ds = pdata.load_dataset(cfg.dataset, data_dir)
+        mean, std = cfg.normalize
+        norm = lambda x: ((np.asarray(x, np.float32) / ds.pixel_max - mean) / std).astype(
+            np.float32
+        )
+        chan = lambda x: x[..., None] if x.ndim == 3 else x
+        return cfg, {
+            "x_train": chan(norm(ds.train_images)),
+            "y_train": np.asarray(ds.train_labels, np.int32),
+            "x_test": chan(norm(ds.test_images)),
+            "y_test": np.asarray(ds.test_labels, np.int32),
+        }
     dataset = cfg.dataset
     if dataset != "digits" and data_dir is None and not os.environ.get("PRUNEAX_DATA_DIR"):
         print(
@@ -174,6 +243,31 @@ def model_config(cfg: Config, arrays: dict[str, np.ndarray]) -> models.ViTConfig
 def make_runner(cfg: Config, vit_cfg: models.ViTConfig) -> common.Runner:
     model = models.ViT(vit_cfg, rngs=nnx.Rngs(cfg.seed))
     return common.Runner(cfg, model, log_tag="[vit_token_pruning]")
+
+
+def load_pretrained(cfg: Config, arrays: dict[str, np.ndarray], data_dir: str | None) -> models.ViT:
+    """The ``cfg.pretrained`` model (``"lucidrains"``: ``load_lucidrains_vit``)."""
+    if cfg.pretrained != "lucidrains":
+        raise ValueError(f"pretrained must be '' or 'lucidrains'; got {cfg.pretrained!r}")
+    path = pathlib.Path(cfg.checkpoint) if cfg.checkpoint else pretrained_path(data_dir)
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            f"[vit_token_pruning] pretrained checkpoint not found: {path} (pass --data_dir "
+            f"holding {'/'.join(PRETRAINED_RELATIVE)}, or --checkpoint)"
+        )
+    v = dict(cfg.vit)
+    h, w, c = arrays["x_test"].shape[1:]
+    return models.load_lucidrains_vit(
+        path, num_heads=v.get("num_heads", 4), image_size=(h, w), patch_size=v["patch_size"],
+        num_channels=c, hidden_act=v.get("hidden_act", "relu"), dtype=jnp.float32,
+    )  # fmt: skip
+
+
+def model_name(cfg: dict[str, Any]) -> str:
+    """How the claims name the model of a run (its ``config`` as in ``results.json``)."""
+    if cfg.get("model_name"):
+        return cfg["model_name"]
+    return f"pruneax {cfg.get('variant')} trained here, {cfg.get('dataset')}"
 
 
 @functools.partial(jax.jit, static_argnames=("runner", "plan"))
@@ -219,20 +313,28 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg, arrays = prepare(cfg, data_dir)
-    vit_cfg = model_config(cfg, arrays)
+    if cfg.pretrained:
+        pretrained = load_pretrained(cfg, arrays, data_dir)
+        vit_cfg = pretrained.config
+        runner = common.Runner(cfg, pretrained, log_tag="[vit_token_pruning]")
+    else:
+        vit_cfg = model_config(cfg, arrays)
+        runner = make_runner(cfg, vit_cfg)
     data = {k: jnp.asarray(v) for k, v in arrays.items()}
     x_eval, y_eval = data["x_test"][: cfg.eval_size], data["y_test"][: cfg.eval_size]
-    runner = make_runner(cfg, vit_cfg)
 
     progress = lab.Progress(workdir, cfg, ("evals", "finetune"))
 
-    # 1. train
+    # 1. train (a pretrained model is used as loaded)
     print(f"[vit_token_pruning] ViT {vit_cfg}", flush=True)
-    params, losses = runner.train(
-        runner.params0, data, steps=cfg.iterations, lr=cfg.learning_rate, warmup=cfg.warmup,
-        plan=None, ckpt=lab.Checkpoints(workdir / "checkpoints" / "train"), tag="train",
-        augment=cfg.augment,
-    )  # fmt: skip
+    if cfg.pretrained:
+        params, losses = runner.params0, []
+    else:
+        params, losses = runner.train(
+            runner.params0, data, steps=cfg.iterations, lr=cfg.learning_rate,
+            warmup=cfg.warmup, plan=None, ckpt=lab.Checkpoints(workdir / "checkpoints" / "train"),
+            tag="train", augment=cfg.augment,
+        )  # fmt: skip
 
     # 2. training-free evaluation
     evals = progress["evals"]
@@ -353,7 +455,12 @@ def _tables(results: dict[str, Any]) -> str:
     cfg = results["config"]
     evals, tp = results["evals"], results["throughput"]
     dense = evals["dense@L0:1.0"]["accuracy"]
-    lines = [f"Dense test accuracy: {dense:.4f} (first {cfg['eval_size']} test images)", ""]
+    lines = [
+        f"Model: {model_name(cfg)}.",
+        "",
+        f"Dense test accuracy: {dense:.4f} (first {cfg['eval_size']} test images)",
+        "",
+    ]
     for layer in cfg["prune_layers"]:
         ratios = cfg["keep_ratios"]
         lines += [
@@ -503,51 +610,133 @@ def _plot_kept(runner, params, arrays, vit_cfg, cfg, path: pathlib.Path) -> None
 # ------------------------------------------------------------------------- claims
 
 
-def _pick(evals: dict[str, Any], method: str, *, smallest: bool) -> dict[str, Any] | None:
-    """The eval of ``method`` at the smallest keep ratio (or the one nearest 0.5)."""
-    rows = [e for e in evals.values() if e["method"] == method]
-    if not rows:
-        return None
-    key = (lambda e: (e["ratio"], e["layer"])) if smallest else (lambda e: abs(e["ratio"] - 0.5))
-    return min(rows, key=key)
+def _at(evals: dict[str, Any], method: str, layer: int, ratio: float) -> dict[str, Any] | None:
+    e = evals.get(f"{method}@L{layer}:{ratio}")
+    return e if e is not None and "accuracy" in e else None
+
+
+def _at_flops(evals: dict[str, Any], method: str, layer: int, flops: float):
+    """``method``'s accuracy pruning before ``layer`` at the FLOPs ratio ``flops``, linearly
+    interpolated between the two measured keep ratios that bracket it (the dense model is
+    "keep 1.0" of every method); None outside the measured range."""
+    dense = evals.get("dense@L0:1.0", {})
+    pts = [(e["flops_ratio"], e["accuracy"]) for e in evals.values()
+           if e["method"] == method and e["layer"] == layer and "accuracy" in e]  # fmt: skip
+    if "accuracy" in dense:
+        pts.append((1.0, dense["accuracy"]))
+    pts.sort()
+    for (f0, a0), (f1, a1) in itertools.pairwise(pts):
+        if f0 - 1e-9 <= flops <= f1 + 1e-9:
+            t = 0.0 if f1 == f0 else min(max((flops - f0) / (f1 - f0), 0.0), 1.0)
+            return {"accuracy": a0 + t * (a1 - a0), "between": (f0, f1)}
+    return None
+
+
+def _every(by: dict[str, list[int]], count: int) -> str:
+    """Verdict of "at every layer": fails if it fails at one, holds if it holds at all."""
+    if by[lab.FAILS]:
+        return lab.FAILS
+    if count and len(by[lab.HOLDS]) == count:
+        return lab.HOLDS
+    return lab.NA if len(by[lab.NA]) == count else lab.NOISE
 
 
 def claims(r: dict[str, Any]) -> list[lab.Claim]:
     """The papers' claims this experiment tests, each beside what ``results.json`` (``r``)
-    measured, with a computed verdict (``pruneax.lab.compare``); read by ``reproduce``."""
-    ev, n = r["evals"], common.n_test_images(r["config"])
+    measured, with a computed verdict (``pruneax.lab.compare``); read by ``reproduce``.
 
-    def pair(paper, claim, a, b, smallest):
-        ea = _pick(ev, a, smallest=smallest)
-        eb = ev.get(f"{b}@L{ea['layer']}:{ea['ratio']}") if ea else None
-        where = lambda x, _: f"{a} vs {b}, keep {x['ratio']} from block {x['layer']}"
-        return lab.versus(paper, claim, ea, eb, n, where)
+    Every comparison is made at every pruning layer the run evaluated, one claim per layer
+    (never the favourable layer alone), and names the model (``model_name``): top-k vs random
+    at every layer and keep ratio ``Lx:q``, with a line saying where each verdict came out
+    (it holds "at every pruning layer and keep ratio" only if it holds everywhere); EViT's
+    fusion, DivPrune and MMTok's coverage vs top-k at the smallest keep ratio; ToMe at its
+    smallest measured keep ratio vs top-k and vs random at the same FLOPs (their accuracy
+    interpolated between the two measured keep ratios that bracket ToMe's FLOPs). A
+    comparison whose method the run did not include is one "not measured" line.
+    """
+    cfg, ev = r["config"], r["evals"]
+    n, model = common.n_test_images(cfg), model_name(cfg)
+    ran = set(cfg.get("methods") or METHODS)
+    layers = sorted({e["layer"] for e in ev.values() if e["method"] != "dense"})
+    ratios = sorted({e["ratio"] for e in ev.values() if e["method"] != "dense"})
+    out: list[lab.Claim] = []
 
+    def label(text: str, layer: int | None = None) -> str:
+        return (
+            f"{text} (before block {layer}; {model})" if layer is not None else f"{text} ({model})"
+        )
+
+    def pair(paper, text, a, b, layer, ratio):
+        ea, eb = _at(ev, a, layer, ratio), _at(ev, b, layer, ratio)
+        where = f"{a} vs {b}, keep {ratio} before block {layer}"
+        return lab.versus(paper, label(text, layer), ea, eb, n, where)
+
+    def missing(paper, text, *methods):
+        if set(methods) <= ran:
+            return False
+        out.append(lab.Claim(paper, label(text), f"not run: {sorted(set(methods) - ran)}", lab.NA))
+        return True
+
+    def smallest(a, b, layer):
+        both = [q for q in ratios if _at(ev, a, layer, q) and _at(ev, b, layer, q)]
+        return min(both) if both else (min(ratios) if ratios else 0.0)
+
+    topk_random = "Attention top-k beats random selection"
+    if not missing("EViT / FasterVLM", topk_random, "topk", "random"):
+        grid = [(L, q) for L in layers for q in sorted(ratios, reverse=True)]
+        rows = [pair("EViT / FasterVLM", f"{topk_random}, keep {q}", "topk", "random", L, q)
+                for L, q in grid]  # fmt: skip
+        out += rows
+        by = {v: [f"L{L}:{q}" for (L, q), c in zip(grid, rows, strict=True) if c.verdict == v]
+              for v in lab.VERDICTS}  # fmt: skip
+        summary = "; ".join(f"{v} at {', '.join(by[v])}" for v in lab.VERDICTS if by[v])
+        text = f"{topk_random} at every pruning layer and keep ratio"
+        out.append(
+            lab.Claim("EViT / FasterVLM", label(text), summary or "-", _every(by, len(grid)))
+        )
     aggressive = "beats attention top-k at aggressive budgets"
-    claims = [
-        pair("EViT / FasterVLM", "Attention top-k beats random selection", "topk", "random", False),
-        pair("DivPrune", f"Diversity {aggressive}", "divprune", "topk", True),
-        pair("MMTok", f"Coverage {aggressive}", "coverage", "topk", True),
-        pair("EViT", "Fusing the pruned tokens beats dropping them", "evit", "topk", True),
-    ]
+    for paper, text, a in (
+        ("EViT", "Fusing the pruned tokens beats dropping them", "evit"),
+        ("DivPrune", f"Diversity {aggressive}", "divprune"),
+        ("MMTok", f"Coverage {aggressive}", "coverage"),
+    ):
+        if not missing(paper, text, a, "topk"):
+            out += [pair(paper, text, a, "topk", L, smallest(a, "topk", L)) for L in layers]
+    for b in ("topk", "random"):
+        text = f"ToMe merging beats {b} pruning at equal FLOPs"
+        if missing("ToMe", text, "tome", b):
+            continue
+        for L in layers:
+            tome = [_at(ev, "tome", L, q) for q in ratios]
+            tome = [e for e in tome if e is not None]
+            if not tome:
+                out.append(lab.Claim("ToMe", label(text, L), "no ToMe setting ran", lab.NA))
+                continue
+            t = min(tome, key=lambda e: e["ratio"])
+            other = _at_flops(ev, b, L, t["flops_ratio"])
+            where = (
+                f"tome keep {t['ratio']} from block {L} ({100 * t['flops_ratio']:.0f}% FLOPs) vs "
+                f"{b} at equal FLOPs (interpolated)"
+            )
+            out.append(lab.versus("ToMe", label(text, L), t, other, n, where))
     tp = {k: v for k, v in r["throughput"].items() if "efficiency" in v}
     if tp:
         eff = sorted(v["efficiency"] for v in tp.values())
         med = eff[len(eff) // 2]
-        claims.append(
+        out.append(
             lab.Claim(
                 "EViT / ToMe",
-                "Fewer tokens give a real speed-up close to the FLOPs reduction",
-                f"median realised / ideal speed-up over {len(eff)} methods: {med:.2f} "
+                label("Fewer tokens give a real speed-up close to the FLOPs reduction"),
+                f"median realised / ideal speed-up over {len(eff)} settings: {med:.2f} "
                 f"(range {eff[0]:.2f}-{eff[-1]:.2f}); target >= 0.85",
                 lab.HOLDS if med >= 0.85 else lab.FAILS,
             )
         )
     for name, ft in r.get("finetune", {}).items():
-        claims.append(
+        out.append(
             lab.versus(
                 "EViT / DynamicViT",
-                "Fine-tuning with the pruning in the loop recovers accuracy",
+                label("Fine-tuning with the pruning in the loop recovers accuracy"),
                 ft,
                 ft,
                 n,
@@ -556,12 +745,12 @@ def claims(r: dict[str, Any]) -> list[lab.Claim]:
                 key_b="accuracy_training_free",
             )
         )
-    return claims
+    return out
 
 
 EXPERIMENT = common.Experiment(
     name="vit_token_pruning",
-    presets={"tiny": "tiny", "cpu": "cpu", "gpu": "gpu"},
+    presets={"tiny": "tiny", "cpu": "cpu", "gpu": "gpu"},  # + extra_presets (pretrained)
     needs_data=True,
     claims=claims,
     summary=(
@@ -575,6 +764,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = common.experiment_parser(__doc__, PRESETS)
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="override the methods")
     parser.add_argument("--prune_layers", type=int, nargs="+", help="override pruning layers")
+    parser.add_argument("--checkpoint", help="pretrained_mnist: the state dict (default: DATA/...)")
     args = parser.parse_args(argv)
     return run(common.config_from_args(args, PRESETS), args.workdir, args.data_dir)
 

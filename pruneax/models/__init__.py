@@ -10,6 +10,9 @@
   ``"mnist/4"``, ``"cifar/4"``).
 - ``load_vit(path)``: a ``ViT`` from a Hugging Face ``save_pretrained`` directory
   (``config.json`` + safetensors) of ViT, DeiT or CLIP; no torch needed.
+  ``load_lucidrains_vit(path, num_heads=, image_size=, patch_size=)``: a ``ViT`` from a
+  lucidrains ``vit-pytorch`` state dict (``torch.save`` file, read by
+  ``read_torch_state_dict`` without torch).
 - ``LlamaLM`` / ``LlamaConfig`` / ``llm_config(name)``: Llama-family decoder (RMSNorm, RoPE with
   explicit positions, GQA, SwiGLU, KV cache) and ``generate_greedy``; ``load_llm(path)`` imports
   HF ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` / ``GemmaForCausalLM``, ``load_gguf(path)`` a
@@ -65,6 +68,7 @@ from pruneax.models._shared import (
     shard_model,
     write_safetensors,
 )
+from pruneax.models._shared.torch_zip import read_torch_state_dict
 from pruneax.models.convnets import (
     CONVNET_VARIANTS,
     RESNET_VARIANTS,
@@ -153,6 +157,7 @@ from pruneax.models.vit import (
     ViTOutput,
     ViTStage,
     block_flops,
+    load_lucidrains_vit,
     load_vit,
     vit_config,
     vit_flops,
@@ -245,6 +250,7 @@ __all__ = [
     "load_gguf",
     "load_llava_next",
     "load_llm",
+    "load_lucidrains_vit",
     "load_mamba",
     "load_pruned",
     "load_vit",
@@ -257,6 +263,7 @@ __all__ = [
     "pruned_mixer_forward",
     "read_checkpoint",
     "read_safetensors",
+    "read_torch_state_dict",
     "save_pruned",
     "shard_model",
     "smollm2_gguf_path",

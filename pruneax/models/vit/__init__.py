@@ -5,7 +5,8 @@ Modules: ``_config`` (``ViTConfig``, variants), ``_layers`` (attention: fused, e
 the [CLS] row; MLP, block), ``_pos`` (sin-cos table), ``_head`` (SigLIP's ``MapHead``),
 ``_model`` (``ViT``), ``_stage`` (``ViTStage`` protocol, ``PruneStage``), ``_ops`` (ToMe, EViT,
 registry selectors on the stream), ``_plan`` (``PruningPlan``), ``_flops`` (``vit_flops``),
-``_hf`` / ``_hf_config`` (``load_vit``).
+``_hf`` / ``_hf_config`` (``load_vit``), ``_lucidrains`` (``load_lucidrains_vit``: lucidrains'
+``vit-pytorch`` state dicts).
 """
 
 from pruneax.models.vit._config import (
@@ -28,6 +29,9 @@ from pruneax.models.vit._layers import (
     Block,
     Mlp,
     cls_row_attention,
+)
+from pruneax.models.vit._lucidrains import (
+    load_lucidrains_vit,
 )
 from pruneax.models.vit._model import (
     ViT,
@@ -66,6 +70,7 @@ __all__ = [
     "apply_stage",
     "block_flops",
     "cls_row_attention",
+    "load_lucidrains_vit",
     "load_vit",
     "sincos_pos_embed",
     "vit_config",

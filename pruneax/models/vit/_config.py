@@ -25,7 +25,7 @@ from pruneax.models._shared.fields import (
 POS_EMBEDS = ("learned", "sincos", "none")
 FINAL_NORMS = ("all", "pooled", "none")
 POOLS = ("cls", "mean", "cls_dist")
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu")
 
 _SIZES = ("patch_size", "num_channels", "hidden_size", "num_layers", "num_heads", "mlp_dim")
 _FLAGS = (
@@ -47,6 +47,7 @@ _FIELDS = {  # ViTConfig's per-field checks, run in this order by check_fields
     "pool": one_of(POOLS),
     "hidden_act": one_of(ACTIVATIONS),
     "layer_norm_eps": real_field(gt=0),
+    "attention_head_dim": int_field(low=1, none=True),
 }
 
 
@@ -59,7 +60,8 @@ class ViTConfig(PatchGrid):
         ``patch_size``.
       patch_size: side of the square patches (the patch-embedding conv's kernel and stride).
       num_channels: input channels C.
-      hidden_size: token width D; divisible by ``num_heads`` (and by 4 for ``"sincos"``).
+      hidden_size: token width D; divisible by ``num_heads`` unless ``attention_head_dim`` is
+        set (and by 4 for ``"sincos"``).
       num_layers: transformer blocks.
       num_heads: attention heads.
       mlp_dim: hidden width of each block's MLP.
@@ -80,7 +82,8 @@ class ViTConfig(PatchGrid):
         ToMe merging); ``"cls_dist"``: DeiT with teacher, logits = mean of ``head(CLS)`` and
         ``head_dist(distillation token)``.
       hidden_act: MLP activation: ``"gelu"`` (exact, erf), ``"gelu_tanh"`` (tanh
-        approximation) or ``"quick_gelu"`` (``x * sigmoid(1.702 x)``, CLIP).
+        approximation), ``"quick_gelu"`` (``x * sigmoid(1.702 x)``, CLIP) or ``"relu"``
+        (lucidrains' ``vit-pytorch`` as some checkpoints were trained).
       layer_norm_eps: epsilon of every LayerNorm (timm 1e-6, HF ViT 1e-12, CLIP 1e-5).
       qkv_bias: biases on the query / key / value projections.
       pooler: HF ``ViTModel``'s pooler: ``tanh(dense(pooled))`` in ``ViTOutput.pooler_output``.
@@ -90,15 +93,20 @@ class ViTConfig(PatchGrid):
         ``pooler``.
       layer_heads: heads kept by each block after structured pruning (``num_layers`` ints in
         ``[0, num_heads]``), or None: ``num_heads`` in every block. ``num_heads`` stays the
-        unpruned count, so ``head_dim = hidden_size // num_heads`` survives pruning. A block
+        unpruned count, so ``head_dim`` survives pruning. A block
         with 0 heads adds only the output bias (its attention is a residual identity).
         Stored as a tuple.
       layer_mlp: MLP hidden width of each block (``num_layers`` ints in ``[0, mlp_dim]``), or
         None: ``mlp_dim`` everywhere. A width of 0 leaves only ``fc2``'s bias.
+      attention_head_dim: width of one attention head when it is not ``hidden_size //
+        num_heads`` (lucidrains' ``dim_head``: 4 heads x 64 = an attention width of 256 in a
+        model of width 64), or None (the default): ``hidden_size // num_heads``. Read it
+        through ``head_dim``, which resolves the default.
 
     Raises:
       ValueError: for non-positive sizes, an image size not divisible by the patch size, a
-        hidden size not divisible by the heads, unknown option strings, inconsistent token
+        hidden size not divisible by the heads (without ``attention_head_dim``, or with
+        ``map_head``), unknown option strings, inconsistent token
         options (``pool="cls"`` without ``class_token``, ``pooler`` with ``map_head``,
         ``"cls_dist"`` without a distillation token or classes), or ``layer_heads`` /
         ``layer_mlp`` of the wrong length or range.
@@ -108,6 +116,9 @@ class ViTConfig(PatchGrid):
       >>> cfg = ViTConfig(image_size=32, patch_size=4, hidden_size=64, num_heads=4)
       >>> cfg.grid, cfg.num_patches, cfg.num_prefix, cfg.head_dim
       ((8, 8), 64, 1, 16)
+      >>> ViTConfig(image_size=28, patch_size=4, hidden_size=64, num_heads=4,
+      ...           attention_head_dim=64, hidden_act="relu").head_dim
+      64
     """
 
     image_size: int | tuple[int, int] = 224
@@ -133,6 +144,7 @@ class ViTConfig(PatchGrid):
     map_head: bool = False
     layer_heads: tuple[int, ...] | None = None
     layer_mlp: tuple[int, ...] | None = None
+    attention_head_dim: int | None = None
 
     def __post_init__(self):
         check_fields(self, **_FIELDS)
@@ -143,10 +155,15 @@ class ViTConfig(PatchGrid):
                 f"ViTConfig: image_size {self.image_size!r} must be divisible by patch_size {p} "
                 f"(got a {h / p:g} x {w / p:g} patch grid)"
             )
-        if self.hidden_size % self.num_heads:
+        if self.attention_head_dim is None and self.hidden_size % self.num_heads:
             raise ValueError(
                 f"ViTConfig: hidden_size {self.hidden_size} must be divisible by num_heads "
-                f"{self.num_heads}"
+                f"{self.num_heads} (or set attention_head_dim)"
+            )
+        if self.map_head and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"ViTConfig: map_head=True needs hidden_size {self.hidden_size} divisible by "
+                f"num_heads {self.num_heads} (the MAP head's attention has width hidden_size)"
             )
         if self.pos_embed == "sincos" and self.hidden_size % 4:
             raise ValueError(
@@ -173,7 +190,10 @@ class ViTConfig(PatchGrid):
 
     @property
     def head_dim(self) -> int:
-        """Width of one attention head, ``hidden_size // num_heads`` (fixed under pruning)."""
+        """Width of one attention head (fixed under pruning): ``attention_head_dim`` when set,
+        else ``hidden_size // num_heads``."""
+        if self.attention_head_dim is not None:
+            return self.attention_head_dim
         return self.hidden_size // self.num_heads
 
     @property

@@ -25,6 +25,7 @@ _ACTIVATIONS = {
     "gelu_fast": "gelu_tanh",
     "gelu_pytorch_tanh": "gelu_tanh",
     "quick_gelu": "quick_gelu",
+    "relu": "relu",
 }
 
 # transformers' ViTConfig / DeiTConfig (v5) __init__ defaults (pooler_output_size None =

@@ -25,6 +25,8 @@ def _activation(name: str, x: jax.Array) -> jax.Array:
         return jax.nn.gelu(x, approximate=False)
     if name == "gelu_tanh":
         return jax.nn.gelu(x, approximate=True)
+    if name == "relu":
+        return jax.nn.relu(x)
     return x * jax.nn.sigmoid(1.702 * x)  # quick_gelu
 
 
@@ -75,7 +77,8 @@ class Attention(nnx.Module):
     """Multi-head self-attention: fused unless the probabilities are asked for.
 
     Attributes ``query``, ``key``, ``value``: ``nnx.Linear(D, H * hd)``; ``out``:
-    ``nnx.Linear(H * hd, D)`` (``H * hd = D`` unless structurally pruned).
+    ``nnx.Linear(H * hd, D)`` (``H * hd = D`` unless structurally pruned or ``head_dim`` is
+    given: lucidrains' layout has ``H * hd = 256`` in a model of width 64).
 
     Two paths give the same output (float32 logits and softmax in both): with
     ``return_attention=True`` the probabilities ``[B, H, T, T]`` are materialised explicitly
@@ -208,7 +211,7 @@ class Mlp(nnx.Module):
     Args:
       dim: token width D.
       hidden: hidden width.
-      act: ``"gelu"``, ``"gelu_tanh"`` or ``"quick_gelu"``.
+      act: ``"gelu"``, ``"gelu_tanh"``, ``"quick_gelu"`` or ``"relu"``.
       dtype: computation dtype.
       param_dtype: parameter dtype.
       rngs: ``nnx.Rngs`` for the initializers.

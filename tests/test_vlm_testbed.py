@@ -190,3 +190,26 @@ def test_tiny_run_writes_results_and_resumes_without_repeating(tmp_path, capsys)
 def test_bad_config_is_a_value_error(tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):
         tb.run(dataclasses.replace(tb.PRESETS["tiny"], **{field: value}), tmp_path)
+
+
+def test_coverage_text_ignores_masked_question_padding():
+    """MMTok's text term alone (alpha = 0): the patches picked for a question padded on its left
+    (mask 0) equal those picked for the unpadded question, and differ when the padding is
+    declared valid (so the mask is what makes them equal)."""
+    vit = ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=16, num_layers=2,
+                    num_heads=2, mlp_dim=32, num_classes=0)  # fmt: skip
+    llm = llm_config("tiny", vocab_size=64, hidden_size=32, intermediate_size=64,
+                     num_layers=1, num_heads=2, num_kv_heads=1)  # fmt: skip
+    vlm = VLM(VLMConfig(vision=vit, llm=llm, vision_layer=-1), rngs=nnx.Rngs(3))
+    sel = VisualSelect("coverage", keep=3, options={"alpha": 0.0, "tau_tv": 0.05})
+    images = jax.random.normal(jax.random.key(2), (1, 16, 16, 1))
+    prefix = jnp.array([[1, 2]])
+    question = jnp.array([[5, 9, 17]])
+    padded = jnp.array([[0] * 6 + [5, 9, 17]])
+    nv = vlm.config.num_visual
+    mask = jnp.array([[True] * (2 + nv) + [False] * 6 + [True] * 3])
+    want = vlm.prepare(images, prefix, question, select=sel)["kept"]
+    got = vlm.prepare(images, prefix, padded, attention_mask=mask, select=sel)["kept"]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    wrong = vlm.prepare(images, prefix, padded, select=sel)["kept"]
+    assert not np.array_equal(np.asarray(wrong), np.asarray(want))

@@ -4,8 +4,7 @@ official scorer, with results JSON / CSV and plots.
 
 Per setting the pending items (not yet in its JSONL) are taken in order in chunks, encoded by
 the checkpoint's processor, grouped (by ``max_new_tokens``; by image size for LLaVA-NeXT,
-whose ``image_sizes`` are static; by question length for text-guided selection, whose text
-input has no padding mask) and cut into batches of ``batch_size`` rows (a short batch is
+whose ``image_sizes`` are static) and cut into batches of ``batch_size`` rows (a short batch is
 filled with copies of its last row, whose outputs are dropped, so shapes repeat).
 """
 
@@ -61,8 +60,7 @@ def _positive(name: str, value: Any, zero: bool = False) -> None:
 def _batches(encoded: list[tuple[Item, Any]], setting: Setting, batch_size: int):
     groups: dict[tuple, list[tuple[Item, Any]]] = {}
     for item, enc in encoded:
-        key = (item.max_new_tokens, enc.image_size,
-               len(enc.question) if setting.text_guided else None)  # fmt: skip
+        key = (item.max_new_tokens, enc.image_size)  # coverage's text masks its padding
         groups.setdefault(key, []).append((item, enc))
     for rows in groups.values():
         for i in range(0, len(rows), batch_size):
@@ -89,7 +87,7 @@ class _Runner:
     def arrays(self, rows, setting: Setting) -> dict[str, Any]:
         encs = [e for _, e in rows]
         encs += [encs[-1]] * (self.batch_size - len(encs))
-        return rm.build_batch(encs, self.pad, 1 if setting.text_guided else self.bucket)
+        return rm.build_batch(encs, self.pad, self.bucket)
 
     def key(self, first_id: str) -> Any:
         return jax.random.fold_in(jax.random.key(self.seed), zlib.crc32(first_id.encode()))

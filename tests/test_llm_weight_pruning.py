@@ -44,18 +44,25 @@ def test_outputs_sparsity_and_perplexity(reference):
     cfg = dataclasses.replace(lwp.PRESETS["tiny"], seeds=SEEDS)
     names = [s[0] for s in lwp.settings(cfg)]
     assert list(out["evals"]) == names
-    assert len(names) == 1 + len(cfg.patterns) * (1 + 2 * len(SEEDS))  # magnitude runs once
+    unstructured = [p for p in cfg.patterns if ":" not in p]
+    ecoflap = len(unstructured) * len(SEEDS)  # ecoflap: unstructured patterns only
+    assert len(names) == 1 + len(cfg.patterns) * (1 + 2 * len(SEEDS)) + ecoflap
     assert json.loads((workdir / "results.json").read_text())["evals"] == out["evals"]
     assert len((workdir / "results.csv").read_text().splitlines()) == 1 + len(names)
     assert "SparseGPT beats Wanda at 2:4" in (workdir / "results.md").read_text()
     for name, e in out["evals"].items():
         assert math.isfinite(e["perplexity"]) and e["perplexity"] > 1.0, name
-        if name != "dense":
+        if e["method"] == "ecoflap":  # per-block ratios <= 0.6, Wanda's per-output rounding
+            assert 0.5 - 1 / 64 < e["sparsity"] <= 0.5, name
+            assert max(e["block_sparsities"]) <= 0.6 + 1e-12 and e["prune_seconds"] > 0
+            assert e["matrix_sparsity_range"][1] <= 0.6 + 1e-12
+            assert len(set(e["block_sparsities"])) > 1  # not uniform
+        elif name != "dense":
             assert e["sparsity"] == 0.5 and e["matrix_sparsity_range"] == [0.5, 0.5], name
             assert e["prune_seconds"] > 0
             assert e.get("n_m_exact", True) is True, name
     # the masks themselves: 50% of every matrix, or exactly 2 of every 4 inputs per output
-    assert len(calls) == len(names) - 1
+    assert len(calls) == len(names) - 1 - ecoflap  # ecoflap_prune calls it internally
     for kw, masks, ids in calls:
         assert ids.shape == (cfg.n_calib, cfg.seq_len)
         for keep in (np.asarray(m) for m in jax.tree.leaves(masks)):
@@ -90,6 +97,7 @@ def test_resume_skips_finished_settings(reference, tmp_path, monkeypatch):
         raise AssertionError("a finished setting was pruned again")
 
     monkeypatch.setattr(models, "calibrated_prune", boom)
+    monkeypatch.setattr(models, "ecoflap_prune", boom)
     again = lwp.main([*ARGS, "--workdir", str(workdir)])
     assert again["evals"] == out["evals"]
     # drop one finished setting from a copy of the run: only that one is pruned again
@@ -113,7 +121,7 @@ def _evals(**ppl):
     evals = {"dense": {"method": "dense", "pattern": None, "seed": None, "perplexity": 10.0}}
     for key, values in ppl.items():
         method, pattern = key.split("_")
-        pattern = {"50": "0.5", "24": "2:4"}[pattern]
+        pattern = {"50": "0.5", "24": "2:4", "60": "0.6", "70": "0.7"}[pattern]
         for s, v in enumerate(values):
             evals[f"{method}/{pattern}/seed{s}"] = {
                 "method": method, "pattern": pattern, "seed": s, "perplexity": v,
@@ -130,9 +138,11 @@ def test_claims_follow_the_rule():
         sparsegpt_24=[31.0, 29.0],  # overlapping: within noise
     )
     verdicts = [c.verdict for c in lwp.claims(r)]
-    assert verdicts == [lab.HOLDS, lab.FAILS, lab.NOISE]
+    assert verdicts == [lab.HOLDS, lab.FAILS, lab.NOISE, lab.NA, lab.NA]
     r = _evals(magnitude_50=[100.0], wanda_50=[20.0], sparsegpt_24=[5.0])  # no SparseGPT 50%
-    assert [c.verdict for c in lwp.claims(r)] == [lab.HOLDS, lab.NA, lab.NA]
+    assert [c.verdict for c in lwp.claims(r)] == [lab.HOLDS, lab.NA, lab.NA, lab.NA, lab.NA]
+    r = _evals(wanda_60=[40.0, 41.0], ecoflap_60=[30.0, 39.0], wanda_70=[80.0], ecoflap_70=[90.0])
+    assert [c.verdict for c in lwp.claims(r)][3:] == [lab.HOLDS, lab.FAILS]
     assert lwp.beats([1.0, 2.0], [2.0]) == lab.NOISE  # a tie is not a win
     assert lwp.beats([float("nan")], [2.0]) == lab.NA
 

@@ -86,6 +86,7 @@ PUBLIC = [
     "config_param_count",
     "config_to_json",
     "decode_greedy",
+    "ecoflap_prune",
     "feather_criterion",
     "gap_counts",
     "generate_greedy",

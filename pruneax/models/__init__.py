@@ -25,7 +25,8 @@
   shares fall below tau), or any class of yours implementing the ``PruneSpec`` protocol
   (``apply`` receives a ``PruneContext`` and returns a ``PruneStep``).
   ``calibrated_prune(model, ids, method="wanda"|"sparsegpt"|"magnitude")``: post-training
-  weight pruning of every decoder-block linear from calibration text, block by block.
+  weight pruning of every decoder-block linear from calibration text, block by block;
+  ``ecoflap_prune``: ECoFLaP's per-block sparsity from a zeroth-order importance, then Wanda.
 - ``VLM`` / ``VLMConfig``: LLaVA-style vision-language model (ViT hidden state -2 -> MLP
   projector -> ``LlamaLM``) with pre-LLM visual-token selection (``VisualSelect``: FasterVLM,
   DivPrune, k-center, max-sum, MMTok coverage with the question, HiPrune, HoloV, random,
@@ -93,6 +94,7 @@ from pruneax.models.llama import (
     TodreSpec,
     calibrated_prune,
     decode_greedy,
+    ecoflap_prune,
     feather_criterion,
     generate_greedy,
     gguf_tokenizer,
@@ -239,6 +241,7 @@ __all__ = [
     "config_param_count",
     "config_to_json",
     "decode_greedy",
+    "ecoflap_prune",
     "feather_criterion",
     "gap_counts",
     "generate_greedy",

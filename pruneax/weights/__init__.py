@@ -6,12 +6,20 @@ at zero; and the lottery-ticket steps (``prune_round``, ``rewind``, ``random_mas
 Post-training pruning from calibration activations, one linear layer at a time: Wanda
 (``input_sq_norms`` -> ``wanda_mask``), SparseGPT (``hessian_init`` / ``hessian_update`` ->
 ``sparsegpt_prune``) and the layer-wide ``magnitude_mask`` baseline; their kernels are
-``[d_in, d_out]`` (Flax layout).
+``[d_in, d_out]`` (Flax layout). ECoFLaP's layer-wise allocation: zeroth- / first-order
+importance per matrix (``zeroth_order_scores``, ``first_order_scores``, ``group_scores``) ->
+per-group sparsity (``allocate_keep`` / ``allocate_sparsity``).
 Mask trees mirror the parameter tree: bool arrays (True = kept) for prunable leaves, None
 elsewhere. Leaves are named by key path (``"dense/kernel"``) and chosen by predicate or glob.
 """
 
+from pruneax.weights._allocate import allocate_keep, allocate_sparsity
 from pruneax.weights._distributions import erk_sparsities, uniform_sparsities
+from pruneax.weights._ecoflap import (
+    first_order_scores,
+    group_scores,
+    zeroth_order_scores,
+)
 from pruneax.weights._lottery import prune_round, random_masks, rewind
 from pruneax.weights._masks import (
     SparsityReport,
@@ -32,10 +40,14 @@ __all__ = [
     "HessianState",
     "MaskedState",
     "SparsityReport",
+    "allocate_keep",
+    "allocate_sparsity",
     "apply_masks",
     "default_prunable",
     "erk_sparsities",
+    "first_order_scores",
     "global_masks",
+    "group_scores",
     "hessian_init",
     "hessian_update",
     "input_sq_norms",
@@ -61,4 +73,5 @@ __all__ = [
     "uniform_sparsities",
     "wanda_mask",
     "wanda_scores",
+    "zeroth_order_scores",
 ]

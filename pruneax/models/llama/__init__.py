@@ -1,7 +1,8 @@
 """Llama-family decoder (Llama, Qwen2): config, model, KV cache, greedy generation, Hugging Face
 and GGUF (llama.cpp) import, in-LLM visual-token pruning (the ``PruneSpec`` protocol and its
 built-in specs), and post-training weight pruning from calibration text
-(``calibrated_prune``: Wanda, SparseGPT, magnitude, block by block).
+(``calibrated_prune``: Wanda, SparseGPT, magnitude, block by block; ``ecoflap_prune``: ECoFLaP's
+per-block sparsity allocation, then Wanda / SparseGPT).
 """
 
 from pruneax.models.llama._cache import (
@@ -15,6 +16,9 @@ from pruneax.models.llama._config import (
     LLM_VARIANTS,
     LlamaConfig,
     llm_config,
+)
+from pruneax.models.llama._ecoflap import (
+    ecoflap_prune,
 )
 from pruneax.models.llama._generate import (
     GenerationOutput,
@@ -74,6 +78,7 @@ __all__ = [
     "calibrated_prune",
     "check_prune",
     "decode_greedy",
+    "ecoflap_prune",
     "feather_criterion",
     "generate_greedy",
     "gguf_tokenizer",

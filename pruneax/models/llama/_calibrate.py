@@ -16,6 +16,7 @@ References: Sun et al., "A Simple and Effective Pruning Approach for Large Langu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import jax
@@ -120,6 +121,28 @@ def _zero_pruned(kernel: jax.Array, keep: jax.Array) -> jax.Array:
     return jnp.where(keep, kernel, jnp.zeros((), kernel.dtype))
 
 
+def _block_patterns(sparsity: Any, n_m: Any, num_layers: int) -> list[dict]:
+    """One ``wanda_mask`` / ``sparsegpt_prune`` pattern per decoder block (ValueError else)."""
+    if isinstance(sparsity, list | tuple | np.ndarray | jax.Array):
+        if n_m is not None:
+            raise ValueError("calibrated_prune: give sparsity OR n_m, not both")
+        per = list(sparsity) if isinstance(sparsity, list | tuple) else np.ravel(sparsity)
+        if np.ndim(sparsity) != 1 or len(per) != num_layers:
+            raise ValueError(
+                f"calibrated_prune: per-block sparsity must hold one float per decoder block "
+                f"({num_layers}); got {np.shape(sparsity)}"
+            )
+        return [
+            dict(
+                sparsity=check_pattern(s, None, None, f"calibrated_prune: sparsity[{i}]")[0],
+                n_m=None,
+            )
+            for i, s in enumerate(per)
+        ]
+    s, n, m = check_pattern(sparsity, n_m, None, "calibrated_prune")
+    return [dict(sparsity=s, n_m=None) if not m else dict(sparsity=None, n_m=(n, m))] * num_layers
+
+
 def _check_ids(input_ids: Any, vocab: int) -> np.ndarray:
     if input_ids is None:
         raise ValueError("calibrated_prune: input_ids is None: no calibration data")
@@ -140,7 +163,7 @@ def calibrated_prune(
     input_ids: jax.Array,
     *,
     method: Literal["wanda", "sparsegpt", "magnitude"] = "wanda",
-    sparsity: float | None = None,
+    sparsity: float | Sequence[float] | None = None,
     n_m: tuple[int, int] | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
@@ -155,7 +178,9 @@ def calibrated_prune(
         (``sparsegpt_prune``: OBS reconstruction) or ``"magnitude"`` (``magnitude_mask``, one
         threshold per matrix; the calibration data are checked but not used).
       sparsity: fraction in [0, 1) of each matrix pruned (Wanda: per output unit; SparseGPT:
-        per block of ``blocksize`` inputs; magnitude: per matrix).
+        per block of ``blocksize`` inputs; magnitude: per matrix); or a sequence of
+        ``num_layers`` such fractions, one per decoder block, applied to all seven matrices of
+        that block (ECoFLaP's layer-wise allocation, ``ecoflap_prune``).
       n_m: ``(N, M)`` instead: N pruned of every M consecutive inputs of every output unit.
       blocksize / percdamp: SparseGPT's (see ``sparsegpt_prune``).
       batch_size: calibration sequences per forward (the result does not depend on it beyond
@@ -170,10 +195,10 @@ def calibrated_prune(
 
     Raises:
       ValueError: for a model that is not a ``LlamaLM``, an unknown ``method``, ``sparsity``
-        outside [0, 1), both or neither of ``sparsity`` / ``n_m``, ``n_m`` not ``1 <= N < M``
-        or M not dividing some matrix's input width, bad ``blocksize`` / ``percdamp`` /
-        ``batch_size``, or ``input_ids`` missing, empty, not integer, not 2-D or out of the
-        vocabulary.
+        outside [0, 1) (or a per-block sequence of the wrong length), both or neither of
+        ``sparsity`` / ``n_m``, ``n_m`` not ``1 <= N < M`` or M not dividing some matrix's
+        input width, bad ``blocksize`` / ``percdamp`` / ``batch_size``, or ``input_ids`` missing,
+        empty, not integer, not 2-D or out of the vocabulary.
 
     Example:
       >>> import jax.numpy as jnp
@@ -190,8 +215,8 @@ def calibrated_prune(
         raise ValueError(f"calibrated_prune: model must be a LlamaLM; got {type(model).__name__}")
     if method not in METHODS:
         raise ValueError(f"calibrated_prune: method must be one of {METHODS}; got {method!r}")
-    sparsity, n, m = check_pattern(sparsity, n_m, None, "calibrated_prune")
-    pattern = dict(sparsity=sparsity, n_m=None) if not m else dict(sparsity=None, n_m=(n, m))
+    patterns = _block_patterns(sparsity, n_m, len(model.layers))
+    n, m = patterns[0]["n_m"] or (0, 0)
     for i, layer in enumerate(model.layers):
         for name in LINEARS:
             d_in = _linear(layer, name).kernel.shape[0]
@@ -226,7 +251,7 @@ def calibrated_prune(
         for nm in live:
             lin = _linear(layer, nm)
             kernel, keep = _prune_kernel(
-                lin.kernel[...], stats.get(nm), method, pattern, blocksize, percdamp
+                lin.kernel[...], stats.get(nm), method, patterns[i], blocksize, percdamp
             )
             lin.kernel[...] = kernel
             masks[f"layers/{i}/{nm}/kernel"] = keep

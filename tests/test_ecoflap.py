@@ -230,6 +230,17 @@ def test_ecoflap_prune_budget_max_and_determinism(tiny):
         np.testing.assert_array_equal(a, b)
     _, _, info3 = ecoflap_prune(model, ids, **(kw | {"key": jax.random.key(2)}))
     assert info3["leaf_scores"] != info["leaf_scores"]
+    # precomputed scores: the scoring is skipped, the result is the same; other scores move it
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(W, "zeroth_order_scores", lambda *a, **k: pytest.fail("scored again"))
+        _, masks4, info4 = ecoflap_prune(model, ids, **kw, leaf_scores=info["leaf_scores"])
+        assert info4["block_sparsities"] == info["block_sparsities"]
+        for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(masks4), strict=True):
+            np.testing.assert_array_equal(a, b)
+        louder = {n: v * (100.0 if n.startswith("layers/0/") else 1.0)
+                  for n, v in info["leaf_scores"].items()}  # fmt: skip
+        _, _, info5 = ecoflap_prune(model, ids, **kw, leaf_scores=louder)
+        assert info5["block_sparsities"][0] < info["block_sparsities"][0]
     # the weights are exactly zero where masked
     params = nnx.state(pruned, nnx.Param)
     weights = dict(zip(W.leaf_names(params), jax.tree.leaves(params), strict=True))
@@ -338,6 +349,11 @@ def test_bad_input(tiny):
         (lambda: ecoflap_prune(model, ids[:, :1], sparsity=0.5, key=key), "2 tokens"),
         (lambda: ecoflap_prune(model, None, sparsity=0.5, key=key), "input_ids"),
         (lambda: ecoflap_prune(object(), ids, sparsity=0.5, key=key), "LlamaLM"),
+        (lambda: ecoflap_prune(model, ids, sparsity=0.5, key=key, leaf_scores=[1.0]), "mapping"),
+        (
+            lambda: ecoflap_prune(model, ids, sparsity=0.5, key=key, leaf_scores={}),
+            r"leaf_scores\['layers/0/",
+        ),
     ]
     for fn, match in bad:
         with pytest.raises(ValueError, match=match):

@@ -46,6 +46,9 @@ def test_outputs_sparsity_and_perplexity(reference):
     assert list(out["evals"]) == names
     unstructured = [p for p in cfg.patterns if ":" not in p]
     ecoflap = len(unstructured) * len(SEEDS)  # ecoflap: unstructured patterns only
+    scores = json.loads((workdir / "progress.json").read_text())["ecoflap_scores"]
+    assert sorted(scores) == sorted(str(s) for s in SEEDS)
+    assert len(scores["0"]) == 7 * models.llm_config("tiny").num_layers
     assert len(names) == 1 + len(cfg.patterns) * (1 + 2 * len(SEEDS)) + ecoflap
     assert json.loads((workdir / "results.json").read_text())["evals"] == out["evals"]
     assert len((workdir / "results.csv").read_text().splitlines()) == 1 + len(names)
@@ -57,6 +60,7 @@ def test_outputs_sparsity_and_perplexity(reference):
             assert max(e["block_sparsities"]) <= 0.6 + 1e-12 and e["prune_seconds"] > 0
             assert e["matrix_sparsity_range"][1] <= 0.6 + 1e-12
             assert len(set(e["block_sparsities"])) > 1  # not uniform
+            assert e["scores_reused"] is False  # one unstructured pattern: scored once per seed
         elif name != "dense":
             assert e["sparsity"] == 0.5 and e["matrix_sparsity_range"] == [0.5, 0.5], name
             assert e["prune_seconds"] > 0

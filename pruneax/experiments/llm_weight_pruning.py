@@ -39,10 +39,12 @@ windows per call.
 ECoFLaP (``ecoflap``, unstructured patterns only): ``pruneax.models.ecoflap_prune``: per-block
 sparsity from the zeroth-order (MeZO) importance of every block's 7 kernels on the first
 ``ecoflap_batches`` calibration batches (LM loss), every block at most ``sparsity + 0.1``, then
-Wanda per block at its sparsity; key = ``jax.random.key(seed)``. Its achieved sparsity is a
-little below the pattern (Wanda's per-output ``int`` rounding of each block's ratio). The
-``gpu`` preset adds 60% and 70% (ECoFLaP's claim is about high sparsity); elsewhere pass
-``--patterns 0.5 2:4 0.6 0.7``.
+Wanda per block at its sparsity; key = ``jax.random.key(seed)``. The scores do not depend on the
+sparsity: they are computed once per seed, kept in ``progress.json`` and reused at the other
+sparsities (``scores_reused``; those settings' ``prune_seconds`` leave the scoring out). Its
+achieved sparsity is a little below the pattern (Wanda's per-output ``int`` rounding of each
+block's ratio). The ``gpu`` preset adds 60% and 70% (ECoFLaP's claim is about high sparsity);
+elsewhere pass ``--patterns 0.5 2:4 0.6 0.7``.
 
 Claims (``claims``): Wanda and SparseGPT each far better than magnitude at 50% unstructured;
 SparseGPT better than Wanda at 2:4; ECoFLaP's allocation better than uniform Wanda at 60% and
@@ -374,7 +376,7 @@ def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
     if cfg.model != "tiny":
         corpus_files(cfg.corpus)  # a missing corpus fails before the model loads
     workdir = pathlib.Path(workdir)
-    progress = lab.Progress(workdir, cfg, ("evals",))
+    progress = lab.Progress(workdir, cfg, ("evals", "ecoflap_scores"))
     evals = progress["evals"]
     model, model_info = build_model(cfg)
     calib, held_out, corpus = token_streams(cfg)
@@ -396,13 +398,18 @@ def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
         if method != "dense":
             ids = calibration_windows(calib, cfg.n_calib, cfg.seq_len, 0 if seed is None else seed)
             t = time.perf_counter()
-            if method == "ecoflap":
+            if method == "ecoflap":  # one scoring pass per seed serves every sparsity
+                cached = progress["ecoflap_scores"].get(str(seed))
                 pruned, masks, info = models.ecoflap_prune(
                     model, ids, key=jax.random.key(seed), method="wanda",
                     batch_size=cfg.calib_batch, num_batches=cfg.ecoflap_batches,
-                    **parse_pattern(pattern),
+                    leaf_scores=cached, **parse_pattern(pattern),
                 )  # fmt: skip
                 entry["block_sparsities"] = info["block_sparsities"]
+                entry["scores_reused"] = cached is not None
+                if cached is None:
+                    progress["ecoflap_scores"][str(seed)] = info["leaf_scores"]
+                    progress.save()
             else:
                 pruned, masks = models.calibrated_prune(
                     model, ids, method=method, blocksize=cfg.blocksize, percdamp=cfg.percdamp,

@@ -26,6 +26,7 @@ language-model loss).
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import jax
@@ -58,6 +59,23 @@ def _num(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, int | float | np.integer | np.floating)
 
 
+def _check_leaf_scores(leaf_scores: Any, groups: dict[str, list[str]], where: str):
+    if not isinstance(leaf_scores, Mapping):
+        raise ValueError(
+            f"{where}: leaf_scores must be a {{kernel name: score}} mapping or None; got "
+            f"{type(leaf_scores).__name__}"
+        )
+    out = {}
+    for name in (n for ns in groups.values() for n in ns):
+        v = leaf_scores.get(name)
+        if not _num(v) or not np.isfinite(v) or v < 0:
+            raise ValueError(
+                f"{where}: leaf_scores[{name!r}] must be a finite float >= 0; got {v!r}"
+            )
+        out[name] = float(v)
+    return out
+
+
 def ecoflap_prune(
     model: LlamaLM,
     input_ids: jax.Array,
@@ -74,6 +92,7 @@ def ecoflap_prune(
     num_noise: int = 1,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    leaf_scores: Mapping[str, float] | None = None,
 ) -> tuple[LlamaLM, Any, dict[str, Any]]:
     """ECoFLaP: per-block sparsity from a global (zeroth-order) importance, then Wanda /
     SparseGPT inside every decoder block at that sparsity.
@@ -95,6 +114,10 @@ def ecoflap_prune(
       batch_size: sequences per batch (importance and calibration forwards).
       eps / num_noise: MeZO's perturbation size and directions per batch.
       blocksize / percdamp: SparseGPT's.
+      leaf_scores: ``{kernel name: score}`` from an earlier call's ``info["leaf_scores"]`` (same
+        model, ids, key and scoring settings): the scoring stage is skipped and these are used,
+        so one scoring pass serves several sparsities (the scores do not depend on it). None:
+        computed here.
 
     Returns:
       ``(pruned_model, masks, info)``: as ``calibrated_prune`` returns, and ``info`` with
@@ -106,8 +129,8 @@ def ecoflap_prune(
       ValueError: for a model that is not a ``LlamaLM``, ``sparsity`` outside [0, 1),
         ``max_sparsity`` outside [sparsity, 1), an unknown ``method`` / ``score`` /
         ``reduce``, bad ``num_batches`` / ``batch_size`` / ``eps`` / ``num_noise``, bad
-        ``input_ids`` (as ``calibrated_prune``; also fewer than 2 tokens), an infeasible
-        allocation.
+        ``input_ids`` (as ``calibrated_prune``; also fewer than 2 tokens), ``leaf_scores`` not
+        a mapping with a finite score >= 0 for every block kernel, an infeasible allocation.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -168,7 +191,9 @@ def ecoflap_prune(
     n_seq = ids.shape[0] if num_batches is None else min(ids.shape[0], num_batches * batch_size)
     batches = [(rest, jnp.asarray(ids[i : i + batch_size])) for i in range(0, n_seq, batch_size)]
     loss = _lm_loss(graphdef)
-    if score == "zeroth_order":
+    if leaf_scores is not None:
+        leaf = _check_leaf_scores(leaf_scores, groups, where)
+    elif score == "zeroth_order":
         leaf = W.zeroth_order_scores(
             loss, params, groups, batches, key=key, eps=eps, num_noise=num_noise
         )

@@ -27,6 +27,9 @@
   ``calibrated_prune(model, ids, method="wanda"|"sparsegpt"|"magnitude")``: post-training
   weight pruning of every decoder-block linear from calibration text, block by block;
   ``ecoflap_prune``: ECoFLaP's per-block sparsity from a zeroth-order importance, then Wanda.
+  ``nirvana_prune``: NIRVANA structured pruning (GQA groups and MLP channels scored by one
+  backward, global two-pool allocation; ``nirvana_scores`` / ``nirvana_allocate`` /
+  ``nirvana_select_calibration``).
 - ``VLM`` / ``VLMConfig``: LLaVA-style vision-language model (ViT hidden state -2 -> MLP
   projector -> ``LlamaLM``) with pre-LLM visual-token selection (``VisualSelect``: FasterVLM,
   DivPrune, k-center, max-sum, MMTok coverage with the question, HiPrune, HoloV, random,
@@ -102,6 +105,10 @@ from pruneax.models.llama import (
     llm_config,
     load_gguf,
     load_llm,
+    nirvana_allocate,
+    nirvana_prune,
+    nirvana_scores,
+    nirvana_select_calibration,
     smollm2_gguf_path,
     todre_shares,
 )
@@ -260,6 +267,10 @@ __all__ = [
     "load_vlm",
     "mixer_forward",
     "mlp_importance",
+    "nirvana_allocate",
+    "nirvana_prune",
+    "nirvana_scores",
+    "nirvana_select_calibration",
     "param_count",
     "partition_spec",
     "prune_structured",

@@ -2,7 +2,8 @@
 and GGUF (llama.cpp) import, in-LLM visual-token pruning (the ``PruneSpec`` protocol and its
 built-in specs), and post-training weight pruning from calibration text
 (``calibrated_prune``: Wanda, SparseGPT, magnitude, block by block; ``ecoflap_prune``: ECoFLaP's
-per-block sparsity allocation, then Wanda / SparseGPT).
+per-block sparsity allocation, then Wanda / SparseGPT), and NIRVANA structured pruning
+(``nirvana_prune``: GQA groups and MLP channels from one backward, two-pool global allocation).
 """
 
 from pruneax.models.llama._cache import (
@@ -39,6 +40,12 @@ from pruneax.models.llama._hf import (
 from pruneax.models.llama._model import (
     LlamaLM,
     LlamaOutput,
+)
+from pruneax.models.llama._nirvana import (
+    nirvana_allocate,
+    nirvana_prune,
+    nirvana_scores,
+    nirvana_select_calibration,
 )
 from pruneax.models.llama._prune import (
     PruneContext,
@@ -86,6 +93,10 @@ __all__ = [
     "llm_config",
     "load_gguf",
     "load_llm",
+    "nirvana_allocate",
+    "nirvana_prune",
+    "nirvana_scores",
+    "nirvana_select_calibration",
     "rope_inv_freq",
     "smollm2_gguf_path",
     "todre_shares",

@@ -222,7 +222,8 @@ class StructuredKeep:
                 if not all(is_int(j) for j in idx):
                     raise ValueError(f"StructuredKeep: {name}[{i}] must hold ints; got {idx!r}")
                 idx = [int(j) for j in idx]
-                dup = sorted({j for j in idx if idx.count(j) > 1})
+                seen: set[int] = set()
+                dup = sorted({j for j in idx if j in seen or seen.add(j)})
                 if dup:
                     raise ValueError(f"StructuredKeep: {name}[{i}] has duplicate indices {dup}")
                 layers.append(tuple(sorted(idx)))

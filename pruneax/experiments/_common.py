@@ -146,6 +146,39 @@ def pyplot():
     return plt
 
 
+def save_figure(fig: Any, path: Any, dpi: int = 110) -> None:
+    """Writes a matplotlib figure atomically (a temporary file in the same folder, then a
+    rename) and closes it."""
+    import os
+    import pathlib
+
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    pyplot().close(fig)
+    os.replace(tmp, path)
+
+
+def evals_csv(evals: dict[str, dict[str, Any]], fields: tuple[str, ...]) -> str:
+    """``setting`` then ``fields`` per entry of ``evals`` (``{setting: {field: value}}``); a
+    missing or None value is an empty cell."""
+    lines = [",".join(("setting", *fields))]
+    for name, e in evals.items():
+        row = [name] + [e.get(k) for k in fields]
+        lines.append(",".join("" if v is None else str(v) for v in row))
+    return "\n".join(lines) + "\n"
+
+
+def cli_overrides(args: argparse.Namespace, skip: tuple[str, ...] = ("preset", "workdir")):
+    """The config fields given on the command line (lists as tuples), for
+    ``dataclasses.replace(preset, **cli_overrides(args))``."""
+    return {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in vars(args).items()
+        if k not in skip and v is not None
+    }
+
+
 def random_crop_flip(key: jax.Array, x: jax.Array) -> jax.Array:
     """Random crop after 4-pixel zero padding and a random horizontal flip, per image."""
     b, h, w, _ = x.shape

@@ -456,11 +456,7 @@ _CSV = ("setting", "method", "pattern", "seed", "perplexity", "sparsity", "prune
 
 
 def _csv(results: dict[str, Any]) -> str:
-    lines = [",".join(_CSV)]
-    for name, e in results["evals"].items():
-        row = [name] + [e.get(k) for k in _CSV[1:]]
-        lines.append(",".join("" if v is None else str(v) for v in row))
-    return "\n".join(lines) + "\n"
+    return common.evals_csv(results["evals"], _CSV[1:])
 
 
 def _rows(evals: dict[str, Any], method: str, pattern: str) -> list[dict[str, Any]]:
@@ -530,10 +526,7 @@ def _plot(results: dict[str, Any], path: pathlib.Path) -> None:
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(results["model"]["name"], fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    common.save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- claims
@@ -616,11 +609,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--percdamp", type=float)
     args = parser.parse_args(argv)
     cfg = PRESETS[args.preset]
-    given = {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in vars(args).items()
-        if k not in ("preset", "workdir") and v is not None
-    }
+    given = common.cli_overrides(args)
     return run(dataclasses.replace(cfg, **given), args.workdir)
 
 

@@ -31,3 +31,22 @@ def random_model(
             value = value / std
         leaves.append(jnp.asarray(value, leaf.dtype))
     return nnx.merge(graphdef, jax.tree.unflatten(jax.tree.structure(state), leaves))
+
+
+def vit_block_weights(model: Any) -> list[dict]:
+    """Every ViT block's weights as float32 NumPy (kernel [in, out], bias) pairs, for the
+    NumPy oracles of the published block loops."""
+    f32 = lambda a: np.asarray(a, np.float32)
+    lin = lambda m: (f32(m.kernel[...]), f32(m.bias[...]))
+    norm = lambda m: (f32(m.scale[...]), f32(m.bias[...]))
+    out = []
+    for blk in model.blocks:
+        a = blk.attn
+        out.append(
+            dict(
+                heads=a.num_heads, q=lin(a.query), k=lin(a.key), v=lin(a.value), out=lin(a.out),
+                norm1=norm(blk.norm1), norm2=norm(blk.norm2), fc1=lin(blk.mlp.fc1),
+                fc2=lin(blk.mlp.fc2),
+            )
+        )  # fmt: skip
+    return out

@@ -20,7 +20,7 @@ from flax import nnx
 import pruneax.models as M
 from pruneax.models.vit import PruneStage, PruningPlan
 from tests import oracles as O
-from tests._models import random_model
+from tests._models import random_model, vit_block_weights
 
 # 56x56 images, 4x4 patches: 196 patches + CLS = 197 tokens, as ViT-B/16 at 224.
 BASE = M.ViTConfig(
@@ -34,33 +34,10 @@ def _np(a) -> np.ndarray:
     return np.asarray(a, np.float32)
 
 
-def _blocks(model: M.ViT) -> list[dict]:
-    """Every block's weights as NumPy (kernel [in, out], bias) pairs for the oracles."""
-    out = []
-    for blk in model.blocks:
-        lin = lambda m: (_np(m.kernel[...]), _np(m.bias[...]))
-        norm = lambda m: (_np(m.scale[...]), _np(m.bias[...]))
-        a = blk.attn
-        out.append(
-            dict(
-                heads=a.num_heads,
-                q=lin(a.query),
-                k=lin(a.key),
-                v=lin(a.value),
-                out=lin(a.out),
-                norm1=norm(blk.norm1),
-                norm2=norm(blk.norm2),
-                fc1=lin(blk.mlp.fc1),
-                fc2=lin(blk.mlp.fc2),
-            )
-        )
-    return out
-
-
 def _setup(config, seed=0):
     model = random_model(M.ViT, config, seed, 0.2)
     x = jax.random.normal(jax.random.key(seed + 1), (2, *config.image_hw, config.num_channels))
-    return model, x, _np(model.embed(x)), _blocks(model)
+    return model, x, _np(model.embed(x)), vit_block_weights(model)
 
 
 def _logits(model: M.ViT, tokens: np.ndarray, size: np.ndarray) -> np.ndarray:

@@ -12,6 +12,12 @@ from pruneax.tokens._contextual import contextual_merge
 from pruneax.tokens._coverage import coverage, coverage_matrix
 from pruneax.tokens._diversity import kcenter, maxmin_diversity, maxsum_diversity
 from pruneax.tokens._feather import feather, uniform_grid
+from pruneax.tokens._flowcut import (
+    flowcut_prune_count,
+    flowcut_scores,
+    flowcut_select,
+    flowcut_step,
+)
 from pruneax.tokens._hiprune import hiprune, hiprune_anchors
 from pruneax.tokens._holov import holov, holov_chunks
 from pruneax.tokens._ops import (
@@ -50,6 +56,10 @@ __all__ = [
     "coverage",
     "coverage_matrix",
     "feather",
+    "flowcut_prune_count",
+    "flowcut_scores",
+    "flowcut_select",
+    "flowcut_step",
     "fuse_pruned",
     "gather",
     "get_method",

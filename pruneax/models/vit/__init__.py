@@ -18,6 +18,9 @@ from pruneax.models.vit._flops import (
     block_flops,
     vit_flops,
 )
+from pruneax.models.vit._flowcut import (
+    FlowCutStage,
+)
 from pruneax.models.vit._head import (
     MapHead,
 )
@@ -59,6 +62,7 @@ __all__ = [
     "Attention",
     "Block",
     "FixedEmbedding",
+    "FlowCutStage",
     "MapHead",
     "Mlp",
     "PruneStage",

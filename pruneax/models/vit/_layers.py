@@ -336,6 +336,16 @@ class Block(nnx.Module):
         )
         return x + y, probs, keys
 
+    def value_states(self, x: jax.Array) -> jax.Array:
+        """The attention's value states of the block input ``x``: [B, H, T, hd].
+
+        The same projection ``attend`` computes (under ``jax.jit`` XLA shares the two); for
+        stages that score with values (FlowCut).
+        """
+        b, t, _ = x.shape
+        v = self.attn.value(self.norm1(x)).reshape(b, t, self.attn.num_heads, self.attn.head_dim)
+        return jnp.swapaxes(v, 1, 2)
+
     def feed_forward(self, x: jax.Array) -> jax.Array:
         """The MLP half: ``x + mlp(norm2(x))``."""
         return x + self.mlp(self.norm2(x))

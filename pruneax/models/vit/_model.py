@@ -46,6 +46,10 @@ class _Tokens:
         self.uses_size = plan is not None and plan.uses_size
         self.aux: dict[int, dict[str, jax.Array | None]] = {}
         self.kept: list[jax.Array] = []
+        self.carry: dict[str, jax.Array] = {}  # state passed between stages that ``carries``
+
+    def wants_values(self, block: int) -> bool:
+        return self.plan is not None and self.plan.wants_values(block)
 
     def wants(self, block: int, everything: bool) -> tuple[bool, bool, bool]:
         """(full probabilities, the CLS row only, keys) block ``block`` must return."""
@@ -53,12 +57,13 @@ class _Tokens:
         row = attn and not everything and self.p > 0 and self.plan.cls_row_only(block)
         return (attn and not row) or everything, row, keys
 
-    def record(self, block: int, attention, keys, row: bool) -> None:
-        if self.plan is not None and any(self.plan.wants(block)):
+    def record(self, block: int, attention, keys, row: bool, values=None) -> None:
+        if self.plan is not None and (any(self.plan.wants(block)) or values is not None):
             self.aux[block] = {
                 "attn": None if row else attention,
                 "cls_attn": attention if row else None,
                 "keys": keys,
+                "values": values,
             }
 
     @property
@@ -70,10 +75,14 @@ class _Tokens:
         if stage is None or bool(stage.in_block) != in_block:
             return x
         key = None if self.key is None else jax.random.fold_in(self.key, layer)
-        x, self.size, src = stage.apply(
-            x, size=self.size, aux=self.aux, patch_ids=self.ids, num_prefix=self.p,
-            grid=self.grid, key=key,
+        kw = dict(
+            size=self.size, aux=self.aux, patch_ids=self.ids, num_prefix=self.p, grid=self.grid,
+            key=key,
         )  # fmt: skip
+        if getattr(stage, "carries", False):
+            x, self.size, src, self.carry = stage.apply(x, carry=self.carry, **kw)
+        else:
+            x, self.size, src = stage.apply(x, **kw)
         safe = jnp.maximum(src, 0)
         self.ids = jnp.where(src >= 0, jnp.take_along_axis(self.ids, safe, axis=1), -1)
         self.kept.append(self.ids)
@@ -98,9 +107,11 @@ class ViTOutput:
         patch grid) of every patch token after stage i, row for row; -1 for synthetic tokens
         (EViT's fused token). Selectors and EViT keep the original order; after a ToMe merge
         the tokens follow the published order [unmerged A; B] and the id is the patch whose
-        token survived the merge (the representative of the group). Empty tuple without a
+        token survived the merge (the representative of the group). FlowCut's stages before
+        its last keep every token and mark the pruned (dead) ones -1. Empty tuple without a
         plan.
-      sizes: [B, T_final] float32 token sizes (1 unless ToMe merged tokens).
+      sizes: [B, T_final] float32 token sizes (1 unless ToMe merged tokens; 0 marks a token
+        masked out of the attention, e.g. by FlowCut, when the plan ends with it dead).
       attentions: one [B, H, T_i, T_i] float32 per block when ``return_attention``, else None.
       hidden_states: the residual stream entering block 0 (after the embeddings and
         ``pre_norm``) and after each block (the last one before the final norm), when
@@ -316,6 +327,7 @@ class ViT(nnx.Module):
         for i, block in enumerate(self.blocks):
             x = tok.stage(x, layer=i, in_block=False)
             full, row, want_keys = tok.wants(i, return_attention)
+            values = block.value_states(x) if tok.wants_values(i) else None
             x, probs, keys = block.attend(
                 x,
                 size=tok.attn_size,
@@ -323,7 +335,7 @@ class ViT(nnx.Module):
                 return_keys=want_keys,
                 return_cls_attention=row,
             )
-            tok.record(i, probs, keys, row)
+            tok.record(i, probs, keys, row, values)
             x = tok.stage(x, layer=i + 1, in_block=True)  # the published ToMe / EViT place
             x = block.feed_forward(x)
             attentions.append(probs)

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 
+from pruneax.models.vit._flowcut import check_flowcut, flowcut_stages
 from pruneax.models.vit._stage import METHODS, PruneStage, ViTStage
 
 __all__ = ["METHODS", "PruneStage", "PruningPlan", "ViTStage", "apply_stage"]
@@ -72,6 +73,7 @@ class PruningPlan:
                         "stage (for hiprune: its shallow_layer)"
                     )
             prev = s.layer
+        check_flowcut(stages)
 
     @classmethod
     def at(
@@ -178,6 +180,55 @@ class PruningPlan:
                 stages.append(PruneStage(layer=block + 1, keep=n, method="tome"))
         return cls(tuple(stages))
 
+    @classmethod
+    def flowcut(
+        cls,
+        keep: int | float,
+        *,
+        num_layers: int,
+        select_layer: int | None = None,
+        batch_count: str = "example",
+    ) -> PruningPlan:
+        """FlowCut (``FlowCutStage``) after every block ``0 .. select_layer - 1``.
+
+        Blocks with even ``rpl = select_layer - 1 - block`` prune an adaptive amount (dead
+        tokens stay in the array, masked out of the attention); block ``select_layer - 1``
+        leaves ``keep`` patches, gathered in original order after the CLS token.
+
+        Args:
+          keep: patches left (count, or ratio of the input's patches).
+          num_layers: blocks of the model.
+          select_layer: S; None: ``num_layers - 2``, the published LLaVA setting (features of
+            the penultimate block, ``apply_flowcut_config``).
+          batch_count: ``"example"`` (each example its own amount) or ``"max"`` (the batch's
+            largest, as the published batched code).
+
+        Returns:
+          The plan: ``FlowCutStage`` at layers ``1 .. select_layer``.
+
+        Raises:
+          ValueError: if ``select_layer`` is not in [1, num_layers - 1], or as
+            ``FlowCutStage``.
+
+        Example:
+          >>> from pruneax.models.vit import PruningPlan
+          >>> plan = PruningPlan.flowcut(4, num_layers=4)
+          >>> [s.layer for s in plan.stages], plan.token_counts(16)
+          ([1, 2], (16, 4))
+        """
+        if select_layer is None:
+            select_layer = num_layers - 2
+        if isinstance(select_layer, bool) or not isinstance(select_layer, int):
+            raise ValueError(
+                f"PruningPlan.flowcut: select_layer must be an int; got {select_layer!r}"
+            )
+        if not 1 <= select_layer < num_layers:
+            raise ValueError(
+                f"PruningPlan.flowcut: select_layer must be in [1, {num_layers - 1}] "
+                f"(num_layers={num_layers}); got {select_layer}"
+            )
+        return cls(flowcut_stages(keep, select_layer=select_layer, batch_count=batch_count))
+
     def stage_at(self, layer: int) -> Any | None:
         """The stage whose ``layer`` is ``layer``, or None."""
         for s in self.stages:
@@ -192,6 +243,10 @@ class PruningPlan:
             a, k = s.reads().get(layer, (False, False))
             attn, keys = attn or a, keys or k
         return attn, keys
+
+    def wants_values(self, layer: int) -> bool:
+        """True when a stage reads block ``layer``'s value states (its ``value_blocks()``)."""
+        return any(layer in getattr(s, "value_blocks", frozenset)() for s in self.stages)
 
     def cls_row_only(self, layer: int) -> bool:
         """True when the stages read block ``layer``'s attention only through the [CLS] row.
@@ -298,7 +353,8 @@ def apply_stage(
       key: PRNG key (methods that need one, e.g. ``random``).
 
     Returns:
-      ``(x, size, src)``: the new stream ``[B, P + n', D]``, sizes ``[B, P + n']`` and ``src``
+      ``(x, size, src)`` (a stage that ``carries`` state gets none here and its carry out is
+      dropped): the new stream ``[B, P + n', D]``, sizes ``[B, P + n']`` and ``src``
       ``[B, n']`` int32, the index into the current patch tokens each new patch token comes from
       (-1 for a synthetic token such as EViT's fused token).
 
@@ -316,7 +372,7 @@ def apply_stage(
       >>> y.shape, src.shape
       ((1, 3, 8), (1, 2))
     """
-    return stage.apply(
+    out = stage.apply(
         x,
         size=size,
         aux=aux,
@@ -325,3 +381,4 @@ def apply_stage(
         grid=tuple(grid),
         key=key,
     )
+    return tuple(out[:3])

@@ -62,6 +62,13 @@ class ViTStage(Protocol):
         ``aux[block]["cls_attn"]`` [B, H, T] float32 with ``"attn"`` None (when the model has a
         prefix token and ``return_attention`` is off). Without it, ``"attn"`` is the full
         matrix.
+      value_blocks() (optional): blocks whose attention value states the stage reads; the
+        model passes them as ``aux[block]["values"]`` [B, H, T, hd] (``Block.value_states``).
+      carries (optional attribute): True makes the model call ``apply(..., carry=...)`` with
+        the dict the previous carrying stage returned (``{}`` at first) and expect ``(x, size,
+        src, carry)``; ``FlowCutStage`` carries its cumulative scores this way. A stage may
+        return a size of 0 for a token to mask it out of the attention keys (with
+        ``uses_size``).
 
     Example:
       >>> import dataclasses, jax.numpy as jnp

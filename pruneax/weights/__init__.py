@@ -8,7 +8,11 @@ Post-training pruning from calibration activations, one linear layer at a time: 
 ``sparsegpt_prune``) and the layer-wide ``magnitude_mask`` baseline; their kernels are
 ``[d_in, d_out]`` (Flax layout). ECoFLaP's layer-wise allocation: zeroth- / first-order
 importance per matrix (``zeroth_order_scores``, ``first_order_scores``, ``group_scores``) ->
-per-group sparsity (``allocate_keep`` / ``allocate_sparsity``).
+per-group sparsity (``allocate_keep`` / ``allocate_sparsity``). Pruning by Explaining: z+ LRP
+rules (``zplus_dense``, ``zplus_conv``, ``maxpool_relevance``) through an ``LRPLayer`` plan
+(``lrp_relevance``), filter criteria (``lrp_filter_scores``, ``weight_filter_scores``,
+``taylor_filter_scores``), global ranking (``lowest_filters``), ``filter_masks`` and the
+``iterative_filter_pruning`` schedule.
 Mask trees mirror the parameter tree: bool arrays (True = kept) for prunable leaves, None
 elsewhere. Leaves are named by key path (``"dense/kernel"``) and chosen by predicate or glob.
 """
@@ -20,7 +24,22 @@ from pruneax.weights._ecoflap import (
     group_scores,
     zeroth_order_scores,
 )
+from pruneax.weights._filter_prune import filter_masks, iterative_filter_pruning
+from pruneax.weights._filters import (
+    lowest_filters,
+    lrp_filter_scores,
+    normalize_filter_scores,
+    taylor_filter_scores,
+    weight_filter_scores,
+)
 from pruneax.weights._lottery import prune_round, random_masks, rewind
+from pruneax.weights._lrp import (
+    LRPLayer,
+    lrp_relevance,
+    maxpool_relevance,
+    zplus_conv,
+    zplus_dense,
+)
 from pruneax.weights._masks import (
     SparsityReport,
     apply_masks,
@@ -38,6 +57,7 @@ from pruneax.weights._wanda import input_sq_norms, magnitude_mask, wanda_mask, w
 
 __all__ = [
     "HessianState",
+    "LRPLayer",
     "MaskedState",
     "SparsityReport",
     "allocate_keep",
@@ -45,6 +65,7 @@ __all__ = [
     "apply_masks",
     "default_prunable",
     "erk_sparsities",
+    "filter_masks",
     "first_order_scores",
     "global_masks",
     "group_scores",
@@ -52,12 +73,18 @@ __all__ = [
     "hessian_update",
     "input_sq_norms",
     "iterative",
+    "iterative_filter_pruning",
     "layerwise_masks",
     "leaf_names",
+    "lowest_filters",
+    "lrp_filter_scores",
+    "lrp_relevance",
     "magnitude_mask",
     "magnitude_scores",
     "masked_optimizer",
+    "maxpool_relevance",
     "nm_masks",
+    "normalize_filter_scores",
     "one_shot",
     "path_name",
     "polynomial",
@@ -70,8 +97,12 @@ __all__ = [
     "set_masks",
     "sparsegpt_prune",
     "sparsity_report",
+    "taylor_filter_scores",
     "uniform_sparsities",
     "wanda_mask",
     "wanda_scores",
+    "weight_filter_scores",
     "zeroth_order_scores",
+    "zplus_conv",
+    "zplus_dense",
 ]

@@ -1,5 +1,6 @@
 """The lottery-ticket papers' small networks: LeNet-300-100, Conv-2/4/6 and CIFAR ResNets
-(open_lth).
+(open_lth); ``lrp_plan`` describes ConvNet / LeNet300100 for ``pruneax.weights``'s LRP filter
+pruning.
 """
 
 from pruneax.models.convnets._convnets import (
@@ -7,6 +8,7 @@ from pruneax.models.convnets._convnets import (
     ConvNet,
     LeNet300100,
 )
+from pruneax.models.convnets._lrp import lrp_plan
 from pruneax.models.convnets._resnet import (
     RESNET_VARIANTS,
     CifarResNet,
@@ -20,4 +22,5 @@ __all__ = [
     "ConvNet",
     "LeNet300100",
     "ResNet20",
+    "lrp_plan",
 ]

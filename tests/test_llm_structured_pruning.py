@@ -30,7 +30,7 @@ def test_outputs_and_sparsity(reference):
         assert (workdir / name).stat().st_size > 0, name
     cfg = dataclasses.replace(lsp.PRESETS["tiny"], seeds=(0,), sparsities=(0.3, 0.5))
     names = [s[0] for s in lsp.settings(cfg)]
-    assert list(out["evals"]) == names and len(names) == 1 + 2 * 4
+    assert list(out["evals"]) == names and len(names) == 1 + 2 * 5
     assert len((workdir / "results.csv").read_text().splitlines()) == 1 + len(names)
     assert "NIRVANA beats first-order Taylor" in (workdir / "results.md").read_text()
     dense = models.LlamaLM(models.llm_config("tiny"), rngs=nnx.Rngs(0))
@@ -48,7 +48,13 @@ def test_outputs_and_sparsity(reference):
             budget = 1 - e["sparsity_target"] * p_k / models.config_param_count(dense.config)
             assert e["params"] <= budget * models.config_param_count(dense.config)
             assert e["kernel_sparsity"] >= e["sparsity_target"] - 1e-12
-        if e["method"].startswith("nirvana"):
+        if e["method"] == "nirvana_uniform":  # floor(s n) of every layer's units removed
+            n_kv, width = dense.config.num_kv_heads, dense.config.intermediate_size
+            drop = min(math.floor(e["sparsity_target"] * n_kv + 1e-9), n_kv - 1)
+            assert e["kv_heads"] == [n_kv - drop] * dense.config.num_layers
+            want = width - math.floor(e["sparsity_target"] * width + 1e-9)
+            assert e["mlp"] == [want] * dense.config.num_layers
+        elif e["method"].startswith("nirvana"):
             assert all(m % 8 == 0 or m == dense.config.intermediate_size for m in e["mlp"])
             assert min(e["kv_heads"]) >= 1
 
@@ -68,6 +74,18 @@ def test_nirvana_setting_equals_a_direct_call(reference):
     assert e["perplexity"] == pytest.approx(lwp.perplexity(pruned, windows, cfg.eval_batch), 1e-6)
     g = out["evals"]["nirvana_g/0.5/seed0"]  # the published gamma moves pruning to the MLP
     assert sum(g["kv_heads"]) >= sum(e["kv_heads"]) and sum(g["mlp"]) <= sum(e["mlp"])
+
+
+def test_uniform_keep_by_hand():
+    attn = [np.array([3.0, 1.0, 2.0, 1.0]), np.array([0.0, 0.0])]
+    mlp = [np.array([5.0, 4.0, 4.0, 1.0, 9.0]), np.array([1.0, 2.0, 3.0, 4.0, 5.0])]
+    keep = lsp.uniform_keep(attn, mlp, 0.5)
+    # layer 0: drop 2 groups: score 1 at index 3 (ties: higher index first), then index 1
+    # layer 1: drop 1 of 2 (at least one kept): the tie drops index 1
+    assert keep.heads == ((0, 2), (0,))
+    # floor(0.5 * 5) = 2 channels: layer 0 drops 3 (1.0) then 2 (4.0, the higher tied index)
+    assert keep.mlp == ((0, 1, 4), (2, 3, 4))
+    assert lsp.uniform_keep(attn, mlp, 0.99).heads == ((0,), (0,))
 
 
 def test_resume_skips_finished_settings(reference, monkeypatch, tmp_path):
@@ -102,7 +120,13 @@ def _evals(**ppl):
 def test_claims_rule():
     r = _evals(nirvana_20=[20.0, 21.0], taylor_20=[22.0, 23.0], magnitude_20=[20.5],
                nirvana_50=[40.0, 60.0], taylor_50=[50.0, 55.0])  # fmt: skip
+    r["evals"]["nirvana_uniform/20/0"] = {
+        "method": "nirvana_uniform", "sparsity_target": 0.2, "seed": 0, "perplexity": 19.0,
+        "kernel_sparsity": 0.2,
+    }  # fmt: skip
     verdicts = {c.claim: c.verdict for c in lsp.claims(r)}
+    assert verdicts["NIRVANA's adaptive allocation beats a uniform one at 20%"] == lab.FAILS
+    assert verdicts["NIRVANA's adaptive allocation beats a uniform one at 50%"] == lab.NA
     assert verdicts["NIRVANA beats first-order Taylor (LLM-Pruner-style) at 20%"] == lab.HOLDS
     assert verdicts["NIRVANA beats magnitude at 20%"] == lab.NOISE
     assert verdicts["NIRVANA beats first-order Taylor (LLM-Pruner-style) at 50%"] == lab.NOISE

@@ -22,6 +22,9 @@ its query heads) or one MLP channel:
   recovery), global allocation on that common scale (``normalize="none"``).
 - ``nirvana``: ``nirvana_prune`` with ``gamma=1`` (each pool pruned at about s); ``nirvana_g``:
   the published ``gamma`` (3.36, the Llama-3.1-8B script: pruning shifted to the MLP).
+- ``nirvana_uniform``: NIRVANA's unit scores with a UNIFORM allocation (the ablation of its
+  adaptive one): every layer loses its ``floor(s n)`` lowest-scoring GQA groups (at least one
+  kept) and ``floor(s I)`` lowest MLP channels (ties: the higher index goes first).
 
 ``magnitude`` and ``taylor`` remove units until the whole model is at most ``1 - s P_k / P``
 of its dense parameters (``P_k`` the kernel parameters, ``P`` all), so their kernel sparsity is
@@ -31,11 +34,12 @@ a little below s: the achieved kernel sparsity is reported beside every perplexi
 Calibration: ``n_calib`` windows of ``calib_len`` tokens per seed (NIRVANA's published size: 32
 x 128), used whole for NIRVANA's one backward and in batches of ``calib_batch`` for Taylor.
 
-Claims (``claims``): NIRVANA (paper: better than LLM-Pruner, SliceGPT and FLAP at equal
-sparsity on Llama-3, zero-shot accuracy; measured here: perplexity) beats Taylor and magnitude
-at every sparsity. Rule (lower perplexity is better, over seeds): "holds" when every seed of A
-beats every seed of B, "does not hold" when every seed of B beats every seed of A, "within
-noise" otherwise, "not measured" when a side is missing.
+Claims (``claims``): NIRVANA (paper: better than LLM-Pruner, SliceGPT and FLAP at equal sparsity
+on Llama-3, zero-shot accuracy; measured here: perplexity) beats Taylor and magnitude at every
+sparsity, and its adaptive allocation beats the uniform one (``nirvana_uniform``). Rule (lower
+perplexity is better, over seeds): "holds" when every seed of A beats every seed of B, "does not
+hold" when every seed of B beats every seed of A, "within noise" otherwise, "not measured" when
+a side is missing.
 
 Outputs in ``--workdir`` (written atomically): ``results.json``, ``results.csv``, ``results.md``
 (tables + claims), ``perplexity.png`` (perplexity against kernel sparsity per method);
@@ -64,7 +68,7 @@ from pruneax import lab, models
 from pruneax.experiments import _common as common
 from pruneax.experiments import llm_weight_pruning as lwp
 
-METHODS = ("magnitude", "taylor", "nirvana", "nirvana_g")
+METHODS = ("magnitude", "taylor", "nirvana", "nirvana_g", "nirvana_uniform")
 TAG = "[llm_structured_pruning]"
 PUBLISHED_GAMMA = 3.36  # NIRVANA's run.sh for Llama-3.1-8B (3.0 for Llama-3.2-3B)
 
@@ -148,10 +152,28 @@ def _lm_loss(model, batch):
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
 
 
+def uniform_keep(attn, mlp, sparsity: float) -> models.StructuredKeep:
+    """Every layer keeps all but its ``floor(s n)`` lowest-scoring GQA groups (at least one)
+    and ``floor(s I)`` lowest MLP channels; among equal scores the higher index goes first."""
+
+    def keep(scores, n_drop, at_least):
+        scores = np.asarray(scores, np.float64)
+        n_drop = min(n_drop, len(scores) - at_least)
+        order = np.lexsort((-np.arange(len(scores)), scores))  # ascending, ties: high index
+        return tuple(sorted(int(i) for i in order[max(n_drop, 0) :]))
+
+    heads = [keep(a, math.floor(sparsity * len(a) + 1e-9), 1) for a in attn]
+    channels = [keep(m, math.floor(sparsity * len(m) + 1e-9), 0) for m in mlp]
+    return models.StructuredKeep(heads=tuple(heads), mlp=tuple(channels))
+
+
 def prune(
     model: models.LlamaLM, method: str, sparsity: float, ids: np.ndarray | None, cfg: Config
 ) -> models.LlamaLM:
     """The physically pruned model of one setting (``ids``: calibration windows or None)."""
+    if method == "nirvana_uniform":
+        attn, mlp = models.nirvana_scores(model, jnp.asarray(ids))
+        return models.prune_structured(model, uniform_keep(attn, mlp, sparsity))
     if method in ("nirvana", "nirvana_g"):
         gamma = 1.0 if method == "nirvana" else float(cfg.gamma)
         pruned, _ = models.nirvana_prune(model, jnp.asarray(ids), sparsity=sparsity, gamma=gamma)
@@ -347,6 +369,8 @@ def claims(results: dict[str, Any]) -> list[lab.Claim]:
         for b, what in (("taylor", "first-order Taylor (LLM-Pruner-style)"),
                         ("magnitude", "magnitude")):  # fmt: skip
             out.append(_claim(ev, f"NIRVANA beats {what} at {100 * s:g}%", "nirvana", b, s))
+        what = f"NIRVANA's adaptive allocation beats a uniform one at {100 * s:g}%"
+        out.append(_claim(ev, what, "nirvana", "nirvana_uniform", s))
     return out
 
 

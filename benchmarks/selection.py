@@ -14,6 +14,11 @@ and writes every number (raw repeat times included) next to it as ``<out>.json``
 Selectors: every method registered in ``pruneax.tokens.METHODS`` (read when the run starts),
 called through ``pruneax.tokens.select_tokens``, plus the variants of ``VARIANTS``; ``PROFILES``
 adds each method's cost model and NumPy reference (a method without one is timed in JAX only).
+FlowCut, which selects inside the vision encoder from every block's tensors (not a registry
+method), is timed apart on ``VISION_SHAPES``: ``pruneax.tokens.flowcut_select`` on recorded
+per-block [CLS] attention rows [S, H, T] and value states [S, H, T, dh] (what ``ViT`` keeps
+under ``PruningPlan.flowcut``; the full [S, H, T, T] matrices of LLaVA-1.5's tower at batch 64
+would be 30 GB), cost model = those inputs read once plus a rank per pruning block.
 
 What is measured, per selector, shape and batch B:
 
@@ -113,6 +118,38 @@ QUICK_SHAPES: dict[str, Shape] = {
     "tiny": Shape("tiny", 64, 32, 8, (8, 8), (1, 2), "smoke test"),
 }
 
+
+@dataclasses.dataclass(frozen=True)
+class VisionShape:
+    """FlowCut's recorded tensors: ``layers`` scoring blocks, ``heads`` H, T = 1 CLS + ``n``
+    patches, head width ``dh``; ``k`` patches kept."""
+
+    name: str
+    layers: int
+    heads: int
+    n: int
+    dh: int
+    k: int
+    batches: tuple[int, ...]
+    note: str
+
+    @property
+    def d(self) -> int:
+        return self.dh
+
+
+FLOWCUT = "flowcut"
+VISION_SHAPES: dict[str, VisionShape] = {
+    "llava15-vision": VisionShape(
+        "llava15-vision", 22, 16, 576, 64, 64, (1, 64),
+        "LLaVA-1.5's CLIP-L/336 (24 blocks, features hidden_states[-2]): the published "
+        "select_layer 22 = 22 scoring blocks of 24; CLS rows [S, H, T] + values [S, H, T, dh]",
+    ),
+}  # fmt: skip
+QUICK_VISION_SHAPES: dict[str, VisionShape] = {
+    "tiny-vision": VisionShape("tiny-vision", 4, 2, 64, 8, 8, (1, 2), "smoke test"),
+}
+
 # ---------------------------------------------------------------------------------------------
 # Cost model
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +224,19 @@ def _cost_holov(s: Shape) -> list[Phase]:
 
 def _cost_uniform(s: Shape) -> list[Phase]:
     return [Phase("constant indices", 0.0, s.k * F32, s.k * F32)]
+
+
+def _cost_flowcut(v: VisionShape) -> list[Phase]:
+    """Per block: the CLS row and the values read once (semantic logits, value mean, L1 norm:
+    ~3 H T dh FLOPs); every other block ranks the N patches and masks them."""
+    t = v.n + 1
+    inputs = v.layers * v.heads * t * (v.dh + 1) * F32
+    ranks = (v.layers + 1) // 2
+    return [
+        Phase("scores: CLS rows + values read once", 3.0 * v.layers * v.heads * t * v.dh,
+              inputs, inputs),
+        Phase("rank + mask (pruning blocks)", 0.0, ranks * 3 * v.n * F32, 3 * v.n * F32),
+    ]  # fmt: skip
 
 
 def _cost_inputs(inputs: tuple[str, ...]) -> Callable[[Shape], list[Phase]]:
@@ -348,6 +398,11 @@ def selectors() -> dict[str, Selector]:
 
 
 SELECTORS: dict[str, Selector] = selectors()
+# FlowCut is timed on VISION_SHAPES with its own inputs (``flowcut_cell``), not ``make``.
+FLOWCUT_SELECTOR = Selector(
+    FLOWCUT, FLOWCUT, ("attn", "values"), _cost_flowcut, False, False, None, None,
+    "flowcut_select on recorded CLS rows + values (vision encoder, not the registry)",
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,6 +631,7 @@ def measure_limits(
     quick: bool,
     copts: dict[str, Any] | None = None,
     selectors: Sequence[Selector] = (),
+    phases: Sequence[Phase] = (),
 ) -> dict:
     l2, l3 = machine["l2_bytes_per_core"], machine["l3_bytes"]
     reps = 2 if quick else 5
@@ -633,6 +689,7 @@ def measure_limits(
             for ph in sel.cost(s)
             if ph.working_set > l2
         }
+        | {int(_ws_key(ph.working_set)) for ph in phases if ph.working_set > l2}
     )
     limits["bandwidth_at"] = {}
     for nbytes in sets:
@@ -675,7 +732,10 @@ def limit_for(
     rates = limits["matmul_gflops"]
     # The best rate measured, so the limit stays a lower bound when a probe runs slow.
     peak = max(v["best"] for key, v in rates.items() if key.startswith("square"))
-    rate = {kind: max(peak, rates[_matmul_key(s, kind)]["best"]) for kind in ("gram", "chunk")}
+    rate = {
+        kind: max(peak, rates.get(_matmul_key(s, kind), {}).get("best", 0.0))
+        for kind in ("gram", "chunk")
+    }
     terms = [("dispatch", limits["dispatch_s"] / batch)]
     phases = []
     for ph in sel.cost(s):
@@ -794,7 +854,13 @@ def run_cell(
     copts: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     args = _device_args(sel, data, batch, seed)
-    fn = jax.jit(jax.vmap(sel.make(s)))
+    return time_jitted(jax.jit(jax.vmap(sel.make(s))), args, s.n, batch, timing, copts)
+
+
+def time_jitted(
+    fn: Callable, args: Sequence[Any], n: int, batch: int, timing: Timing, copts: Any
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Compiles ``fn(*args)`` ahead of time and times it (``run_cell``'s row and picks)."""
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile(compiler_options=copts)
     compile_s = time.perf_counter() - t0
@@ -815,9 +881,35 @@ def run_cell(
         "times_s": times,
         "reps": len(times),
         "compile_s": compile_s,
-        "nn_in_hlo": _nn_in_hlo(hlo, s.n),
+        "nn_in_hlo": _nn_in_hlo(hlo, n),
     }
     return row, picks
+
+
+def flowcut_inputs(v: VisionShape, batch: int, seed: int) -> tuple[jax.Array, jax.Array]:
+    """Random recorded tensors made on the device (no host copy): CLS rows [B, S, H, T] (a
+    softmax of Gaussian logits) and values [B, S, H, T, dh], float32."""
+    shape = (batch, v.layers, v.heads, v.n + 1)
+
+    @jax.jit
+    def make(key):
+        ka, kv = jax.random.split(key)
+        rows = jax.nn.softmax(3.0 * jax.random.normal(ka, shape), axis=-1)
+        return rows, jax.random.normal(kv, (*shape, v.dh))
+
+    return make(jax.random.key(seed))
+
+
+def flowcut_cell(
+    v: VisionShape, batch: int, timing: Timing, seed: int, copts: Any = None
+) -> tuple[dict[str, Any], np.ndarray]:
+    """``jax.jit(jax.vmap(flowcut_select))`` over ``batch`` examples, timed as ``run_cell``."""
+    args = flowcut_inputs(v, batch, seed)
+    fn = jax.jit(jax.vmap(lambda a, x: T.flowcut_select(a, x, v.k)[0]))
+    out = time_jitted(fn, args, v.n, batch, timing, copts)
+    del args
+    gc.collect()
+    return out
 
 
 def _parse_list(text: str | None) -> list[str] | None:
@@ -844,18 +936,22 @@ def run(config: Config) -> dict[str, Any]:
     """Runs the benchmark and returns every number (what the JSON holds)."""
     t_start = time.perf_counter()
     table = QUICK_SHAPES if config.quick else SHAPES
+    vtable = QUICK_VISION_SHAPES if config.quick else VISION_SHAPES
     all_shapes = {**SHAPES, **QUICK_SHAPES}
-    shape_names = config.shapes or list(table)
-    unknown = [n for n in shape_names if n not in all_shapes]
+    all_vision = {**VISION_SHAPES, **QUICK_VISION_SHAPES}
+    shape_names = config.shapes or [*table, *vtable]
+    unknown = [n for n in shape_names if n not in all_shapes and n not in all_vision]
     if unknown:
-        raise ValueError(f"unknown shapes {unknown}; known: {sorted(all_shapes)}")
-    shapes = [all_shapes[n] for n in shape_names]
+        raise ValueError(f"unknown shapes {unknown}; known: {sorted({**all_shapes, **all_vision})}")
+    shapes = [all_shapes[n] for n in shape_names if n in all_shapes]
     known = selectors()  # read now: a method registered after import is benchmarked too
-    sel_names = config.selectors or list(known)
-    unknown = [n for n in sel_names if n not in known]
+    sel_names = config.selectors or [*known, FLOWCUT]
+    unknown = [n for n in sel_names if n not in known and n != FLOWCUT]
     if unknown:
-        raise ValueError(f"unknown selectors {unknown}; known: {sorted(known)}")
-    chosen = [known[n] for n in sel_names]
+        raise ValueError(f"unknown selectors {unknown}; known: {sorted([*known, FLOWCUT])}")
+    chosen = [known[n] for n in sel_names if n != FLOWCUT]
+    # FlowCut runs on the vision shapes (and only there)
+    vshapes = [all_vision[n] for n in shape_names if n in all_vision and FLOWCUT in sel_names]
     oracles = load_oracles() if config.numpy else None
 
     machine = lab.machine()
@@ -863,7 +959,8 @@ def run(config: Config) -> dict[str, Any]:
     print(f"[selection] {machine['processor']}, {machine['cpu_count']} cores, jax {machine['jax']}")
     print("[selection] measuring machine limits ...", flush=True)
     copts = config.compiler_options
-    limits = measure_limits(shapes, machine, config.quick, copts, chosen)
+    flow_phases = [ph for v in vshapes for ph in _cost_flowcut(v)]
+    limits = measure_limits(shapes, machine, config.quick, copts, chosen, flow_phases)
 
     rows: list[dict[str, Any]] = []
     for s in shapes:
@@ -922,6 +1019,12 @@ def run(config: Config) -> dict[str, Any]:
             gc.collect()
         del data, example
         gc.collect()
+    for v in vshapes:
+        for b in sorted(config.batches or v.batches):
+            print(f"[selection] {FLOWCUT} {v.name} B={b} ...", end=" ", flush=True)
+            cell, _ = flowcut_cell(v, b, config.timing, config.seed, copts)
+            rows.append(flowcut_row(v, b, cell, machine, limits))
+            print(f"{_fmt_s(cell['per_image_s'])}/img ({cell['reps']} reps)", flush=True)
 
     result = {
         "command": "python -m benchmarks.selection " + " ".join(config_argv(config)),
@@ -931,17 +1034,35 @@ def run(config: Config) -> dict[str, Any]:
         "loadavg_end": [round(v, 2) for v in os.getloadavg()],
         "limits": limits,
         "shapes": [dataclasses.asdict(s) for s in shapes],
+        "vision_shapes": [dataclasses.asdict(v) for v in vshapes],
         "selectors": {
-            s.name: {"greedy": s.greedy, "needs_nn": s.needs_nn, "note": s.note} for s in chosen
+            s.name: {"greedy": s.greedy, "needs_nn": s.needs_nn, "note": s.note}
+            for s in [*chosen, *([FLOWCUT_SELECTOR] if vshapes else [])]
         },
         "timing": dataclasses.asdict(config.timing),
         "compiler_options": copts,
         "numpy_threads": config.numpy_threads,
         "rows": rows,
-        "scaling": scaling(rows, shapes),
+        "scaling": scaling(rows, shapes) + scaling(rows, vshapes),
     }
     result["wall_s"] = time.perf_counter() - t_start
     return result
+
+
+def flowcut_row(
+    v: VisionShape, batch: int, cell: dict[str, Any], machine: dict, limits: dict
+) -> dict[str, Any]:
+    """A FlowCut result row: the timing ``cell`` and its limit, keyed as the other rows."""
+    lim = limit_for(FLOWCUT_SELECTOR, v, batch, machine, limits)
+    lim_all = limit_for(FLOWCUT_SELECTOR, v, batch, machine, limits, allcore=True)
+    return {
+        "selector": FLOWCUT, "shape": v.name, "n": v.n, "d": v.dh, "k": v.k, "batch": batch,
+        "layers": v.layers, "heads": v.heads, "greedy": False, "needs_nn": False,
+        "note": FLOWCUT_SELECTOR.note, **cell, **lim,
+        "achieved_over_limit": cell["per_image_s"] / lim["limit_s"],
+        "limit_allcore_s": lim_all["limit_s"],
+        "achieved_over_limit_allcore": cell["per_image_s"] / lim_all["limit_s"],
+    }  # fmt: skip
 
 
 def config_argv(config: Config) -> list[str]:
@@ -1146,6 +1267,23 @@ def report(result: dict[str, Any]) -> str:
             "NumPy/JAX > 1 means JAX is faster. Limit: per image at the largest batch "
             "(dispatch / B + phases). Target for greedy selectors: JAX/limit <= 1.5 and no "
             "per-image slowdown with batch.",
+            "",
+            *_shape_table(srows),
+        ]
+    for v in result.get("vision_shapes", []):
+        srows = [r for r in rows if r["shape"] == v["name"]]
+        if not srows:
+            continue
+        lines += [
+            "",
+            f"## {v['name']}: FlowCut in the vision encoder, S={v['layers']} scoring blocks, "
+            f"H={v['heads']}, T={v['n'] + 1}, dh={v['dh']}, k={v['k']} ({v['note']})",
+            "",
+            "`flowcut_select` alone (jitted, vmapped) on recorded per-block [CLS] attention rows "
+            "[S, H, T] and value states [S, H, T, dh] (what the ViT keeps under "
+            "`PruningPlan.flowcut`; the blocks themselves are not timed). Limit: those inputs "
+            "read once at the bandwidth of their per-example size, plus a rank of the N patches "
+            "in every other block, plus dispatch / B. No NumPy reference.",
             "",
             *_shape_table(srows),
         ]

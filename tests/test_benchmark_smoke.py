@@ -21,23 +21,50 @@ def test_quick_benchmark_writes_a_row_per_selector(tmp_path):
 
     result = json.loads(out.with_suffix(".json").read_text())
     rows = result["rows"]
-    assert {r["selector"] for r in rows} == set(selection.SELECTORS)
-    for name in selection.SELECTORS:
+    assert {r["selector"] for r in rows} == {*selection.SELECTORS, selection.FLOWCUT}
+    for name in [*selection.SELECTORS, selection.FLOWCUT]:
         mine = [r for r in rows if r["selector"] == name]
         assert sorted(r["batch"] for r in mine) == [1, 2], name
         for r in mine:
             assert r["per_image_s"] > 0 and r["batch_time_s"] > 0, r
             assert all(t > 0 for t in r["times_s"]), r
             assert r["limit_s"] > 0 and r["achieved_over_limit"] > 0, r
-            assert r["numpy"]["per_image_s"] > 0, r
+            assert r["achieved_over_limit"] == pytest.approx(r["per_image_s"] / r["limit_s"])
+            if name != selection.FLOWCUT:  # FlowCut has no NumPy reference
+                assert r["numpy"]["per_image_s"] > 0, r
+    # FlowCut: the vision-encoder selection on recorded CLS rows + values of tiny-vision
+    flow = [r for r in rows if r["selector"] == selection.FLOWCUT]
+    assert {r["shape"] for r in flow} == {"tiny-vision"} and "numpy" not in flow[0]
+    assert (flow[0]["layers"], flow[0]["heads"], flow[0]["k"]) == (4, 2, 8)
+    assert flow[0]["phases"][0]["name"].startswith("scores")
+    text = out.read_text()
+    assert "## tiny-vision: FlowCut in the vision encoder" in text and "| flowcut |" in text
     for level in ("L2", "L3", "DRAM"):
         assert result["limits"]["bandwidth"][level]["best"] > 0
     assert all(v["best"] > 0 for v in result["limits"]["matmul_gflops"].values())
     # The NumPy picks of the deterministic selectors match pruneax's on the first example.
     for r in rows:
-        if r["selector"] != "random" and r["batch"] == 1:
+        if r["selector"] not in ("random", selection.FLOWCUT) and r["batch"] == 1:
             assert r["numpy"]["agree"] == 1.0, r["selector"]
     assert "| kcenter * |" in out.read_text()
+
+
+def test_flowcut_cell_selects_what_flowcut_select_selects():
+    """The benchmark's FlowCut cell runs ``flowcut_select`` per example on its inputs."""
+    import pruneax.tokens as T
+
+    v = selection.QUICK_VISION_SHAPES["tiny-vision"]
+    rows, values = selection.flowcut_inputs(v, 2, seed=3)
+    assert rows.shape == (2, v.layers, v.heads, v.n + 1)
+    assert values.shape == (2, v.layers, v.heads, v.n + 1, v.dh)
+    timing = selection.Timing(target_s=0.0, min_reps=1, max_reps=1)
+    cell, picks = selection.flowcut_cell(v, 2, timing, seed=3)
+    assert picks.shape == (2, v.k) and cell["per_image_s"] > 0
+    for b in range(2):
+        want = T.flowcut_select(rows[b], values[b], v.k)[0]
+        np.testing.assert_array_equal(picks[b], np.asarray(want))
+    with pytest.raises(ValueError, match="unknown selectors"):
+        selection.run(selection.Config(quick=True, selectors=["flowcutt"]))
 
 
 def test_numpy_references_match_pruneax():

@@ -42,6 +42,29 @@ def test_outputs_and_structure(reference):
     assert len(out["finetune"]) == cfg.finetune_top
     table = (workdir / "results.md").read_text()
     assert "Training-free accuracy" in table and "Fine-tuned" in table
+    assert "| flowcut |" in table
+
+
+def test_flowcut_entries(reference):
+    """FlowCut ran beside the one-stage methods at the same layer and keep ratio: its FLOPs are
+    top-k's (all tokens before the layer, 1 + k after), its accuracy a real measurement."""
+    _, out = reference
+    cfg = vtp.PRESETS["tiny"]
+    assert "flowcut" in cfg.methods
+    layer, r = cfg.prune_layers[0], cfg.keep_ratios[0]
+    e, top = out["evals"][f"flowcut@L{layer}:{r}"], out["evals"][f"topk@L{layer}:{r}"]
+    c = models.ViTConfig(**out["vit"])
+    n, k = c.num_patches, round(r * c.num_patches)
+    assert e["block_tokens"] == [[1 + n] * 2] * layer + [[1 + k] * 2] * (c.num_layers - layer)
+    assert e["flops_ratio"] == top["flops_ratio"]
+    plan = vtp.make_plan("flowcut", layer, r, c)
+    assert e["flops_ratio"] == pytest.approx(vit_flops(c, plan) / vit_flops(c))
+    assert e["flops_ratio"] < 1.0
+    # a measured accuracy on the eval images: a multiple of 1 / eval_size, well above chance
+    assert e["accuracy"] * cfg.eval_size == pytest.approx(round(e["accuracy"] * cfg.eval_size))
+    assert 0.3 < e["accuracy"] <= 1.0
+    t = out["throughput"][f"flowcut@L{layer}:{r}"]
+    assert t["ideal_speedup"] == pytest.approx(1 / e["flops_ratio"]) and t["images_per_s"] > 0
 
 
 def test_flops_and_token_counts():
@@ -62,6 +85,16 @@ def test_flops_and_token_counts():
     assert vit_flops(c, tome) == outside + sum(attn_mlp(a, b) for a, b in vtp.block_tokens(tome, c))
     with pytest.raises(ValueError):  # 49 -> 5 needs four merging blocks; only three follow
         vtp.make_plan("tome", 3, 0.1, c)
+    # FlowCut scores after blocks 0-2 (dead tokens only masked: no saving), leaves 25 before
+    # block 3: the same blocks' tokens and FLOPs as top-k there
+    flow = vtp.make_plan("flowcut", 3, 0.5, c)
+    assert [s.layer for s in flow.stages] == [1, 2, 3] and flow.stages[-1].select_layer == 3
+    assert vtp.block_tokens(flow, c) == vtp.block_tokens(plan, c)
+    assert vit_flops(c, flow) == vit_flops(c, plan)
+    with pytest.raises(ValueError, match="one prefix token"):  # no CLS to score with
+        vtp.make_plan(
+            "flowcut", 3, 0.5, models.vit_config("mnist/4", class_token=False, pool="mean")
+        )
 
 
 # slow (~100 s on a 2-core CPU): the default selection keeps the resume tests of

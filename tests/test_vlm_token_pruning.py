@@ -62,6 +62,19 @@ def test_outputs_and_structure(reference):
     assert (
         pos["cell_hit_rate"] == 1.0 and pos["flops_ratio"] == evals[f"uniform@{r}"]["flops_ratio"]
     )
+    # FlowCut prunes inside the vision encoder: k tokens reach the LLM as for every pre-LLM
+    # method, and only they are projected (FLOPs: fastervlm's less 2 (N - k)(Dv D + D D))
+    assert "flowcut" in cfg.methods and "flowcut" in vtp.pre_methods()
+    flow, top = evals[f"flowcut@{r}"], evals[f"fastervlm@{r}"]
+    vc = vtp.vlm_config(cfg, (8, 8))
+    d, dv = vc.llm.hidden_size, vc.vision.hidden_size
+    saved = (
+        2.0 * (n - k) * (dv * d + d * d) / vtp.vlm_prefill_flops(vc, prefix_len=1, question_len=3)
+    )
+    assert flow["flops_ratio"] == pytest.approx(top["flops_ratio"] - saved)
+    assert flow["accuracy"] * cfg.eval_size == pytest.approx(
+        round(flow["accuracy"] * cfg.eval_size)
+    )
     # FastV keeps the full sequence in its first layers: more FLOPs than pre-LLM at equal k
     assert evals[f"fastv@{r}"]["flops_ratio"] > evals[f"uniform@{r}"]["flops_ratio"]
     table = (workdir / "results.md").read_text()

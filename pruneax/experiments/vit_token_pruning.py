@@ -20,7 +20,11 @@ training run. ``claims`` reports each comparison per pruning layer and names the
    killed run resumes from the last one.
 2. Evaluate, training-free, every method at every keep ratio and pruning layer (one stage at
    that layer; ToMe merges over consecutive layers until it reaches the ratio, at most one
-   bipartite step per block).
+   bipartite step per block). FlowCut (``PruningPlan.flowcut`` with ``select_layer`` = the
+   pruning layer) scores after every block before it and leaves the keep ratio before that
+   same block, as the one-stage methods; its earlier pruning steps only mask tokens out of the
+   attention (no saving), so its FLOPs are top-k's at that layer: all tokens before the
+   layer, 1 + k from it on (``PruningPlan.block_tokens``).
 3. Fine-tune the best two methods briefly with pruning in the loop, at ``finetune_ratio``, and
    evaluate them again, so training-free and fine-tuned accuracy stand side by side.
 4. Throughput (images/s, jitted, batch ``throughput_batch``, median of ``throughput_repeats``)
@@ -67,6 +71,7 @@ METHODS = (
     "hiprune",
     "feather",
     "holov",
+    "flowcut",
 )
 
 
@@ -280,10 +285,15 @@ def _kept(runner: common.Runner, params, x, key, *, plan):
 
 
 def make_plan(method: str, layer: int, ratio: float, vit_cfg: models.ViTConfig) -> PruningPlan:
-    """One stage at ``layer`` keeping ``ratio`` of the patches (ToMe: merged over blocks)."""
+    """One stage at ``layer`` keeping ``ratio`` of the patches (ToMe: merged over blocks;
+    FlowCut: scored after blocks ``0 .. layer - 1``, left at ``ratio`` before block ``layer``)."""
     n, p = vit_cfg.num_patches, vit_cfg.num_prefix
     if method == "tome":
         plan = PruningPlan.merging(layer, ratio, num_patches=n, num_prefix=p)
+    elif method == "flowcut":
+        if p != 1 or not vit_cfg.class_token:
+            raise ValueError(f"flowcut needs exactly one prefix token, the CLS; the model has {p}")
+        plan = PruningPlan.flowcut(ratio, num_layers=vit_cfg.num_layers, select_layer=layer)
     else:
         plan = PruningPlan.at(layer, ratio, method)
     plan.validate(vit_cfg.num_layers, n)

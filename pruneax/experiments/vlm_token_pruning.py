@@ -26,7 +26,8 @@ killed run resumes from the last one; batches are a function of (seed, step)).
 
 Evaluation (training-free, on a fixed set of ``eval_size`` questions about test-split digits,
 families in equal numbers): dense; every pre-LLM method (``pre_methods()``: every method of
-the token registry, as a ``VisualSelect``) and every in-LLM
+the token registry, as a ``VisualSelect``, and FlowCut, which prunes inside the vision encoder
+over its blocks up to the feature layer's) and every in-LLM
 method (FastV at layer ``fastv_layer``; FEATHER / ToDRE specs when ``pruneax.models`` has them)
 at each of ``keep_ratios`` of the N visual tokens; pre-LLM + FastV combinations; and, for
 ``position_ablation``, pre-LLM selection with the kept tokens at their original RoPE positions
@@ -76,6 +77,7 @@ from pruneax.models.llama import (
 )
 from pruneax.models.vit import ViTConfig
 from pruneax.models.vlm import (
+    VISION_SELECT_METHODS,
     VLM,
     VLM_SELECT_ALIASES,
     VisualSelect,
@@ -97,14 +99,15 @@ PRE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 def pre_methods() -> tuple[str, ...]:
     """The pre-LLM methods: every method of ``pruneax.tokens.METHODS`` (read now) under the
     VLM's name for it (``"fastervlm"`` for ``"topk"``; ``"<name>_pre"`` where an in-LLM method
-    has the same name, as ``"feather_pre"``), each followed by its ``PRE_VARIANTS``."""
+    has the same name, as ``"feather_pre"``), each followed by its ``PRE_VARIANTS``; then the
+    VLM's in-vision methods (``"flowcut"``)."""
     shown = {m: a for a, m in VLM_SELECT_ALIASES.items()}
     out: list[str] = []
     for m in METHODS:
         name = shown.get(m, m)
         out.append(f"{name}_pre" if name in LLM_SPECS else name)
         out += [v for v, (base, _) in PRE_VARIANTS.items() if base == m]
-    return tuple(out)
+    return (*out, *VISION_SELECT_METHODS)
 
 
 PRE_METHODS = pre_methods()
@@ -266,7 +269,7 @@ PRESETS: dict[str, Config] = {
         warmup=10,
         ckpt_every=20,
         log_every=10,
-        methods=("fastervlm", "divprune", "coverage", "coverage_vision", "uniform"),
+        methods=("fastervlm", "divprune", "coverage", "coverage_vision", "uniform", "flowcut"),
         position_ablation=("uniform",),
         keep_ratios=(0.25,),
         fastv_layer=1,

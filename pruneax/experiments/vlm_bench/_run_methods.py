@@ -4,7 +4,9 @@ prefix length ``P`` and ``n`` visual tokens entering the LLM.
 
 Names follow ``pruneax.experiments.vlm_token_pruning``: every pre-LLM method of
 ``VLM_SELECT_METHODS`` (aliases included; ``"feather_pre"`` for the registry's ``"feather"``,
-whose bare name is the in-LLM FEATHER) and its ``PRE_VARIANTS`` (``"coverage_vision"``);
+whose bare name is the in-LLM FEATHER), ``VISION_SELECT_METHODS`` (``"flowcut"``: inside the
+vision encoder; ``VLM`` only, LLaVA-NeXT refuses it) and its ``PRE_VARIANTS``
+(``"coverage_vision"``);
 in-LLM ``"fastv"`` / ``"feather"`` (one stage at ``fastv_layer``, FastV's K = 2 by default)
 and ``"todre"`` (max-sum diversity before the LLM, then ToDRE's stage 2 at 7L/8).
 """
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pruneax.experiments.vlm_token_pruning import LLM_SPECS, PRE_VARIANTS, pre_select
-from pruneax.models.vlm import VLM_SELECT_METHODS, VisualSelect
+from pruneax.models.vlm import VISION_SELECT_METHODS, VLM_SELECT_METHODS, VisualSelect
 
 NO_SELECT = VisualSelect()
 
@@ -25,7 +27,7 @@ def method_names() -> tuple[str, ...]:
     """Every method name the runner accepts (read now from the token registry).
 
     Returns:
-      The names: ``"none"``, the pre-LLM methods (aliases, ``"feather_pre"``,
+      The names: ``"none"``, the pre-LLM methods (aliases, ``"feather_pre"``, ``"flowcut"``,
       ``"coverage_vision"``), then the in-LLM ``"fastv"``, ``"feather"``, ``"todre"``.
 
     Raises:
@@ -39,6 +41,7 @@ def method_names() -> tuple[str, ...]:
     """
     pre = [m for m in VLM_SELECT_METHODS if m not in LLM_SPECS]
     pre += [f"{m}_pre" for m in VLM_SELECT_METHODS if m in LLM_SPECS]
+    pre += list(VISION_SELECT_METHODS)
     return (*pre, *PRE_VARIANTS, *LLM_SPECS)
 
 

@@ -48,8 +48,19 @@ class _Tokens:
         self.kept: list[jax.Array] = []
         self.carry: dict[str, jax.Array] = {}  # state passed between stages that ``carries``
 
-    def wants_values(self, block: int) -> bool:
-        return self.plan is not None and self.plan.wants_values(block)
+    def run_block(self, block: Any, i: int, x: jax.Array, everything: bool):
+        """Block ``i`` with the plan's stages around it: ``(x, probabilities or None)``."""
+        x = self.stage(x, layer=i, in_block=False)
+        full, row, want_keys = self.wants(i, everything)
+        wants_values = self.plan is not None and self.plan.wants_values(i)
+        values = block.value_states(x) if wants_values else None
+        x, probs, keys = block.attend(
+            x, size=self.attn_size, return_attention=full, return_keys=want_keys,
+            return_cls_attention=row,
+        )  # fmt: skip
+        self.record(i, probs, keys, row, values)
+        x = self.stage(x, layer=i + 1, in_block=True)  # the published ToMe / EViT place
+        return block.feed_forward(x), probs
 
     def wants(self, block: int, everything: bool) -> tuple[bool, bool, bool]:
         """(full probabilities, the CLS row only, keys) block ``block`` must return."""
@@ -325,19 +336,7 @@ class ViT(nnx.Module):
         )  # fmt: skip
         attentions, hidden_states = [], [x]
         for i, block in enumerate(self.blocks):
-            x = tok.stage(x, layer=i, in_block=False)
-            full, row, want_keys = tok.wants(i, return_attention)
-            values = block.value_states(x) if tok.wants_values(i) else None
-            x, probs, keys = block.attend(
-                x,
-                size=tok.attn_size,
-                return_attention=full,
-                return_keys=want_keys,
-                return_cls_attention=row,
-            )
-            tok.record(i, probs, keys, row, values)
-            x = tok.stage(x, layer=i + 1, in_block=True)  # the published ToMe / EViT place
-            x = block.feed_forward(x)
+            x, probs = tok.run_block(block, i, x, return_attention)
             attentions.append(probs)
             hidden_states.append(x)
         logits, pooled, pooler_output, x = self._head(x, tok.attn_size)

@@ -19,8 +19,10 @@ from pruneax.models.vlm._model import (
 )
 from pruneax.models.vlm._next import LlavaNext
 from pruneax.models.vlm._next_config import LlavaNextConfig, LlavaNextOutput
+from pruneax.models.vlm._select import VISION_SELECT_METHODS
 
 __all__ = [
+    "VISION_SELECT_METHODS",
     "VLM",
     "VLM_LOADERS",
     "VLM_SELECT_ALIASES",

@@ -62,10 +62,12 @@ def vlm_prefill_flops(
 
     Projector: every one of the ``config.num_visual`` visual tokens (selection reads the
     projector outputs before choosing): ``2 Nv (Dv D + D D)`` (``2 Nv Dv D`` for the linear
-    projector). LLM layer with ``t`` tokens (FastV's count, full
+    projector); only the ``pv + k`` kept ones for a method that selects inside the vision
+    encoder (``select.in_vision``: FlowCut). LLM layer with ``t`` tokens (FastV's count, full
     ``t x t`` attention, GQA-aware, SwiGLU): ``2 [t D (H hd) 2 + 2 t D (KV hd) + 2 t^2 H hd +
     3 t D F]``, with ``t`` from ``llm_tokens_per_layer``. LM head: ``2 D V`` per kept logit row.
-    The vision encoder (the same for every method), the embeddings, norms, softmax and the
+    The vision encoder (the same for every method; FlowCut runs its feature block on
+    ``1 + k`` tokens, a saving not counted here), the embeddings, norms, softmax and the
     selection itself are not counted.
 
     Args:
@@ -99,8 +101,10 @@ def vlm_prefill_flops(
     if not isinstance(select, VisualSelect):
         raise ValueError(f"vlm_prefill_flops: select must be a VisualSelect; got {select!r}")
     c, v = config.llm, config.vision
+    k = select.num_kept(v.num_patches)
     n = config.num_visual  # tokens projected: the N patches (+ the prefix ones, "full")
-    t = prefix_len + config.num_visual_prefix + select.num_kept(v.num_patches) + question_len
+    n = config.num_visual_prefix + k if select.in_vision else n
+    t = prefix_len + config.num_visual_prefix + k + question_len
     d, hd, f = c.hidden_size, c.head_dim, c.intermediate_size
     proj = 2.0 * n * (v.hidden_size * d + (d * d if config.projector == "mlp2x_gelu" else 0))
     llm = 0.0

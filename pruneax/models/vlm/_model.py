@@ -43,6 +43,7 @@ from pruneax.models._shared.common import check_images
 from pruneax.models.llama._model import KVCache, LlamaLM
 from pruneax.models.vit._model import ViT
 from pruneax.models.vlm._config import VLMConfig, VLMOutput
+from pruneax.models.vlm._flowcut import encode_selected
 from pruneax.models.vlm._projector import Projector
 from pruneax.models.vlm._prompt import VLMPrompt
 from pruneax.models.vlm._select import (
@@ -176,7 +177,10 @@ class VLM(nnx.Module, VLMPrompt):
         ``features`` = the projector outputs [N, D]; ``vision_features`` = the vision
         features [N, Dv]; ``text`` = the question's LLM input embeddings (when
         ``select.coverage_text`` and there is a question); ``grid`` = the patch grid;
-        ``key`` = ``split(key, B)[b]`` for example ``b``.
+        ``key`` = ``split(key, B)[b]`` for example ``b``. ``select.in_vision`` methods
+        (``"flowcut"``) instead prune inside the vision encoder (``_flowcut.py``: blocks up to
+        the feature layer under ``PruningPlan.flowcut``), and only the kept tokens are
+        projected.
 
         Args:
           images: [B, H, W, C] float images.
@@ -202,6 +206,10 @@ class VLM(nnx.Module, VLMPrompt):
         vcfg = self.vision.config
         h = self.config.feature_layer
         p, n = vcfg.num_prefix, vcfg.num_patches
+        pv = self.config.num_visual_prefix  # prefix tokens kept ("full"), always first
+        if select.in_vision:
+            feats, idx = encode_selected(self, images, select, key)
+            return self.projector(feats[:, p - pv :]), idx
         k = select.num_kept(n)
         name = select.registry_name
         method = None if name is None else T.get_method(name)
@@ -213,7 +221,6 @@ class VLM(nnx.Module, VLMPrompt):
             attention_at = (self._shallow(select), *attention_at)
         feats, attn = self.encode(images, attention_at=attention_at)
         fv = feats[:, p:]  # [B, N, Dv] patch features, prefix dropped
-        pv = self.config.num_visual_prefix  # prefix tokens kept ("full"), always first
         proj_all = self.projector(feats[:, p - pv :])  # [B, pv + N, D]
         head, proj = proj_all[:, :pv], proj_all[:, pv:]
         b = proj.shape[0]

@@ -52,9 +52,15 @@ def group_budgets(select: VisualSelect, sizes: tuple[int, int]) -> tuple[int, in
       ``(k_base, k_grid)``.
 
     Raises:
-      ValueError: if an int budget does not fit the ``sum(sizes)`` visual tokens.
+      ValueError: if an int budget does not fit the ``sum(sizes)`` visual tokens, or for an
+        in-vision method (``"flowcut"``).
     """
     nb, ng = sizes
+    if select.in_vision:
+        raise ValueError(
+            f"LlavaNext: select.method {select.method!r} prunes inside the vision encoder; "
+            "LlavaNext (anyres tiles) does not support it (VLM does)"
+        )
     if select.registry_name is None:
         return nb, ng
     if isinstance(select.keep, float):

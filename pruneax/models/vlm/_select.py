@@ -5,6 +5,8 @@ Every method registered in ``pruneax.tokens`` is a pre-LLM method of the VLM, wi
 the VLM computes the inputs the method ``needs`` (see ``VLM.select_visual``) and runs
 ``pruneax.tokens.select_tokens`` per example under ``jax.vmap``. ``"none"`` keeps every token;
 ``VLM_SELECT_ALIASES`` holds the VLM's historical names (``"fastervlm"`` = ``"topk"``).
+``VISION_SELECT_METHODS`` (``"flowcut"``) select inside the vision encoder instead, from
+several blocks, as a ViT ``PruningPlan`` (``_flowcut.py``); they are not registry methods.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from pruneax import tokens as T
 from pruneax.models._shared.fields import is_int, is_real
+from pruneax.models.vit._flowcut import BATCH_COUNTS
 
 # The VLM's own names for registry methods (FasterVLM = top-k by [CLS] attention).
 VLM_SELECT_ALIASES: Mapping[str, str] = types.MappingProxyType({"fastervlm": "topk"})
@@ -66,6 +69,11 @@ class _SelectMethods(Mapping):
 
 
 VLM_SELECT_METHODS: Mapping[str, str | None] = _SelectMethods()
+# Pre-LLM methods that select inside the vision encoder (a ViT ``PruningPlan``), with their
+# options: FlowCut (``PruningPlan.flowcut``, ``select_layer`` = the feature layer's block).
+VISION_SELECT_METHODS: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
+    {"flowcut": ("batch_count",)}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +86,8 @@ class VisualSelect:
         ``"divprune"``, ``"kcenter"``, ``"maxsum"``, ``"coverage"``, ``"hiprune"``,
         ``"feather"``, ``"holov"``, ``"random"`` (needs a key), ``"uniform"``, or a user's
         own) or an alias (``"fastervlm"`` = ``"topk"``). ``VLM.select_visual`` says which
-        input is which.
+        input is which. Or a key of ``VISION_SELECT_METHODS``: ``"flowcut"`` prunes inside
+        the vision encoder (``PruningPlan.flowcut``; option ``batch_count``), ``VLM`` only.
       keep: visual tokens kept: an int count, or a ratio in (0, 1] of the N visual tokens
         (``pruneax.tokens.budget``: Python ``round(ratio * N)``).
       hiprune_alpha: HiPrune's anchor-and-buffer fraction (0.1); ``"hiprune"`` only.
@@ -127,11 +136,9 @@ class VisualSelect:
     options: Any = ()
 
     def __post_init__(self):
-        if not isinstance(self.method, str) or self.method not in VLM_SELECT_METHODS:
-            raise ValueError(
-                f"VisualSelect: method must be one of {list(VLM_SELECT_METHODS)}; got "
-                f"{self.method!r}"
-            )
+        known = [*VLM_SELECT_METHODS, *VISION_SELECT_METHODS]
+        if not isinstance(self.method, str) or self.method not in known:
+            raise ValueError(f"VisualSelect: method must be one of {known}; got {self.method!r}")
         keep = self.keep
         if is_int(keep):
             if keep < 1:
@@ -195,6 +202,7 @@ class VisualSelect:
             raise ValueError(f"VisualSelect: options repeat a name; got {names}")
         name = self.registry_name
         takes = () if name is None else tuple(T.get_method(name).options)
+        takes = VISION_SELECT_METHODS.get(self.method, takes)
         unknown = sorted(set(names) - set(takes))
         if unknown:
             raise ValueError(
@@ -209,12 +217,24 @@ class VisualSelect:
                     f"VisualSelect: option {name!r} must be hashable (VisualSelect is static "
                     f"under jit); got {value!r}"
                 ) from None
+        batch_count = dict(items).get("batch_count", BATCH_COUNTS[0])
+        if self.in_vision and batch_count not in BATCH_COUNTS:
+            raise ValueError(
+                f"VisualSelect: option 'batch_count' must be one of {BATCH_COUNTS}; got "
+                f"{batch_count!r}"
+            )
         return tuple(sorted(items))
 
     @property
     def registry_name(self) -> str | None:
-        """The ``pruneax.tokens.METHODS`` entry this selection runs (None for ``"none"``)."""
-        return VLM_SELECT_METHODS[self.method]
+        """The ``pruneax.tokens.METHODS`` entry this selection runs (None for ``"none"`` and
+        the ``VISION_SELECT_METHODS``)."""
+        return None if self.in_vision else VLM_SELECT_METHODS[self.method]
+
+    @property
+    def in_vision(self) -> bool:
+        """True for a method that selects inside the vision encoder (``"flowcut"``)."""
+        return self.method in VISION_SELECT_METHODS
 
     def method_options(self) -> dict[str, Any]:
         """The options passed to the registry method: named fields, then ``options``.
@@ -223,7 +243,7 @@ class VisualSelect:
           option name -> value (the registry's defaults fill the rest).
         """
         if self.registry_name is None:
-            return {}
+            return dict(self.options)
         fields = _OPTION_FIELDS.get(self.registry_name, {})
         out = {o: getattr(self, f) for o, f in fields.items()}
         out.update(self.options)

@@ -67,7 +67,10 @@ def test_zeroth_order_equals_directional_derivative_to_second_order():
         assert max(abs(s[n] - exact[n]) / exact[n] for n in names) < 1e-6
     # float32 at the published eps: 1e-3 relative
     params, x, loss = _toy(jnp.float32)
-    s = W.zeroth_order_scores(loss, params, groups, [x, 2 * x], key=key, num_noise=2)
+    seen = []
+    s = W.zeroth_order_scores(loss, params, groups, [x, 2 * x], key=key, num_noise=2,
+                              progress=lambda *a: seen.append(a))  # fmt: skip
+    assert seen == [(1, 3, "l0"), (2, 3, "l1"), (3, 3, "l2")]
     for n in names:
         k = names.index(n)
         want = sum(_jvp_abs(loss, params, n, xb, _z(key, k, b, j, params[n].shape))

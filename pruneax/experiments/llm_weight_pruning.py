@@ -366,6 +366,11 @@ def settings(cfg: Config) -> list[tuple[str, str, str | None, int | None]]:
     return out
 
 
+def _score_progress(done: int, total: int, name: str) -> None:
+    if done == total or done % 10 == 0:
+        print(f"{TAG}   ecoflap scores: {done}/{total} matrices ({name})", flush=True)
+
+
 def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
     """Runs (or resumes) the experiment; returns the results dict also in results.json.
 
@@ -403,7 +408,7 @@ def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
                 pruned, masks, info = models.ecoflap_prune(
                     model, ids, key=jax.random.key(seed), method="wanda",
                     batch_size=cfg.calib_batch, num_batches=cfg.ecoflap_batches,
-                    leaf_scores=cached, **parse_pattern(pattern),
+                    leaf_scores=cached, progress=_score_progress, **parse_pattern(pattern),
                 )  # fmt: skip
                 entry["block_sparsities"] = info["block_sparsities"]
                 entry["scores_reused"] = cached is not None

@@ -96,6 +96,7 @@ def zeroth_order_scores(
     key: jax.Array,
     eps: float = 1e-3,
     num_noise: int = 1,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, float]:
     """ECoFLaP's zeroth-order (MeZO) importance: one scalar per weight matrix.
 
@@ -116,6 +117,8 @@ def zeroth_order_scores(
       key: a ``jax.random`` key.
       eps: the perturbation size, > 0.
       num_noise: directions per batch, >= 1.
+      progress: called as ``progress(done, total, leaf name)`` after each leaf (long runs: two
+        forwards per leaf, batch and direction).
 
     Returns:
       ``{leaf name: score}`` (Python floats) for every leaf named in ``groups``.
@@ -162,6 +165,8 @@ def zeroth_order_scores(
                 g = _central(loss_fn, treedef, members, leaves, pos, w, z, float(eps), batch)
                 total += abs(float(g))
         out[n] = total
+        if progress is not None:
+            progress(len(out), len(names), n)
     return out
 
 

@@ -93,6 +93,7 @@ def ecoflap_prune(
     blocksize: int = 128,
     percdamp: float = 0.01,
     leaf_scores: Mapping[str, float] | None = None,
+    progress: Any = None,
 ) -> tuple[LlamaLM, Any, dict[str, Any]]:
     """ECoFLaP: per-block sparsity from a global (zeroth-order) importance, then Wanda /
     SparseGPT inside every decoder block at that sparsity.
@@ -118,6 +119,7 @@ def ecoflap_prune(
         model, ids, key and scoring settings): the scoring stage is skipped and these are used,
         so one scoring pass serves several sparsities (the scores do not depend on it). None:
         computed here.
+      progress: passed to ``zeroth_order_scores`` (``progress(done, total, kernel name)``).
 
     Returns:
       ``(pruned_model, masks, info)``: as ``calibrated_prune`` returns, and ``info`` with
@@ -195,7 +197,14 @@ def ecoflap_prune(
         leaf = _check_leaf_scores(leaf_scores, groups, where)
     elif score == "zeroth_order":
         leaf = W.zeroth_order_scores(
-            loss, params, groups, batches, key=key, eps=eps, num_noise=num_noise
+            loss,
+            params,
+            groups,
+            batches,
+            key=key,
+            eps=eps,
+            num_noise=num_noise,
+            progress=progress,
         )
     else:
         leaf = W.first_order_scores(loss, params, groups, batches)

@@ -23,8 +23,9 @@ its query heads) or one MLP channel:
 - ``nirvana``: ``nirvana_prune`` with ``gamma=1`` (each pool pruned at about s); ``nirvana_g``:
   the published ``gamma`` (3.36, the Llama-3.1-8B script: pruning shifted to the MLP).
 - ``nirvana_uniform``: NIRVANA's unit scores with a UNIFORM allocation (the ablation of its
-  adaptive one): every layer loses its ``floor(s n)`` lowest-scoring GQA groups (at least one
-  kept) and ``floor(s I)`` lowest MLP channels (ties: the higher index goes first).
+  adaptive one): every layer loses the fraction s of its kernel parameters, as its
+  ``floor(s n)`` lowest-scoring GQA groups (at least one kept) and then the lowest MLP channels
+  (``uniform_keep``).
 
 ``magnitude`` and ``taylor`` remove units until the whole model is at most ``1 - s P_k / P``
 of its dense parameters (``P_k`` the kernel parameters, ``P`` all), so their kernel sparsity is
@@ -152,18 +153,26 @@ def _lm_loss(model, batch):
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
 
 
-def uniform_keep(attn, mlp, sparsity: float) -> models.StructuredKeep:
-    """Every layer keeps all but its ``floor(s n)`` lowest-scoring GQA groups (at least one)
-    and ``floor(s I)`` lowest MLP channels; among equal scores the higher index goes first."""
+def uniform_keep(attn, mlp, sparsity: float, config: models.LlamaConfig) -> models.StructuredKeep:
+    """Every layer loses the same fraction ``s`` of its kernel parameters: its ``floor(s n)``
+    lowest-scoring GQA groups (at least one kept), then the lowest MLP channels that bring the
+    layer's removed parameters nearest to ``s P_layer`` (a group is too coarse a unit for s
+    alone: SmolLM2 has 3 per layer); among equal scores the higher index goes first."""
+    d, hd, g = config.hidden_size, config.head_dim, config.num_groups
+    per_group, per_channel = (2 * g + 2) * hd * d, 3 * d
 
-    def keep(scores, n_drop, at_least):
+    def keep(scores, n_drop):
         scores = np.asarray(scores, np.float64)
-        n_drop = min(n_drop, len(scores) - at_least)
         order = np.lexsort((-np.arange(len(scores)), scores))  # ascending, ties: high index
-        return tuple(sorted(int(i) for i in order[max(n_drop, 0) :]))
+        return tuple(sorted(int(i) for i in order[n_drop:]))
 
-    heads = [keep(a, math.floor(sparsity * len(a) + 1e-9), 1) for a in attn]
-    channels = [keep(m, math.floor(sparsity * len(m) + 1e-9), 0) for m in mlp]
+    heads, channels = [], []
+    for a, m in zip(attn, mlp, strict=True):
+        n_groups = min(math.floor(sparsity * len(a) + 1e-9), len(a) - 1)
+        target = sparsity * (len(a) * per_group + len(m) * per_channel)
+        n_channels = round((target - n_groups * per_group) / per_channel)
+        heads.append(keep(a, n_groups))
+        channels.append(keep(m, min(max(n_channels, 0), len(m))))
     return models.StructuredKeep(heads=tuple(heads), mlp=tuple(channels))
 
 
@@ -173,7 +182,8 @@ def prune(
     """The physically pruned model of one setting (``ids``: calibration windows or None)."""
     if method == "nirvana_uniform":
         attn, mlp = models.nirvana_scores(model, jnp.asarray(ids))
-        return models.prune_structured(model, uniform_keep(attn, mlp, sparsity))
+        keep = uniform_keep(attn, mlp, sparsity, model.config)
+        return models.prune_structured(model, keep)
     if method in ("nirvana", "nirvana_g"):
         gamma = 1.0 if method == "nirvana" else float(cfg.gamma)
         pruned, _ = models.nirvana_prune(model, jnp.asarray(ids), sparsity=sparsity, gamma=gamma)

@@ -32,7 +32,7 @@ def test_outputs_and_sparsity(reference):
     names = [s[0] for s in lsp.settings(cfg)]
     assert list(out["evals"]) == names and len(names) == 1 + 2 * 5
     assert len((workdir / "results.csv").read_text().splitlines()) == 1 + len(names)
-    assert "NIRVANA beats first-order Taylor" in (workdir / "results.md").read_text()
+    assert "NIRVANA beats global first-order Taylor" in (workdir / "results.md").read_text()
     dense = models.LlamaLM(models.llm_config("tiny"), rngs=nnx.Rngs(0))
     p_k = lsp.kernel_params(dense.config)
     assert out["evals"]["dense"]["kernel_sparsity"] == 0.0
@@ -133,13 +133,13 @@ def test_claims_rule():
     verdicts = {c.claim: c.verdict for c in lsp.claims(r)}
     assert verdicts["NIRVANA's adaptive allocation beats a uniform one at 20%"] == lab.FAILS
     assert verdicts["NIRVANA's adaptive allocation beats a uniform one at 50%"] == lab.NA
-    assert verdicts["NIRVANA beats first-order Taylor (LLM-Pruner-style) at 20%"] == lab.HOLDS
+    assert verdicts["NIRVANA beats global first-order Taylor at 20%"] == lab.HOLDS
     assert verdicts["NIRVANA beats magnitude at 20%"] == lab.NOISE
-    assert verdicts["NIRVANA beats first-order Taylor (LLM-Pruner-style) at 50%"] == lab.NOISE
+    assert verdicts["NIRVANA beats global first-order Taylor at 50%"] == lab.NOISE
     assert verdicts["NIRVANA beats magnitude at 50%"] == lab.NA
     r = _evals(nirvana_20=[30.0], taylor_20=[22.0], magnitude_20=[np.nan])
     verdicts = {c.claim: c.verdict for c in lsp.claims(r)}
-    assert verdicts["NIRVANA beats first-order Taylor (LLM-Pruner-style) at 20%"] == lab.FAILS
+    assert verdicts["NIRVANA beats global first-order Taylor at 20%"] == lab.FAILS
     assert verdicts["NIRVANA beats magnitude at 20%"] == lab.NA
 
 

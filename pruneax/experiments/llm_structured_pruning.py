@@ -1,5 +1,5 @@
-"""Structured pruning of a real pretrained LLM: NIRVANA against magnitude and first-order Taylor
-(LLM-Pruner-style) removal of GQA groups and MLP channels, perplexity against sparsity.
+"""Structured pruning of a real pretrained LLM: NIRVANA against magnitude and global first-order
+Taylor removal of GQA groups and MLP channels, perplexity against sparsity.
 
 Commands:
   python -m pruneax.experiments.llm_structured_pruning --preset tiny --workdir runs/lsp_tiny
@@ -19,7 +19,9 @@ its query heads) or one MLP channel:
   ``normalize="kind"``); no data.
 - ``taylor``: ``|sum_w w g_w|`` per unit, ``g`` the mean gradient of the LM loss over the
   calibration batches (LLM-Pruner's first-order vector-wise importance, without its LoRA
-  recovery), global allocation on that common scale (``normalize="none"``).
+  recovery), GLOBAL allocation on that common scale (``normalize="none"``), which may remove
+  every group of a layer; LLM-Pruner itself prunes every layer at one ratio and skips the first
+  and last layers: this baseline is not LLM-Pruner.
 - ``nirvana``: ``nirvana_prune`` with ``gamma=1`` (each pool pruned at about s); ``nirvana_g``:
   the published ``gamma`` (3.36, the Llama-3.1-8B script: pruning shifted to the MLP).
 - ``nirvana_uniform``: NIRVANA's unit scores with a UNIFORM allocation (the ablation of its
@@ -376,7 +378,7 @@ def claims(results: dict[str, Any]) -> list[lab.Claim]:
     ev = results["evals"]
     out = []
     for s in results["config"]["sparsities"]:
-        for b, what in (("taylor", "first-order Taylor (LLM-Pruner-style)"),
+        for b, what in (("taylor", "global first-order Taylor"),
                         ("magnitude", "magnitude")):  # fmt: skip
             out.append(_claim(ev, f"NIRVANA beats {what} at {100 * s:g}%", "nirvana", b, s))
         what = f"NIRVANA's adaptive allocation beats a uniform one at {100 * s:g}%"

@@ -70,7 +70,15 @@ def test_zeroth_order_equals_directional_derivative_to_second_order():
     seen = []
     s = W.zeroth_order_scores(loss, params, groups, [x, 2 * x], key=key, num_noise=2,
                               progress=lambda *a: seen.append(a))  # fmt: skip
-    assert seen == [(1, 3, "l0"), (2, 3, "l1"), (3, 3, "l2")]
+    assert [a[:3] for a in seen] == [(1, 3, "l0"), (2, 3, "l1"), (3, 3, "l2")]
+    assert [a[3] for a in seen] == [s[n] for n in ("l0", "l1", "l2")]
+    # an interrupted call's scores (saved through progress) are not recomputed: same result
+    again = W.zeroth_order_scores(loss, params, groups, [x, 2 * x], key=key, num_noise=2,
+                                  done={"l0": s["l0"], "l2": s["l2"]},
+                                  progress=lambda *a: seen.append(a))  # fmt: skip
+    assert again == s and seen[-1][:3] == (2, 3, "l1")  # only l1 was scored
+    with pytest.raises(ValueError, match="done names"):
+        W.zeroth_order_scores(loss, params, groups, [x], key=key, done={"zz": 1.0})
     for n in names:
         k = names.index(n)
         want = sum(_jvp_abs(loss, params, n, xb, _z(key, k, b, j, params[n].shape))
@@ -244,6 +252,12 @@ def test_ecoflap_prune_budget_max_and_determinism(tiny):
                   for n, v in info["leaf_scores"].items()}  # fmt: skip
         _, _, info5 = ecoflap_prune(model, ids, **kw, leaf_scores=louder)
         assert info5["block_sparsities"][0] < info["block_sparsities"][0]
+    # partial scores (a killed run's): only the missing kernels are scored, same result
+    part = dict(list(info["leaf_scores"].items())[:5])
+    _, masks6, info6 = ecoflap_prune(model, ids, **kw, leaf_scores=part)
+    assert info6["leaf_scores"] == info["leaf_scores"]
+    for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(masks6), strict=True):
+        np.testing.assert_array_equal(a, b)
     # the weights are exactly zero where masked
     params = nnx.state(pruned, nnx.Param)
     weights = dict(zip(W.leaf_names(params), jax.tree.leaves(params), strict=True))
@@ -354,8 +368,20 @@ def test_bad_input(tiny):
         (lambda: ecoflap_prune(object(), ids, sparsity=0.5, key=key), "LlamaLM"),
         (lambda: ecoflap_prune(model, ids, sparsity=0.5, key=key, leaf_scores=[1.0]), "mapping"),
         (
-            lambda: ecoflap_prune(model, ids, sparsity=0.5, key=key, leaf_scores={}),
+            lambda: ecoflap_prune(
+                model, ids, sparsity=0.5, key=key, leaf_scores={}, score="first_order"
+            ),
             r"leaf_scores\['layers/0/",
+        ),
+        (
+            lambda: ecoflap_prune(model, ids, sparsity=0.5, key=key, leaf_scores={"x": 1.0}),
+            "not scored here",
+        ),
+        (
+            lambda: ecoflap_prune(
+                model, ids, sparsity=0.5, key=key, leaf_scores={"layers/0/mlp/up_proj/kernel": -1}
+            ),
+            "finite float",
         ),
     ]
     for fn, match in bad:

@@ -366,11 +366,6 @@ def settings(cfg: Config) -> list[tuple[str, str, str | None, int | None]]:
     return out
 
 
-def _score_progress(done: int, total: int, name: str) -> None:
-    if done == total or done % 10 == 0:
-        print(f"{TAG}   ecoflap scores: {done}/{total} matrices ({name})", flush=True)
-
-
 def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
     """Runs (or resumes) the experiment; returns the results dict also in results.json.
 
@@ -404,17 +399,22 @@ def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
             ids = calibration_windows(calib, cfg.n_calib, cfg.seq_len, 0 if seed is None else seed)
             t = time.perf_counter()
             if method == "ecoflap":  # one scoring pass per seed serves every sparsity
-                cached = progress["ecoflap_scores"].get(str(seed))
+                saved = progress["ecoflap_scores"].setdefault(str(seed), {})
+                reused = len(saved) == 7 * model.config.num_layers
+
+                def keep(done, total, name, score, saved=saved):  # a kill loses one matrix
+                    saved[name] = score
+                    progress.save()
+                    if done == total or done % 10 == 0:
+                        print(f"{TAG}   ecoflap scores: {done}/{total} matrices", flush=True)
+
                 pruned, masks, info = models.ecoflap_prune(
                     model, ids, key=jax.random.key(seed), method="wanda",
                     batch_size=cfg.calib_batch, num_batches=cfg.ecoflap_batches,
-                    leaf_scores=cached, progress=_score_progress, **parse_pattern(pattern),
+                    leaf_scores=saved or None, progress=keep, **parse_pattern(pattern),
                 )  # fmt: skip
                 entry["block_sparsities"] = info["block_sparsities"]
-                entry["scores_reused"] = cached is not None
-                if cached is None:
-                    progress["ecoflap_scores"][str(seed)] = info["leaf_scores"]
-                    progress.save()
+                entry["scores_reused"] = reused
             else:
                 pruned, masks = models.calibrated_prune(
                     model, ids, method=method, blocksize=cfg.blocksize, percdamp=cfg.percdamp,

@@ -96,7 +96,8 @@ def zeroth_order_scores(
     key: jax.Array,
     eps: float = 1e-3,
     num_noise: int = 1,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Callable[[int, int, str, float], None] | None = None,
+    done: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """ECoFLaP's zeroth-order (MeZO) importance: one scalar per weight matrix.
 
@@ -117,8 +118,13 @@ def zeroth_order_scores(
       key: a ``jax.random`` key.
       eps: the perturbation size, > 0.
       num_noise: directions per batch, >= 1.
-      progress: called as ``progress(done, total, leaf name)`` after each leaf (long runs: two
-        forwards per leaf, batch and direction).
+      progress: called as ``progress(done, total, leaf name, score)`` after each leaf (long
+        runs: two forwards per leaf, batch and direction); with ``done``, a way to save partial
+        results.
+      done: ``{leaf name: score}`` already computed by an interrupted call with the same
+        ``key``, ``batches``, ``eps`` and ``num_noise``: those leaves are not scored again. A
+        leaf's directions depend only on the key, its index, the batch and the direction
+        number, so the result equals an uninterrupted call's.
 
     Returns:
       ``{leaf name: score}`` (Python floats) for every leaf named in ``groups``.
@@ -151,8 +157,14 @@ def zeroth_order_scores(
     for n in names:
         leaf = leaves[index[n]]
         classes.setdefault((leaf.shape, str(leaf.dtype)), []).append(index[n])
+    done = {} if done is None else dict(done)
+    if unknown := [n for n in done if n not in names]:
+        raise ValueError(f"{where}: done names leaves not in groups: {unknown[:3]}")
     out = {}
     for n in names:
+        if n in done:
+            out[n] = float(done[n])
+            continue
         k = index[n]
         w = leaves[k]
         members = tuple(classes[(w.shape, str(w.dtype))])
@@ -166,7 +178,7 @@ def zeroth_order_scores(
                 total += abs(float(g))
         out[n] = total
         if progress is not None:
-            progress(len(out), len(names), n)
+            progress(len(out), len(names), n, total)
     return out
 
 

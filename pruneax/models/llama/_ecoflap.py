@@ -59,14 +59,20 @@ def _num(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, int | float | np.integer | np.floating)
 
 
-def _check_leaf_scores(leaf_scores: Any, groups: dict[str, list[str]], where: str):
+def _check_leaf_scores(leaf_scores: Any, groups: dict[str, list[str]], complete: bool, where):
+    """The given scores as floats; all of them when ``complete``, else any subset."""
     if not isinstance(leaf_scores, Mapping):
         raise ValueError(
             f"{where}: leaf_scores must be a {{kernel name: score}} mapping or None; got "
             f"{type(leaf_scores).__name__}"
         )
+    names = [n for ns in groups.values() for n in ns]
+    if unknown := [n for n in leaf_scores if n not in names]:
+        raise ValueError(f"{where}: leaf_scores names kernels not scored here: {unknown[:3]}")
     out = {}
-    for name in (n for ns in groups.values() for n in ns):
+    for name in names:
+        if name not in leaf_scores and not complete:
+            continue
         v = leaf_scores.get(name)
         if not _num(v) or not np.isfinite(v) or v < 0:
             raise ValueError(
@@ -117,9 +123,11 @@ def ecoflap_prune(
       blocksize / percdamp: SparseGPT's.
       leaf_scores: ``{kernel name: score}`` from an earlier call's ``info["leaf_scores"]`` (same
         model, ids, key and scoring settings): the scoring stage is skipped and these are used,
-        so one scoring pass serves several sparsities (the scores do not depend on it). None:
-        computed here.
-      progress: passed to ``zeroth_order_scores`` (``progress(done, total, kernel name)``).
+        so one scoring pass serves several sparsities (the scores do not depend on it). With
+        ``score="zeroth_order"`` it may be partial (saved through ``progress`` by an interrupted
+        call): only the missing kernels are scored, with the same result. None: computed here.
+      progress: passed to ``zeroth_order_scores`` (``progress(done, total, kernel name,
+        score)``).
 
     Returns:
       ``(pruned_model, masks, info)``: as ``calibrated_prune`` returns, and ``info`` with
@@ -132,7 +140,8 @@ def ecoflap_prune(
         ``max_sparsity`` outside [sparsity, 1), an unknown ``method`` / ``score`` /
         ``reduce``, bad ``num_batches`` / ``batch_size`` / ``eps`` / ``num_noise``, bad
         ``input_ids`` (as ``calibrated_prune``; also fewer than 2 tokens), ``leaf_scores`` not
-        a mapping with a finite score >= 0 for every block kernel, an infeasible allocation.
+        a mapping of finite scores >= 0 of block kernels (all of them unless zeroth-order), an
+        infeasible allocation.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -193,8 +202,12 @@ def ecoflap_prune(
     n_seq = ids.shape[0] if num_batches is None else min(ids.shape[0], num_batches * batch_size)
     batches = [(rest, jnp.asarray(ids[i : i + batch_size])) for i in range(0, n_seq, batch_size)]
     loss = _lm_loss(graphdef)
+    names = [n for ns in groups.values() for n in ns]
+    partial = leaf_scores is not None and score == "zeroth_order"
     if leaf_scores is not None:
-        leaf = _check_leaf_scores(leaf_scores, groups, where)
+        given = _check_leaf_scores(leaf_scores, groups, not partial, where)
+    if leaf_scores is not None and len(given) == len(names):
+        leaf = given
     elif score == "zeroth_order":
         leaf = W.zeroth_order_scores(
             loss,
@@ -205,6 +218,7 @@ def ecoflap_prune(
             eps=eps,
             num_noise=num_noise,
             progress=progress,
+            done=given if partial else None,
         )
     else:
         leaf = W.first_order_scores(loss, params, groups, batches)

@@ -335,7 +335,16 @@ CASES = [
         None,
     ),
     ("uniform-k-big", lambda: T.uniform(7, grid=(2, 3)), "k", "7"),
-]
+    # FlowCut (ATTN: H 2, T 5)
+    ("flowcut_scores-values-rank", lambda: T.flowcut_scores(ATTN, np.ones((2, 5))), "values",
+     "(2, 5)"),
+    ("flowcut_prune_count-rpl", lambda: T.flowcut_prune_count(S, N, 2, -1), "rpl", "-1"),
+    ("flowcut_step-cum", lambda: T.flowcut_step(ATTN, np.ones((2, 5, 3)), np.ones(4, bool),
+                                                np.ones(3), 2, 1), "cum", "(3,)"),
+    ("flowcut_select-blocks", lambda: T.flowcut_select(np.stack([ATTN, ATTN]),
+                                                       np.ones((3, 2, 5, 3)), 2), "attns",
+     "(2, 2, 5, 5)"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("fn", "name", "shows"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

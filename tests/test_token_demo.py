@@ -25,6 +25,12 @@ NOT_SELECTORS = {
     "contextual_merge",
     "coverage_matrix",
     "fuse_pruned",
+    # FlowCut runs across blocks (PruningPlan.flowcut / VisualSelect("flowcut")), not through
+    # the one-block registry
+    "flowcut_prune_count",
+    "flowcut_scores",
+    "flowcut_select",
+    "flowcut_step",
     "gather",
     "hiprune_anchors",
     "holov_chunks",

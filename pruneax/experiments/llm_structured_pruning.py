@@ -70,6 +70,7 @@ import optax
 from pruneax import lab, models
 from pruneax.experiments import _common as common
 from pruneax.experiments import llm_weight_pruning as lwp
+from pruneax.models.llama._nirvana import _kernel_params as kernel_params  # one formula
 
 METHODS = ("magnitude", "taylor", "nirvana", "nirvana_g", "nirvana_uniform")
 TAG = "[llm_structured_pruning]"
@@ -129,13 +130,6 @@ def check_config(cfg: Config) -> None:
             raise ValueError(f"{name} must be an int >= {low}; got {v!r}")
     if isinstance(cfg.gamma, bool) or not isinstance(cfg.gamma, int | float) or cfg.gamma <= 0:
         raise ValueError(f"gamma must be a float > 0; got {cfg.gamma!r}")
-
-
-def kernel_params(config: models.LlamaConfig) -> int:
-    """Parameters of the q / k / v / o / gate / up / down kernels of every block."""
-    d, hd = config.hidden_size, config.head_dim
-    per = zip(config.heads_per_layer, config.kv_heads_per_layer, config.mlp_per_layer, strict=True)
-    return int(sum((h + 2 * kv) * hd * d + h * hd * d + 3 * d * f for h, kv, f in per))
 
 
 def settings(cfg: Config) -> list[tuple[str, str, float | None, int | None]]:

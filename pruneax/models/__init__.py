@@ -22,7 +22,8 @@
   In-LLM visual-token pruning: one static spec
   passed as ``prune=``: ``FastVSpec``, ``FeatherSpec`` (two stages, no-RoPE criterion + uniform
   grid), ``TodreSpec`` (ToDRE stage 2: drop every image token when the text-visual attention
-  shares fall below tau), or any class of yours implementing the ``PruneSpec`` protocol
+  shares fall below tau), ``VisionDropSpec`` (progressive visual-only dropping with contextual
+  merging, renumbered positions), or any class of yours implementing the ``PruneSpec`` protocol
   (``apply`` receives a ``PruneContext`` and returns a ``PruneStep``).
   ``calibrated_prune(model, ids, method="wanda"|"sparsegpt"|"magnitude")``: post-training
   weight pruning of every decoder-block linear from calibration text, block by block;
@@ -95,6 +96,7 @@ from pruneax.models.llama import (
     PruneSpec,
     PruneStep,
     TodreSpec,
+    VisionDropSpec,
     calibrated_prune,
     decode_greedy,
     ecoflap_prune,
@@ -111,6 +113,7 @@ from pruneax.models.llama import (
     nirvana_select_calibration,
     smollm2_gguf_path,
     todre_shares,
+    visiondrop_scores,
 )
 from pruneax.models.mamba import (
     MambaBlock,
@@ -238,6 +241,7 @@ __all__ = [
     "VimOutput",
     "VimPruneStage",
     "VimPruningPlan",
+    "VisionDropSpec",
     "VisualSelect",
     "allocate_units",
     "block_flops",
@@ -288,6 +292,7 @@ __all__ = [
     "vim_config",
     "vim_flops",
     "vim_token_scores",
+    "visiondrop_scores",
     "vit_config",
     "vit_flops",
     "vlm_prefill_flops",

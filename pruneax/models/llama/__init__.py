@@ -64,6 +64,10 @@ from pruneax.models.llama._prune_todre import (
     TodreSpec,
     todre_shares,
 )
+from pruneax.models.llama._prune_visiondrop import (
+    VisionDropSpec,
+    visiondrop_scores,
+)
 from pruneax.models.llama._rope import (
     rope_inv_freq,
 )
@@ -82,6 +86,7 @@ __all__ = [
     "PruneSpec",
     "PruneStep",
     "TodreSpec",
+    "VisionDropSpec",
     "calibrated_prune",
     "check_prune",
     "decode_greedy",
@@ -100,4 +105,5 @@ __all__ = [
     "rope_inv_freq",
     "smollm2_gguf_path",
     "todre_shares",
+    "visiondrop_scores",
 ]

@@ -17,7 +17,9 @@ specs ``_prune_fastv`` / ``_prune_feather`` / ``_prune_todre``, ``_generate`` (g
 In-LLM visual token pruning (``prune=``, one hashable ``PruneSpec`` per call): at each of the
 spec's pruning layers the spec returns which tokens go on; pruned tokens leave the sequence of
 the later layers and their KV caches, text tokens are never dropped, kept tokens keep their
-ORIGINAL RoPE position ids. Later decode steps then attend over fewer entries.
+ORIGINAL RoPE position ids (unless the spec renumbers them: ``VisionDropSpec``; later calls
+then continue each layer's own numbering, ``layer_shifts``). Later decode steps then attend
+over fewer entries.
 
 References: Touvron et al., "Llama 2: Open Foundation and Fine-Tuned Chat Models", 2023
 (arXiv:2307.09288); Yang et al., "Qwen2 Technical Report", 2024 (arXiv:2407.10671);
@@ -48,6 +50,7 @@ from pruneax.models.llama._prune import PruneContext, PruneSpec, PruneStep, chec
 from pruneax.models.llama._prune_fastv import FastVSpec, fastv_keep_indices
 from pruneax.models.llama._prune_feather import FeatherSpec
 from pruneax.models.llama._prune_todre import TodreSpec
+from pruneax.models.llama._prune_visiondrop import VisionDropSpec
 from pruneax.models.llama._rope import apply_rope, rope_cos_sin, rope_inv_freq
 from pruneax.models.llama._scores import reduce_probs
 
@@ -67,6 +70,7 @@ __all__ = [
     "PruneSpec",
     "PruneStep",
     "TodreSpec",
+    "VisionDropSpec",
     "apply_rope",
     "check_prune",
     "fastv_keep_indices",
@@ -280,20 +284,28 @@ class LlamaLM(nnx.Module):
         positions = token_positions(positions, valid, start, b, t)
         kept = None if prune is None else jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         seq = _Tokens(x, positions, *self.rope(positions), valid, kept, bidir)
+        # per-layer numbering lag behind layer 0 (nonzero only after a renumbering prefill)
+        shifts = None if cache is None else layer_shifts(cache)
         attentions: dict[int, jax.Array] = {}
         scores: dict[int, jax.Array] = {}  # what the spec reads, in its attention_form
         info: dict[str, jax.Array] = {}
         hidden_states, layer_caches = [x], []
         for i, layer in enumerate(self.layers):
+            if shifts is not None:  # seq.positions stay in layer 0's numbering
+                seq = self._shifted(seq, shifts[i])
             if i in plan.events:
                 offset = cache.lengths[i - 1] if cache is not None and i > 0 else 0
-                ctx = PruneContext(seq.x, seq.valid, scores.get(i - 1), offset, layer)
+                ctx = PruneContext(
+                    seq.x, seq.valid, scores.get(i - 1), offset, layer, seq.positions
+                )
                 seq, step_info = self._prune(prune, i, ctx, seq, plan.tokens[i])
                 info.update(step_info)
             layer_cache = None if cache is None else cache.layer(i)
             form, explicit = plan.forms.get(i), i in plan.explicit
             x, probs, new_cache = _run_layer(layer, seq, layer_cache, explicit, form)
             seq = seq._replace(x=x)
+            if shifts is not None:
+                seq = self._shifted(seq, -shifts[i])
             if i in plan.asked:
                 attentions[i] = probs
             if form is not None:
@@ -305,14 +317,16 @@ class LlamaLM(nnx.Module):
         hidden = self.norm(seq.x)
         logits = self.head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         new_cache = None
+        out_positions = seq.positions
         if cache is not None:
             new_cache = KVCache.from_layers(layer_caches, positions[:, -1] + 1)
             overflow = jnp.any(new_cache.lengths > jnp.asarray(new_cache.sizes))
             logits = jnp.where(overflow, jnp.nan, logits)
+            out_positions = seq.positions - shifts[-1][:, None]
         return LlamaOutput(
             logits=logits,
             hidden=hidden,
-            positions=seq.positions,
+            positions=out_positions,
             kept=seq.kept,
             attentions=attentions,
             hidden_states=tuple(hidden_states) if return_hidden_states else None,
@@ -320,11 +334,21 @@ class LlamaLM(nnx.Module):
             prune_info=info or None,
         )
 
+    def _shifted(self, seq: _Tokens, shift: jax.Array) -> _Tokens:
+        """``seq`` with its positions lowered by ``shift`` [B] (and the RoPE recomputed)."""
+        return self._renumbered(seq, seq.positions - shift[:, None])
+
+    def _renumbered(self, seq: _Tokens, positions: jax.Array) -> _Tokens:
+        """``seq`` at ``positions`` [B, T] (and their RoPE)."""
+        cos, sin = self.rope(positions)
+        return seq._replace(positions=positions, cos=cos, sin=sin)
+
     def _prune(
         self, prune: PruneSpec, i: int, ctx: PruneContext, seq: _Tokens, tokens: int
     ) -> tuple[_Tokens, dict[str, jax.Array]]:
         """Runs ``prune.apply`` at the input of layer ``i``: gathers the kept tokens (with their
-        original positions) and hides the hidden ones; returns them and the step's info."""
+        original positions, unless the step renumbers them; the step's merged hidden states
+        replace the gathered ones) and hides the hidden ones; returns them and the info."""
         b, t = seq.valid.shape
         step = check_step(prune.apply(i, self.config.num_layers, ctx), prune, i, b, t, tokens)
         if step.keep is not None:
@@ -334,9 +358,32 @@ class LlamaLM(nnx.Module):
             cos, sin = self.rope(positions)
             bidir = None if seq.bidir is None else gather(seq.bidir)
             seq = _Tokens(x, positions, cos, sin, gather(seq.valid), gather(seq.kept), bidir)
+        if step.x is not None:
+            seq = seq._replace(x=jnp.asarray(step.x).astype(seq.x.dtype))
+        if step.positions is not None:
+            positions = jnp.asarray(step.positions).astype(jnp.int32)
+            seq = self._renumbered(seq, positions)
         if step.hide is not None:  # out of the keys (and cache) of this layer on
             seq = seq._replace(valid=seq.valid & ~step.hide)
         return seq, step.info
+
+
+def layer_shifts(cache: KVCache) -> jax.Array:
+    """How far each layer's numbering lags layer 0's: int32 [L, B].
+
+    Layer l's lag is (highest RoPE position among layer 0's valid cache slots) - (the same in
+    layer l), 0 where layer l holds no valid slot. It is 0 for every layer unless a pruning
+    spec renumbered the shortened sequence (``PruneStep.positions``: VisionDrop), whose
+    later tokens then continue each layer's own numbering, as the published code shifts its
+    decode positions by the tokens removed before each layer.
+    """
+    top = jnp.stack(
+        [
+            jnp.max(jnp.where(v, p, -1), axis=1)
+            for p, v in zip(cache.positions, cache.valid, strict=True)
+        ]
+    )
+    return jnp.where(top >= 0, top[:1] - top, 0).astype(jnp.int32)
 
 
 def _run_layer(

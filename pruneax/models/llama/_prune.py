@@ -79,7 +79,9 @@ class PruneContext(NamedTuple):
       offset: the cache slot of the call's first token in layer i - 1 (where its queries sit
         among ``attn``'s keys): an int32 scalar with a cache, 0 without one or at layer 0.
       block: layer i's ``LlamaBlock`` (``input_layernorm``, ``self_attn.project_qk``), for
-        criteria computed from the layer's own projections (FEATHER).
+        criteria computed from the layer's own projections (FEATHER, VisionDrop).
+      positions: [B, T_i] int32 RoPE positions layer i gives the tokens (for criteria that
+        apply RoPE to the layer's own queries / keys: VisionDrop).
     """
 
     x: jax.Array
@@ -87,24 +89,33 @@ class PruneContext(NamedTuple):
     attn: jax.Array | None
     offset: Any
     block: Any
+    positions: jax.Array | None = None
 
 
 class PruneStep(NamedTuple):
     """What ``PruneSpec.apply`` returns for one pruning layer.
 
     Attributes:
-      keep: int32 [B, T_i'] ascending indices into the layer's current T_i tokens of those that
-        go on (gathered with their original RoPE positions), with T_i' =
-        ``tokens_per_layer(...)[i]``; or None to keep all T_i.
+      keep: int32 [B, T_i'] indices into the layer's current T_i tokens of those that go on
+        (gathered with their original RoPE positions), with T_i' = ``tokens_per_layer(...)[i]``;
+        ascending, unless the step also gives ``positions`` (then in the new sequence order);
+        or None to keep all T_i.
       hide: bool [B, T_i'] tokens masked out of the keys (and the cache validity) of this layer
         and every later one, indexed AFTER ``keep``; or None.
       info: arrays to report in ``LlamaOutput.prune_info`` (keys should not collide across
         layers).
+      x: [B, T_i', D] hidden states that REPLACE the gathered ones (a spec that merges
+        tokens: VisionDrop's contextual tokens), indexed after ``keep``; or None.
+      positions: [B, T_i'] int32 RoPE positions that replace the gathered original ones (a
+        spec that renumbers the shortened sequence: VisionDrop), indexed after ``keep``; or
+        None. Later calls with a cache continue each layer's own numbering (see ``LlamaLM``).
     """
 
     keep: jax.Array | None
     hide: jax.Array | None
     info: dict[str, jax.Array]
+    x: jax.Array | None = None
+    positions: jax.Array | None = None
 
 
 @runtime_checkable
@@ -262,6 +273,20 @@ def check_step(step: Any, prune: Any, layer: int, b: int, t: int, t_next: int) -
         )
     if not isinstance(step.info, dict):
         raise ValueError(f"LlamaLM: {name} must return info as a dict; got {step.info!r}")
+    x = step.x
+    if x is not None and (jnp.ndim(x) != 3 or jnp.shape(x)[:2] != (b, t_next)):
+        raise ValueError(
+            f"LlamaLM: {name} must return x [B, T', D] with (B, T') = {(b, t_next)} or None; got "
+            f"shape {jnp.shape(x)}"
+        )
+    pos = step.positions
+    if pos is not None and (
+        jnp.shape(pos) != (b, t_next) or not jnp.issubdtype(jnp.result_type(pos), jnp.integer)
+    ):
+        raise ValueError(
+            f"LlamaLM: {name} must return positions int [B, T'] = {(b, t_next)} or None; got "
+            f"shape {jnp.shape(pos)} dtype {jnp.result_type(pos)}"
+        )
     return step
 
 

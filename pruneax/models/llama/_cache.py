@@ -193,3 +193,21 @@ def init_cache(
         lengths=jnp.zeros((config.num_layers,), jnp.int32),
         next_position=jnp.zeros((batch,), jnp.int32),
     )
+
+
+def layer_shifts(cache: KVCache) -> jax.Array:
+    """How far each layer's numbering lags layer 0's: int32 [L, B].
+
+    Layer l's lag is (highest RoPE position among layer 0's valid cache slots) - (the same in
+    layer l), 0 where layer l holds no valid slot. It is 0 for every layer unless a pruning
+    spec renumbered the shortened sequence (``PruneStep.positions``: VisionDrop), whose
+    later tokens then continue each layer's own numbering, as the published code shifts its
+    decode positions by the tokens removed before each layer.
+    """
+    top = jnp.stack(
+        [
+            jnp.max(jnp.where(v, p, -1), axis=1)
+            for p, v in zip(cache.positions, cache.valid, strict=True)
+        ]
+    )
+    return jnp.where(top >= 0, top[:1] - top, 0).astype(jnp.int32)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from pruneax.models._shared.layers import lm_head, lm_logits
-from pruneax.models.llama._cache import KVCache, LayerCache, init_cache
+from pruneax.models.llama._cache import KVCache, LayerCache, init_cache, layer_shifts
 from pruneax.models.llama._checks import (
     plan_call,
     token_flags,
@@ -366,24 +366,6 @@ class LlamaLM(nnx.Module):
         if step.hide is not None:  # out of the keys (and cache) of this layer on
             seq = seq._replace(valid=seq.valid & ~step.hide)
         return seq, step.info
-
-
-def layer_shifts(cache: KVCache) -> jax.Array:
-    """How far each layer's numbering lags layer 0's: int32 [L, B].
-
-    Layer l's lag is (highest RoPE position among layer 0's valid cache slots) - (the same in
-    layer l), 0 where layer l holds no valid slot. It is 0 for every layer unless a pruning
-    spec renumbered the shortened sequence (``PruneStep.positions``: VisionDrop), whose
-    later tokens then continue each layer's own numbering, as the published code shifts its
-    decode positions by the tokens removed before each layer.
-    """
-    top = jnp.stack(
-        [
-            jnp.max(jnp.where(v, p, -1), axis=1)
-            for p, v in zip(cache.positions, cache.valid, strict=True)
-        ]
-    )
-    return jnp.where(top >= 0, top[:1] - top, 0).astype(jnp.int32)
 
 
 def _run_layer(

@@ -92,6 +92,23 @@ def test_weights_benchmark_quick(tmp_path):
     assert abs(out["masks"]["sparsity_got"] - 0.8) < 1e-6 and out["masks"]["seconds_median"] > 0
 
 
+def test_quick_physical_pruning_benchmark(tmp_path):
+    from benchmarks import physical_pruning as pp
+
+    out = tmp_path / "pp.md"
+    assert pp.main(["--quick", "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["model"], r["fraction"]) for r in rows] == [("conv2", f) for f in pp.FRACTIONS]
+    for r in rows:
+        # conv2 has 64 + 64 filters; round(fraction * 64) removed from each layer
+        assert r["filters_removed"] == 2 * round(r["fraction"] * 64) and r["filters"] == 128
+        assert r["widths"] == [64 - round(r["fraction"] * 64)] * 2
+        assert r["params_removed"] < r["params_masked"] and r["ideal_speedup"] > 1
+        assert r["max_abs_logit_diff"] < 1e-4  # removed = masked
+        assert r["masked_median_s"] > 0 < r["removed_median_s"] and r["speedup"] > 0
+    assert out.read_text().count("| conv2 |") == 3
+
+
 def test_quick_vit_speedup_benchmark(tmp_path):
     from benchmarks import vit_speedup
 

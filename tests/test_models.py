@@ -117,6 +117,7 @@ PUBLIC = [
     "read_checkpoint",
     "read_safetensors",
     "read_torch_state_dict",
+    "remove_filters",
     "save_pruned",
     "shard_model",
     "smollm2_gguf_path",

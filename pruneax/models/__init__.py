@@ -4,6 +4,9 @@
 - ``ConvNet(variant)``: the LTH paper's Conv-2 / Conv-4 / Conv-6 (``CONVNET_VARIANTS``).
 - ``CifarResNet(variant)`` / ``ResNet20``: CIFAR ResNets as open_lth builds them
   (``RESNET_VARIANTS``).
+- ``remove_filters(model, pruned)``: a ``ConvNet`` / ``LeNet300100`` without the pruned
+  filters (dense hidden units) of ``pruneax.weights.filter_masks``'s ``(layer, index)`` pairs:
+  smaller ``widths`` / ``hidden``, the next layer's matching inputs gone.
 - ``ViT(config)`` / ``ViTConfig`` / ``vit_config(name)``: Vision Transformer (ViT, DeiT, CLIP
   image tower, registers) with static token-pruning plans (``PruningPlan`` of ``PruneStage``s);
   returns a ``ViTOutput``. Sizes in ``VIT_VARIANTS`` (``"Ti/16"``, ``"S/16"``, ``"B/16"``,
@@ -81,6 +84,7 @@ from pruneax.models.convnets import (
     ConvNet,
     LeNet300100,
     ResNet20,
+    remove_filters,
 )
 from pruneax.models.llama import (
     LLM_VARIANTS,
@@ -282,6 +286,7 @@ __all__ = [
     "read_checkpoint",
     "read_safetensors",
     "read_torch_state_dict",
+    "remove_filters",
     "save_pruned",
     "shard_model",
     "smollm2_gguf_path",

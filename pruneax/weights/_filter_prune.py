@@ -2,8 +2,10 @@
 
 Each iteration scores the filters of the current network (LRP, weight L1, Taylor or a custom
 criterion from ``pruneax.weights``), masks the globally lowest ones and retrains. Filters are
-masked, not physically removed (pruneax has no channel removal for convnets): a masked filter's
-kernel column and bias are zero, so its output is constant zero after the ReLU.
+masked here: a masked filter's kernel column and bias are zero, so its output is constant zero
+after the ReLU. ``pruneax.models.convnets.remove_filters`` (ConvNet, LeNet300100) then removes
+them physically: it takes the same ``(layer, index)`` pairs and returns a smaller model without
+those filters and the next layer's matching inputs, computing the same logits.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from pruneax.models._shared.common import check_images, glorot_normal, is_size
@@ -97,6 +98,14 @@ class LeNet300100(nnx.Module):
         return self.out(x)
 
 
+def _sizes(value: object) -> tuple[int, ...] | None:
+    """``value`` as a tuple of positive ints, or None if it is not a sequence of them."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        return None
+    items = tuple(value)
+    return tuple(int(s) for s in items) if all(is_size(s) for s in items) else None
+
+
 def _max_pool(x: jax.Array) -> jax.Array:
     return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
@@ -141,10 +150,15 @@ class ConvNet(nnx.Module):
         (conv2: 2, conv4: 4, conv6: 8), so that every pool has a 2x2 window; 8x8 digits work
         for all three.
       num_classes: classifier width.
+      widths: output channels of each convolution, one per conv layer in order (2 / 4 / 6
+        entries); None (default) = the variant's, e.g. conv4 ``(64, 64, 128, 128)``.
+        ``remove_filters`` builds models with smaller widths.
+      hidden: widths of the dense hidden layers (default ``(256, 256)``).
       rngs: ``nnx.Rngs`` for the initializers.
 
     Raises:
-      ValueError: at construction for an unknown variant or an input too small for the pools;
+      ValueError: at construction for an unknown variant, an input too small for the pools,
+        or ``widths`` / ``hidden`` that are not positive ints (``widths`` of the wrong length);
         at call time if ``x`` is not [B, *input_shape].
 
     References: Frankle & Carbin, "The Lottery Ticket Hypothesis", ICLR 2019, Figure 2 (after
@@ -157,6 +171,8 @@ class ConvNet(nnx.Module):
         *,
         input_shape: Sequence[int] = (32, 32, 3),
         num_classes: int = 10,
+        widths: Sequence[int] | None = None,
+        hidden: Sequence[int] = CONVNET_HIDDEN,
         rngs: nnx.Rngs,
     ):
         if variant not in CONVNET_VARIANTS:
@@ -166,6 +182,17 @@ class ConvNet(nnx.Module):
         if not is_size(num_classes):
             raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
         stages = CONVNET_VARIANTS[variant]
+        n_convs = sum(len(s) for s in stages)
+        if widths is None:
+            widths = [width for s in stages for width in s]
+        conv_sizes, dense_sizes = _sizes(widths), _sizes(hidden)
+        if conv_sizes is None or len(conv_sizes) != n_convs:
+            raise ValueError(
+                f"widths must be {n_convs} positive ints (one per conv layer of {variant!r}) "
+                f"or None; got {widths!r}"
+            )
+        if dense_sizes is None:
+            raise ValueError(f"hidden must be a sequence of positive ints; got {hidden!r}")
         h, w, c = (int(s) for s in input_shape)
         num_classes = int(num_classes)
         if min(h, w) < 2 ** len(stages):
@@ -177,16 +204,18 @@ class ConvNet(nnx.Module):
         self.input_shape = (h, w, c)
         self.stage_sizes = tuple(len(s) for s in stages)
 
-        convs = []
-        for widths in stages:
-            for width in widths:
+        convs, todo = [], iter(conv_sizes)
+        for stage in stages:
+            for _ in stage:
+                width = next(todo)
                 convs.append(
                     nnx.Conv(c, width, (3, 3), padding="SAME", kernel_init=glorot_normal, rngs=rngs)
                 )
                 c = width
             h, w = h // 2, w // 2
         self.convs = nnx.List(convs)
-        sizes = [h * w * c, *CONVNET_HIDDEN]
+        self.widths, self.hidden = conv_sizes, dense_sizes
+        sizes = [h * w * c, *dense_sizes]
         self.fcs = nnx.List(
             [
                 nnx.Linear(a, b, kernel_init=glorot_normal, rngs=rngs)

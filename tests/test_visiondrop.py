@@ -171,6 +171,23 @@ def test_spec_budgets_and_tokens_per_layer():
     assert VisionDropSpec(0, 4, layers=[1], tokens=[[2, 0]]).tokens == ((2, 0),)
 
 
+def test_with_budget_reproduces_the_published_schedule_and_fits_any_depth():
+    spec = VisionDropSpec.with_budget(35, 83, 19, 32)  # LLaVA-1.5-7B, 48 tokens in, 32 layers
+    assert spec.layers == (8, 16, 24) and spec.tokens == ((30, 5), (22, 4), (16, 3))
+    for n, keep, layers in ((16, 4, 3), (16, 15, 8), (2, 1, 8), (64, 7, 4), (576, 64, 32)):
+        spec = VisionDropSpec.with_budget(1, 1 + n, keep, layers)
+        assert spec.num_kept[-1] == keep and spec.layers[-1] < layers
+        assert all(a > b for a, b in zip((n, *spec.num_kept), spec.num_kept, strict=False))
+    for kw, match in (
+        (dict(keep=0, num_layers=4), "keep must be an int in \\[1, 17\\]"),
+        (dict(keep=18, num_layers=4), "keep must be an int in"),
+        (dict(keep=4, num_layers=1), "num_layers must be an int >= 2"),
+        (dict(keep=4, num_layers=4, num_stages=0), "num_stages must be an int >= 1"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            VisionDropSpec.with_budget(3, 21, **kw)
+
+
 def test_scores_equal_numpy_and_shapes(model):
     ids = ids_of(seed=2)
     x = model.embed(ids)

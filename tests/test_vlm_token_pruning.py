@@ -42,6 +42,7 @@ def test_outputs_and_structure(reference):
     names = ["dense", *(f"{m}@{r}" for m in cfg.methods), f"fastv@{r}"]
     names += [f"{m}/pos@{r}" for m in cfg.position_ablation]
     names += [f"{m}+fastv@{r}" for m in cfg.combos]
+    names += [f"visiondrop+llm@{r}"]  # VisionDrop's vision stage at 2r, LLM stages down to r
     assert set(names) <= set(evals) and set(evals) == set(lat)
     n = 16  # 2x2 mosaic of 8x8 digits, patch 4
     k = round(r * n)
@@ -135,6 +136,10 @@ def test_settings_have_equal_budgets():
         if 2 * r < 1:
             combo = s[f"divprune+fastv@{r}"]
             assert combo.prune.num_keep == k and combo.prune.stop == 1 + round(2 * r * n)
+            vd = s.get(f"visiondrop+llm@{r}")
+            if round(2 * r * n) > k:  # the LLM stages have tokens to drop
+                assert vd.prune.num_kept[-1] == k and vd.prune.stop == 1 + round(2 * r * n)
+                assert vd.select.num_kept(n) == round(2 * r * n)
         if k > 1:  # FEATHER: one stage at FastV's layer
             feather = s[f"feather@{r}"].prune
             assert feather.num_keep[-1] == k and feather.layers == (cfg.fastv_layer,)
@@ -160,11 +165,12 @@ def test_cell_pool_and_kept_stats():
                               [v["WHICH"], v["CELL_1"], v["?"]],
                               [v["COUNT"], v["DIG_3"], v["?"]]]),
     }  # fmt: skip
-    kept = np.array([[8, -1], [0, 15], [2, 3]])  # row 1: cell (1, 0) hit; row 2: miss
+    # row 1: cell (1, 0) hit; row 2: miss; -2 = dropped in the LLM, -1 = a CLS token (counts)
+    kept = np.array([[8, vtp.DROPPED, -1], [0, 15, vtp.DROPPED], [2, 3, vtp.DROPPED]])
     stats = vtp.kept_stats(kept, ev, (4, 4), 2)
     assert stats["cell_hit_rate"] == 0.5
     np.testing.assert_allclose(stats["kept_row_mean"], np.mean([2, 0, 3, 0, 0]) / 3)
-    assert stats["visual_tokens_last_layer"] == 5 / 3
+    assert stats["visual_tokens_last_layer"] == 6 / 3
 
 
 @pytest.mark.slow  # ~45 s on 2 cores; the default tests run the same tiny pipeline once

@@ -26,10 +26,12 @@ killed run resumes from the last one; batches are a function of (seed, step)).
 
 Evaluation (training-free, on a fixed set of ``eval_size`` questions about test-split digits,
 families in equal numbers): dense; every pre-LLM method (``pre_methods()``: every method of
-the token registry, as a ``VisualSelect``, and FlowCut, which prunes inside the vision encoder
-over its blocks up to the feature layer's) and every in-LLM
-method (FastV at layer ``fastv_layer``; FEATHER / ToDRE specs when ``pruneax.models`` has them)
-at each of ``keep_ratios`` of the N visual tokens; pre-LLM + FastV combinations; and, for
+the token registry, as a ``VisualSelect``, FlowCut, which prunes inside the vision encoder
+over its blocks up to the feature layer's, and VisionDrop's vision stage = VisionZip's) and
+every in-LLM method (FastV at layer ``fastv_layer``; FEATHER / ToDRE specs when
+``pruneax.models`` has them) at each of ``keep_ratios`` of the N visual tokens; pre-LLM + FastV
+combinations; the whole VisionDrop (``visiondrop+llm``: the vision stage keeps 2r, then
+``VisionDropSpec.with_budget``'s LLM stages bring the image tokens to r); and, for
 ``position_ablation``, pre-LLM selection with the kept tokens at their original RoPE positions
 (``m/pos``; the published methods renumber them contiguously). Reported:
 accuracy per family, the "cell hit rate" (locate questions whose asked cell keeps at least one
@@ -71,6 +73,7 @@ from pruneax.models.llama import (
     FastVSpec,
     FeatherSpec,
     TodreSpec,
+    VisionDropSpec,
     decode_greedy,
     init_cache,
     llm_config,
@@ -100,7 +103,7 @@ def pre_methods() -> tuple[str, ...]:
     """The pre-LLM methods: every method of ``pruneax.tokens.METHODS`` (read now) under the
     VLM's name for it (``"fastervlm"`` for ``"topk"``; ``"<name>_pre"`` where an in-LLM method
     has the same name, as ``"feather_pre"``), each followed by its ``PRE_VARIANTS``; then the
-    VLM's in-vision methods (``"flowcut"``)."""
+    VLM's in-vision methods (``"flowcut"``, ``"visiondrop"``)."""
     shown = {m: a for a, m in VLM_SELECT_ALIASES.items()}
     out: list[str] = []
     for m in METHODS:
@@ -111,6 +114,7 @@ def pre_methods() -> tuple[str, ...]:
 
 
 PRE_METHODS = pre_methods()
+DROPPED = -2  # visual_kept entry of a visual token the LLM dropped (-1: a token without a patch)
 FAMILIES = ("locate", "count", "exists")
 
 
@@ -269,7 +273,15 @@ PRESETS: dict[str, Config] = {
         warmup=10,
         ckpt_every=20,
         log_every=10,
-        methods=("fastervlm", "divprune", "coverage", "coverage_vision", "uniform", "flowcut"),
+        methods=(
+            "fastervlm",
+            "divprune",
+            "coverage",
+            "coverage_vision",
+            "uniform",
+            "flowcut",
+            "visiondrop",
+        ),
         position_ablation=("uniform",),
         keep_ratios=(0.25,),
         fastv_layer=1,
@@ -417,6 +429,14 @@ def settings(cfg: Any, vcfg: VLMConfig, start: int = 1) -> list[Setting]:
                 k1 = sel.num_kept(n)
                 prune = FastVSpec(start=start, stop=start + k1, layer=cfg.fastv_layer)
                 out.append(Setting(f"{m}+fastv@{r}", f"{m}+fastv", "combo", r, sel, prune))
+            if "visiondrop" in cfg.methods:  # the whole method: vision stage, then LLM stages
+                sel = pre_select("visiondrop", 2 * r)
+                k1 = sel.num_kept(n)
+                if k < k1:
+                    L = vcfg.llm.num_layers
+                    prune = VisionDropSpec.with_budget(start, start + k1, k, L)
+                    name = "visiondrop+llm"
+                    out.append(Setting(f"{name}@{r}", name, "combo", r, sel, prune))
     return out
 
 
@@ -597,7 +617,8 @@ class Job:
     @functools.partial(jax.jit, static_argnames=("self", "select", "prune", "max_len"))
     def prefill(self, params, images, prefix, question, key, *, select, prune, max_len):
         """Answer logits [B, V], the cache, the visual tokens reaching the last LLM layer
-        (patch indices, -1 = dropped, [B, k]) and the last token's argmax."""
+        (patch indices, -1 = a token without a patch (VisionDrop's CLS), ``DROPPED`` = -2 = dropped
+        in the LLM, [B, k]) and the last token's argmax."""
         vlm = self.model(params)
         b = images.shape[0]
         cache = init_cache(self.vcfg.llm, b, max_len, prune=prune)
@@ -612,7 +633,7 @@ class Job:
             kept = out.llm.kept  # [B, T'] indices into the sequence
             in_span = (kept >= start) & (kept < start + k)
             local = jnp.clip(kept - start, 0, k - 1)
-            vis = jnp.where(in_span, jnp.take_along_axis(vis, local, axis=1), -1)
+            vis = jnp.where(in_span, jnp.take_along_axis(vis, local, axis=1), DROPPED)
         logits = out.logits[:, -1]
         return logits, out.cache, vis, jnp.argmax(logits, -1).astype(jnp.int32)
 
@@ -688,7 +709,9 @@ class Job:
 def kept_stats(
     kept: np.ndarray, ev: dict[str, np.ndarray], vgrid: tuple[int, int], grid: int
 ) -> dict[str, float]:
-    """Cell hit rate on locate questions and the mean normalised row of the kept tokens."""
+    """Cell hit rate on locate questions and the mean normalised row of the kept tokens (of
+    those with a patch index, >= 0), and the visual tokens in the LLM's last layer (every entry
+    but ``DROPPED``: VisionDrop's CLS token, -1, counts)."""
     rows, cols = vgrid
     valid = kept >= 0
     r = np.where(valid, kept // cols, 0)
@@ -702,7 +725,7 @@ def kept_stats(
     return {
         "cell_hit_rate": float(in_cell.any(axis=1).mean()) if loc.any() else float("nan"),
         "kept_row_mean": mean_row,
-        "visual_tokens_last_layer": float(valid.sum(axis=1).mean()),
+        "visual_tokens_last_layer": float((kept != DROPPED).sum(axis=1).mean()),
     }
 
 

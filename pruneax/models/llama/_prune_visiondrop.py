@@ -194,6 +194,62 @@ class VisionDropSpec:
             before = d + c
         object.__setattr__(self, "tokens", pairs)
 
+    @classmethod
+    def with_budget(
+        cls, start: int, stop: int, keep: int, num_layers: int, *, num_stages: int = 3
+    ) -> VisionDropSpec:
+        """The published schedule's shape for other budgets and depths.
+
+        Stages at layers ``round(j L / (S + 1))``, j = 1..S (duplicates and layers outside
+        ``[1, L - 1]`` dropped); stage s keeps ``round(N (keep / N)^(s / S'))`` tokens (S' the
+        stages left; strictly decreasing, the last exactly ``keep``), of which ``round(0.15 x
+        total)`` are contextual. For N = 48, keep = 19, L = 32 this is the published LLaVA-1.5
+        schedule: layers (8, 16, 24), tokens ((30, 5), (22, 4), (16, 3)).
+
+        Args:
+          start, stop: the image span (N = stop - start tokens enter the first stage).
+          keep: image tokens after the last stage, ``1 <= keep < N``.
+          num_layers: the LLM's layers L (>= 2).
+          num_stages: S >= 1.
+
+        Returns:
+          The spec (fewer stages when L or N - keep leave no room for S).
+
+        Raises:
+          ValueError: for ``keep`` outside ``[1, N)``, ``num_layers < 2`` or ``num_stages < 1``.
+
+        Example:
+          >>> VisionDropSpec.with_budget(35, 83, 19, 32).tokens
+          ((30, 5), (22, 4), (16, 3))
+        """
+        n = stop - start if is_int(start) and is_int(stop) else -1
+        if not is_int(keep) or not 1 <= keep < n:
+            raise ValueError(
+                f"VisionDropSpec.with_budget: keep must be an int in [1, {n - 1}]; got {keep!r}"
+            )
+        if not is_int(num_layers) or num_layers < 2:
+            raise ValueError(
+                f"VisionDropSpec.with_budget: num_layers must be an int >= 2; got {num_layers!r}"
+            )
+        if not is_int(num_stages) or num_stages < 1:
+            raise ValueError(
+                f"VisionDropSpec.with_budget: num_stages must be an int >= 1; got {num_stages!r}"
+            )
+        layers = sorted(
+            {min(max(round(j * num_layers / (num_stages + 1)), 1), num_layers - 1)
+             for j in range(1, num_stages + 1)}
+        )  # fmt: skip
+        layers = layers[: max(1, min(len(layers), n - keep))]
+        m = len(layers)
+        totals, before = [], n
+        for s in range(1, m + 1):
+            total = keep if s == m else round(n * (keep / n) ** (s / m))
+            total = min(max(total, keep + m - s), before - 1)
+            totals.append(total)
+            before = total
+        tokens = tuple((t - round(0.15 * t), round(0.15 * t)) for t in totals)
+        return cls(start, stop, layers=tuple(layers), tokens=tokens)
+
     @property
     def num_image(self) -> int:
         """N = stop - start."""

@@ -54,6 +54,7 @@ from pruneax.models.vlm._select import (
     _ids,
     uniform_visual_indices,
 )
+from pruneax.models.vlm._visiondrop import encode_visiondrop
 
 __all__ = [
     "NO_SELECT",
@@ -178,9 +179,10 @@ class VLM(nnx.Module, VLMPrompt):
         features [N, Dv]; ``text`` = the question's LLM input embeddings (when
         ``select.coverage_text`` and there is a question); ``grid`` = the patch grid;
         ``key`` = ``split(key, B)[b]`` for example ``b``. ``select.in_vision`` methods
-        (``"flowcut"``) instead prune inside the vision encoder (``_flowcut.py``: blocks up to
-        the feature layer under ``PruningPlan.flowcut``), and only the kept tokens are
-        projected.
+        (``"flowcut"``, ``"visiondrop"``) instead prune inside the vision encoder
+        (``_flowcut.py``: blocks up to the feature layer under ``PruningPlan.flowcut``;
+        ``_visiondrop.py``: dominant + contextual tokens at the feature block), and only the
+        kept tokens are projected.
 
         Args:
           images: [B, H, W, C] float images.
@@ -194,7 +196,8 @@ class VLM(nnx.Module, VLMPrompt):
         Returns:
           ``(tokens [B, pv + k, D], kept [B, k] int32)``: the ``pv =
           config.num_visual_prefix`` prefix tokens (``feature_select="full"``: CLS, ...) then
-          the kept patches; ``kept`` indexes the N patches, ascending.
+          the kept patches; ``kept`` indexes the N patches, ascending (``"visiondrop"``: -1
+          for the CLS token, the dominant patches, then the contextual tokens' targets).
 
         Raises:
           ValueError: for bad images, a ``select`` that is not a ``VisualSelect`` or does not
@@ -207,6 +210,9 @@ class VLM(nnx.Module, VLMPrompt):
         h = self.config.feature_layer
         p, n = vcfg.num_prefix, vcfg.num_patches
         pv = self.config.num_visual_prefix  # prefix tokens kept ("full"), always first
+        if select.method == "visiondrop":
+            feats, idx = encode_visiondrop(self, images, select)
+            return self.projector(feats), idx
         if select.in_vision:
             feats, idx = encode_selected(self, images, select, key)
             return self.projector(feats[:, p - pv :]), idx

@@ -69,10 +69,11 @@ class _SelectMethods(Mapping):
 
 
 VLM_SELECT_METHODS: Mapping[str, str | None] = _SelectMethods()
-# Pre-LLM methods that select inside the vision encoder (a ViT ``PruningPlan``), with their
-# options: FlowCut (``PruningPlan.flowcut``, ``select_layer`` = the feature layer's block).
+# Pre-LLM methods that select inside the vision encoder, with their options: FlowCut (a ViT
+# ``PruningPlan.flowcut``, ``select_layer`` = the feature layer's block); VisionDrop's vision
+# stage = VisionZip's (dominant by the feature block's CLS attention + contextual merging).
 VISION_SELECT_METHODS: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
-    {"flowcut": ("batch_count",)}
+    {"flowcut": ("batch_count",), "visiondrop": ("contextual",)}
 )
 
 
@@ -87,7 +88,10 @@ class VisualSelect:
         ``"feather"``, ``"holov"``, ``"random"`` (needs a key), ``"uniform"``, or a user's
         own) or an alias (``"fastervlm"`` = ``"topk"``). ``VLM.select_visual`` says which
         input is which. Or a key of ``VISION_SELECT_METHODS``: ``"flowcut"`` prunes inside
-        the vision encoder (``PruningPlan.flowcut``; option ``batch_count``), ``VLM`` only.
+        the vision encoder (``PruningPlan.flowcut``; option ``batch_count``), and
+        ``"visiondrop"`` (VisionDrop's / VisionZip's vision stage: ``keep`` = dominant +
+        contextual tokens, option ``contextual``, default ``keep // 8``; the CLS token is
+        one of the dominant ones when the VLM projects patches only), ``VLM`` only.
       keep: visual tokens kept: an int count, or a ratio in (0, 1] of the N visual tokens
         (``pruneax.tokens.budget``: Python ``round(ratio * N)``).
       hiprune_alpha: HiPrune's anchor-and-buffer fraction (0.1); ``"hiprune"`` only.
@@ -218,7 +222,7 @@ class VisualSelect:
                     f"under jit); got {value!r}"
                 ) from None
         batch_count = dict(items).get("batch_count", BATCH_COUNTS[0])
-        if self.in_vision and batch_count not in BATCH_COUNTS:
+        if self.method == "flowcut" and batch_count not in BATCH_COUNTS:
             raise ValueError(
                 f"VisualSelect: option 'batch_count' must be one of {BATCH_COUNTS}; got "
                 f"{batch_count!r}"
@@ -233,7 +237,8 @@ class VisualSelect:
 
     @property
     def in_vision(self) -> bool:
-        """True for a method that selects inside the vision encoder (``"flowcut"``)."""
+        """True for a method that selects inside the vision encoder (``"flowcut"``,
+        ``"visiondrop"``)."""
         return self.method in VISION_SELECT_METHODS
 
     def method_options(self) -> dict[str, Any]:

@@ -56,6 +56,20 @@ def vision_plan(config: VLMConfig, select: VisualSelect) -> PruningPlan:
     )
 
 
+def embedded_images(vision: Any, images: jax.Array) -> jax.Array:
+    """The vision encoder's patch (+ prefix) embeddings of ``images``, ``pre_norm`` applied.
+
+    Raises:
+      ValueError: unless ``images`` are floating [B, H, W, C] of the encoder's size.
+    """
+    cfg = vision.config
+    check_images(images, (*cfg.image_hw, cfg.num_channels), "VLM")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(f"VLM: images must be floating point; got dtype {images.dtype}")
+    x = vision.embed(images)
+    return x if vision.pre_norm is None else vision.pre_norm(x)
+
+
 def encode_selected(
     vlm: Any, images: jax.Array, select: VisualSelect, key: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
@@ -70,14 +84,8 @@ def encode_selected(
       ValueError: for bad images, or as ``vision_plan``.
     """
     vision, config = vlm.vision, vlm.config
-    cfg = vision.config
-    check_images(images, (*cfg.image_hw, cfg.num_channels), "VLM")
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(f"VLM: images must be floating point; got dtype {images.dtype}")
+    x = embedded_images(vision, images)
     plan = vision_plan(config, select)
-    x = vision.embed(images)
-    if vision.pre_norm is not None:
-        x = vision.pre_norm(x)
     tok = _Tokens(
         plan, x, num_patches=vision.num_patches, num_prefix=vision.num_prefix, grid=vision.grid,
         key=key,

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from pruneax import tokens as T
-from pruneax.models._shared.common import check_images
 from pruneax.models._shared.fields import is_int
+from pruneax.models.vlm._flowcut import embedded_images
 from pruneax.models.vlm._select import VisualSelect
 
 
@@ -74,14 +74,9 @@ def encode_visiondrop(
     """
     vision, config = vlm.vision, vlm.config
     cfg = vision.config
-    check_images(images, (*cfg.image_hw, cfg.num_channels), "VLM")
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(f"VLM: images must be floating point; got dtype {images.dtype}")
+    x = embedded_images(vision, images)
     d, c, cls_token = visiondrop_budget(config, select)
     h, p, pv = config.feature_layer, cfg.num_prefix, config.num_visual_prefix
-    x = vision.embed(images)
-    if vision.pre_norm is not None:
-        x = vision.pre_norm(x)
     for i in range(h - 1):
         x, _, _ = vision.blocks[i](x)
     with_cls = bool(cfg.class_token)

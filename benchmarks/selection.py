@@ -19,6 +19,15 @@ method), is timed apart on ``VISION_SHAPES``: ``pruneax.tokens.flowcut_select`` 
 per-block [CLS] attention rows [S, H, T] and value states [S, H, T, dh] (what ``ViT`` keeps
 under ``PruningPlan.flowcut``; the full [S, H, T, T] matrices of LLaVA-1.5's tower at batch 64
 would be 30 GB), cost model = those inputs read once plus a rank per pruning block.
+VisionDrop / VisionZip's vision stage (``encode_visiondrop``; not a registry method either) is
+timed apart on ``VISIONDROP_SHAPES`` (LLaVA-1.5's feature block: N = 576 patches, D = 1024,
+metric = the keys averaged over 16 heads, dh = 64; VisionZip's 64 = 54 dominant + 10 contextual
+and VisionDrop's 48 = 42 + 6, the CLS being one of the dominant): ``pruneax.tokens.topk`` of
+d - 1 patches on scores [N] (a softmax of Gaussian logits), then
+``pruneax.tokens.contextual_merge`` of the other R = N - d + 1 patches (hidden states [N, D],
+metric [N, dh]) into c contextual tokens; cost model = the scores ranked, the cosine similarity
+matmul (R - c) x dh x c and the one-hot assignment matmul c x (R - c) x D (the R remaining
+hidden rows read once); NumPy reference ``tests/oracles.py:np_visionzip`` (the published forward).
 
 What is measured, per selector, shape and batch B:
 
@@ -31,9 +40,10 @@ What is measured, per selector, shape and batch B:
   report says which and whether its picks match), one example, BLAS limited to one thread
   (``--numpy-threads``), at batch 1 only.
 - The machine's limits, measured in the same run: float32 matmul rate (a large square product,
-  each shape's Gram product ``[N, D] x [D, N]`` and HoloV's chunk products), read bandwidth
-  (a jitted repeated gemv, and a repeated sum, at working sets in L2, L3 and DRAM and at every
-  phase's own working set) and the dispatch floor (a trivial jitted call).
+  each shape's Gram product ``[N, D] x [D, N]``, HoloV's chunk products and VisionZip's
+  similarity and assignment products), read bandwidth (a jitted repeated gemv, and a repeated
+  sum, at working sets in L2, L3 and DRAM and at every phase's own working set) and the
+  dispatch floor (a trivial jitted call).
 
 Cost model (per image, float32): each selector is a list of phases with FLOPs, bytes re-read and
 a working set; a phase costs ``max(FLOPs / matmul rate, bytes / read bandwidth at its working
@@ -150,6 +160,49 @@ QUICK_VISION_SHAPES: dict[str, VisionShape] = {
     "tiny-vision": VisionShape("tiny-vision", 4, 2, 64, 8, 8, (1, 2), "smoke test"),
 }
 
+
+@dataclasses.dataclass(frozen=True)
+class VisionDropShape:
+    """VisionDrop / VisionZip's vision stage at one feature block: ``n`` patches of width ``d``,
+    metric = the block's keys averaged over heads (width ``dh``); ``k`` tokens in all = the CLS
+    + ``patches`` dominant patches + ``contextual`` contextual tokens."""
+
+    name: str
+    n: int
+    d: int
+    dh: int
+    k: int
+    contextual: int
+    batches: tuple[int, ...]
+    note: str
+
+    @property
+    def patches(self) -> int:
+        """Dominant patches selected: the published ``dominant`` count less the CLS token."""
+        return self.k - self.contextual - 1
+
+    @property
+    def remaining(self) -> int:
+        """R: the patches left to merge into the contextual tokens."""
+        return self.n - self.patches
+
+
+VISIONDROP = "visiondrop"
+_LLAVA15_BLOCK = "LLaVA-1.5's CLIP-L/336 feature block (hidden_states[-2]), keys 16 heads x 64"
+VISIONDROP_SHAPES: dict[str, VisionDropShape] = {
+    "llava15-visionzip-k64": VisionDropShape(
+        "llava15-visionzip-k64", 576, 1024, 64, 64, 10, (1, 64),
+        f"{_LLAVA15_BLOCK}; VisionZip's 64 = 54 dominant (CLS + 53 patches) + 10 contextual",
+    ),
+    "llava15-visiondrop-k48": VisionDropShape(
+        "llava15-visiondrop-k48", 576, 1024, 64, 48, 6, (1, 64),
+        f"{_LLAVA15_BLOCK}; VisionDrop's 48 = 42 dominant (CLS + 41 patches) + 6 contextual",
+    ),
+}  # fmt: skip
+QUICK_VISIONDROP_SHAPES: dict[str, VisionDropShape] = {
+    "tiny-visiondrop": VisionDropShape("tiny-visiondrop", 64, 32, 8, 8, 2, (1, 2), "smoke test"),
+}
+
 # ---------------------------------------------------------------------------------------------
 # Cost model
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +216,8 @@ class Phase:
     flops: float
     bytes: float
     working_set: float
-    matmul: str = "gram"  # which measured matmul rate applies: "gram" or "chunk"
+    # which measured matmul rate applies: "gram", "chunk" (HoloV), "sim" or "assign" (VisionZip)
+    matmul: str = "gram"
 
 
 def _cost_topk(s: Shape) -> list[Phase]:
@@ -237,6 +291,29 @@ def _cost_flowcut(v: VisionShape) -> list[Phase]:
               inputs, inputs),
         Phase("rank + mask (pruning blocks)", 0.0, ranks * 3 * v.n * F32, 3 * v.n * F32),
     ]  # fmt: skip
+
+
+def _visiondrop_products(v: VisionDropShape) -> dict[str, tuple[int, int, int]]:
+    """VisionZip's two matmuls as ``(m, kdim, n)``: the cosine similarities of the R - c merged
+    patches with the c targets, and the one-hot assignment summing their hidden states."""
+    c, o = v.contextual, v.remaining - v.contextual
+    return {"sim": (o, v.dh, c), "assign": (c, o, v.d)}
+
+
+def _cost_visiondrop(v: VisionDropShape) -> list[Phase]:
+    """The N scores ranked; the R remaining metric rows read once, L2-normalised (3 R dh) and
+    compared with the c targets (2 (R - c) c dh), the similarities written and read by the
+    argmax; the one-hot assignment matmul (2 c (R - c) D) with the R remaining hidden rows and
+    the one-hot matrix read once and the c contextual tokens written."""
+    n, r, c, dh = v.n, v.remaining, v.contextual, v.dh
+    o = r - c
+    sim = (r * dh + 2 * o * c) * F32
+    assign = (r * v.d + o * c + c * v.d) * F32
+    return [
+        Phase("rank + top-k", 0.0, 2 * n * F32, n * F32),
+        Phase("cosine similarity matmul", 2.0 * o * c * dh + 3.0 * r * dh, sim, sim, "sim"),
+        Phase("one-hot assignment matmul", 2.0 * c * o * v.d, assign, assign, "assign"),
+    ]
 
 
 def _cost_inputs(inputs: tuple[str, ...]) -> Callable[[Shape], list[Phase]]:
@@ -402,6 +479,14 @@ SELECTORS: dict[str, Selector] = selectors()
 FLOWCUT_SELECTOR = Selector(
     FLOWCUT, FLOWCUT, ("attn", "values"), _cost_flowcut, False, False, None, None,
     "flowcut_select on recorded CLS rows + values (vision encoder, not the registry)",
+)  # fmt: skip
+# VisionDrop / VisionZip's vision stage: on VISIONDROP_SHAPES with its own inputs
+# (``visiondrop_cell``), NumPy reference ``np_visionzip`` on one example.
+VISIONDROP_SELECTOR = Selector(
+    VISIONDROP, VISIONDROP, ("scores", "x", "metric"), _cost_visiondrop, False, False,
+    "np_visionzip",
+    lambda v, e, f: f(e["scores"], e["x"], e["metric"], v.patches, v.contextual),
+    "topk + contextual_merge (VisionZip / VisionDrop vision stage, not the registry)",
 )  # fmt: skip
 
 
@@ -613,11 +698,14 @@ def measure_allcore_bandwidth(nbytes: int, seconds: float) -> float | None:
     return sum(counts) * rows * cols * F32 / elapsed / 1e9
 
 
-def _matmul_key(s: Shape, kind: str) -> str:
+def _matmul_key(s: Any, kind: str) -> str:
     if kind == "gram":
         return f"Gram {s.n}x{s.d}x{s.n}"
-    w = math.ceil(s.n / HOLOV_CHUNKS)
-    return f"{HOLOV_CHUNKS} chunks {w}x{s.d}x{w}"
+    if kind == "chunk":
+        w = math.ceil(s.n / HOLOV_CHUNKS)
+        return f"{HOLOV_CHUNKS} chunks {w}x{s.d}x{w}"
+    m, kdim, n = _visiondrop_products(s)[kind]
+    return f"VisionZip {'similarity' if kind == 'sim' else 'assignment'} {m}x{kdim}x{n}"
 
 
 def _ws_key(nbytes: float) -> str:
@@ -632,7 +720,10 @@ def measure_limits(
     copts: dict[str, Any] | None = None,
     selectors: Sequence[Selector] = (),
     phases: Sequence[Phase] = (),
+    matmuls: dict[str, tuple[int, int, int]] | None = None,
 ) -> dict:
+    """The machine's limits; ``phases`` (beyond the selectors' on ``shapes``) add working sets
+    to probe, ``matmuls`` ({key: (m, kdim, n)}) products whose rate to measure."""
     l2, l3 = machine["l2_bytes_per_core"], machine["l3_bytes"]
     reps = 2 if quick else 5
     square = 256 if quick else 2048
@@ -664,6 +755,9 @@ def measure_limits(
             key = _matmul_key(s, kind)
             if key not in rates:
                 rates[key] = rate(m, s.d, m, batch=c)
+    for key, (m, kdim, n) in (matmuls or {}).items():
+        if key not in rates:
+            rates[key] = rate(m, kdim, n)
     limits["matmul_gflops"] = rates
     sizes = {
         "L2": l2 // 2,
@@ -732,13 +826,14 @@ def limit_for(
     rates = limits["matmul_gflops"]
     # The best rate measured, so the limit stays a lower bound when a probe runs slow.
     peak = max(v["best"] for key, v in rates.items() if key.startswith("square"))
+    cost = sel.cost(s)
     rate = {
         kind: max(peak, rates.get(_matmul_key(s, kind), {}).get("best", 0.0))
-        for kind in ("gram", "chunk")
+        for kind in dict.fromkeys(ph.matmul for ph in cost)
     }
     terms = [("dispatch", limits["dispatch_s"] / batch)]
     phases = []
-    for ph in sel.cost(s):
+    for ph in cost:
         level = level_for(ph.working_set, machine)
         bw = limits["bandwidth"][level]
         gbs = read_bandwidth(limits, ph.working_set, level)
@@ -859,8 +954,9 @@ def run_cell(
 
 def time_jitted(
     fn: Callable, args: Sequence[Any], n: int, batch: int, timing: Timing, copts: Any
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Compiles ``fn(*args)`` ahead of time and times it (``run_cell``'s row and picks)."""
+) -> tuple[dict[str, Any], Any]:
+    """Compiles ``fn(*args)`` ahead of time and times it (``run_cell``'s row and picks: the
+    last run's output as NumPy, a tuple of arrays when ``fn`` returns one)."""
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile(compiler_options=copts)
     compile_s = time.perf_counter() - t0
@@ -872,7 +968,8 @@ def time_jitted(
         return last[0]
 
     times = time_calls(call, timing)
-    picks = np.asarray(last[0])  # the last timed run's output (no extra run of a slow cell)
+    # the last timed run's output (no extra run of a slow cell)
+    picks = jax.tree.map(np.asarray, last[0])
     med = statistics.median(times)
     row = {
         "batch_time_s": med,
@@ -912,6 +1009,72 @@ def flowcut_cell(
     return out
 
 
+def visiondrop_inputs(v: VisionDropShape, batch: int, seed: int) -> tuple[jax.Array, ...]:
+    """Random inputs made on the device (no host copy), float32: scores [B, N] (a softmax of
+    Gaussian logits, as FlowCut's CLS rows), hidden states [B, N, D], metric [B, N, dh]."""
+
+    @jax.jit
+    def make(key):
+        ks, kx, km = jax.random.split(key, 3)
+        scores = jax.nn.softmax(3.0 * jax.random.normal(ks, (batch, v.n)), axis=-1)
+        x = jax.random.normal(kx, (batch, v.n, v.d))
+        return scores, x, jax.random.normal(km, (batch, v.n, v.dh))
+
+    return make(jax.random.key(seed))
+
+
+def visiondrop_one(v: VisionDropShape) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """One example of ``encode_visiondrop``'s vision stage: ``(contextual tokens [c, D],
+    dominant patch indices [d - 1])`` from scores [N], hidden states [N, D], metric [N, dh]."""
+
+    def one(scores, x, metric):
+        dom = T.topk(scores, v.patches)
+        tokens, _ = T.contextual_merge(x, metric, dom, v.contextual)
+        return tokens, dom
+
+    return one
+
+
+def visiondrop_cell(
+    v: VisionDropShape, batch: int, timing: Timing, seed: int, copts: Any = None
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
+    """``jax.jit(jax.vmap(visiondrop_one(v)))`` over ``batch`` examples, timed as ``run_cell``:
+    ``(row, (tokens [B, c, D], dominant [B, d - 1]), example 0's inputs as NumPy)``."""
+    args = visiondrop_inputs(v, batch, seed)
+    fn = jax.jit(jax.vmap(visiondrop_one(v)))
+    cell, out = time_jitted(fn, args, v.n, batch, timing, copts)
+    example = {
+        name: np.asarray(a[0]) for name, a in zip(VISIONDROP_SELECTOR.inputs, args, strict=True)
+    }
+    del args
+    gc.collect()
+    return cell, out, example
+
+
+def visiondrop_numpy(
+    v: VisionDropShape,
+    out: tuple[np.ndarray, np.ndarray],
+    example: dict[str, np.ndarray],
+    oracles: Any | None,
+    timing: Timing,
+    threads: int | None = 1,
+) -> dict[str, Any] | None:
+    """``np_visionzip`` on ``example`` (example 0 of a cell whose output is ``out``), timed, and
+    compared with JAX's: dominant overlap (``agree``) and the contextual tokens."""
+    got = run_numpy(VISIONDROP_SELECTOR, v, example, oracles, timing, threads)
+    if got is None:
+        return None
+    nrow, (np_tokens, np_dom) = got
+    tokens, dom = out[0][0], out[1][0]
+    diff = float(np.max(np.abs(np.asarray(np_tokens, np.float32) - tokens)))
+    nrow["agree"] = np.intersect1d(np.asarray(np_dom), dom).size / v.patches
+    nrow["numpy_picks"] = int(np.asarray(np_dom).size)
+    nrow["tokens_max_abs_diff"] = diff
+    nrow["tokens_match"] = bool(np.allclose(tokens, np_tokens, rtol=1e-5, atol=1e-5))
+    nrow["detail"] = f"contextual tokens max |JAX - NumPy| {diff:.2g}"
+    return nrow
+
+
 def _parse_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
@@ -937,21 +1100,26 @@ def run(config: Config) -> dict[str, Any]:
     t_start = time.perf_counter()
     table = QUICK_SHAPES if config.quick else SHAPES
     vtable = QUICK_VISION_SHAPES if config.quick else VISION_SHAPES
+    vdtable = QUICK_VISIONDROP_SHAPES if config.quick else VISIONDROP_SHAPES
     all_shapes = {**SHAPES, **QUICK_SHAPES}
     all_vision = {**VISION_SHAPES, **QUICK_VISION_SHAPES}
-    shape_names = config.shapes or [*table, *vtable]
-    unknown = [n for n in shape_names if n not in all_shapes and n not in all_vision]
+    all_vd = {**VISIONDROP_SHAPES, **QUICK_VISIONDROP_SHAPES}
+    shape_names = config.shapes or [*table, *vtable, *vdtable]
+    everything = {**all_shapes, **all_vision, **all_vd}
+    unknown = [n for n in shape_names if n not in everything]
     if unknown:
-        raise ValueError(f"unknown shapes {unknown}; known: {sorted({**all_shapes, **all_vision})}")
+        raise ValueError(f"unknown shapes {unknown}; known: {sorted(everything)}")
     shapes = [all_shapes[n] for n in shape_names if n in all_shapes]
     known = selectors()  # read now: a method registered after import is benchmarked too
-    sel_names = config.selectors or [*known, FLOWCUT]
-    unknown = [n for n in sel_names if n not in known and n != FLOWCUT]
+    apart = (FLOWCUT, VISIONDROP)  # timed on their own shapes, not through the registry
+    sel_names = config.selectors or [*known, *apart]
+    unknown = [n for n in sel_names if n not in known and n not in apart]
     if unknown:
-        raise ValueError(f"unknown selectors {unknown}; known: {sorted([*known, FLOWCUT])}")
-    chosen = [known[n] for n in sel_names if n != FLOWCUT]
-    # FlowCut runs on the vision shapes (and only there)
+        raise ValueError(f"unknown selectors {unknown}; known: {sorted([*known, *apart])}")
+    chosen = [known[n] for n in sel_names if n not in apart]
+    # FlowCut runs on the vision shapes (and only there), VisionDrop on the VisionDrop shapes
     vshapes = [all_vision[n] for n in shape_names if n in all_vision and FLOWCUT in sel_names]
+    vdshapes = [all_vd[n] for n in shape_names if n in all_vd and VISIONDROP in sel_names]
     oracles = load_oracles() if config.numpy else None
 
     machine = lab.machine()
@@ -959,8 +1127,14 @@ def run(config: Config) -> dict[str, Any]:
     print(f"[selection] {machine['processor']}, {machine['cpu_count']} cores, jax {machine['jax']}")
     print("[selection] measuring machine limits ...", flush=True)
     copts = config.compiler_options
-    flow_phases = [ph for v in vshapes for ph in _cost_flowcut(v)]
-    limits = measure_limits(shapes, machine, config.quick, copts, chosen, flow_phases)
+    apart_phases = [ph for v in vshapes for ph in _cost_flowcut(v)]
+    apart_phases += [ph for v in vdshapes for ph in _cost_visiondrop(v)]
+    vd_matmuls = {
+        _matmul_key(v, kind): dims
+        for v in vdshapes
+        for kind, dims in _visiondrop_products(v).items()
+    }
+    limits = measure_limits(shapes, machine, config.quick, copts, chosen, apart_phases, vd_matmuls)
 
     rows: list[dict[str, Any]] = []
     for s in shapes:
@@ -1025,6 +1199,32 @@ def run(config: Config) -> dict[str, Any]:
             cell, _ = flowcut_cell(v, b, config.timing, config.seed, copts)
             rows.append(flowcut_row(v, b, cell, machine, limits))
             print(f"{_fmt_s(cell['per_image_s'])}/img ({cell['reps']} reps)", flush=True)
+    for v in vdshapes:
+        first = None  # (output, example 0) of the smallest batch: the NumPy comparison's
+        vrows = []
+        for b in sorted(config.batches or v.batches):
+            print(f"[selection] {VISIONDROP} {v.name} B={b} ...", end=" ", flush=True)
+            cell, out, example = visiondrop_cell(v, b, config.timing, config.seed, copts)
+            first = first or (out, example)
+            vrows.append(visiondrop_row(v, b, cell, machine, limits))
+            print(
+                f"{_fmt_s(cell['per_image_s'])}/img ({cell['reps']} reps), "
+                f"limit {_fmt_s(vrows[-1]['limit_s'])}",
+                flush=True,
+            )
+        if config.numpy and first is not None:
+            print(f"[selection] {VISIONDROP} {v.name} NumPy ...", end=" ", flush=True)
+            nrow = visiondrop_numpy(v, *first, oracles, config.timing, config.numpy_threads)
+            if nrow is None:
+                print("no NumPy reference", flush=True)
+            else:
+                print(f"{_fmt_s(nrow['per_image_s'])}/img, {nrow['detail']}", flush=True)
+                for row in vrows:
+                    row["numpy"] = nrow
+                    row["numpy_over_jax"] = nrow["per_image_s"] / row["per_image_s"]
+        rows += vrows
+        del first
+        gc.collect()
 
     result = {
         "command": "python -m benchmarks.selection " + " ".join(config_argv(config)),
@@ -1035,34 +1235,64 @@ def run(config: Config) -> dict[str, Any]:
         "limits": limits,
         "shapes": [dataclasses.asdict(s) for s in shapes],
         "vision_shapes": [dataclasses.asdict(v) for v in vshapes],
+        "visiondrop_shapes": [
+            {**dataclasses.asdict(v), "patches": v.patches, "remaining": v.remaining}
+            for v in vdshapes
+        ],
         "selectors": {
             s.name: {"greedy": s.greedy, "needs_nn": s.needs_nn, "note": s.note}
-            for s in [*chosen, *([FLOWCUT_SELECTOR] if vshapes else [])]
+            for s in [
+                *chosen,
+                *([FLOWCUT_SELECTOR] if vshapes else []),
+                *([VISIONDROP_SELECTOR] if vdshapes else []),
+            ]
         },
         "timing": dataclasses.asdict(config.timing),
         "compiler_options": copts,
         "numpy_threads": config.numpy_threads,
         "rows": rows,
-        "scaling": scaling(rows, shapes) + scaling(rows, vshapes),
+        "scaling": scaling(rows, shapes) + scaling(rows, vshapes) + scaling(rows, vdshapes),
     }
     result["wall_s"] = time.perf_counter() - t_start
     return result
+
+
+def _apart_row(
+    sel: Selector,
+    v: Any,
+    batch: int,
+    fields: dict[str, Any],
+    cell: dict[str, Any],
+    machine: dict,
+    limits: dict,
+) -> dict[str, Any]:
+    """A row of a selector timed apart (FlowCut, VisionDrop): the timing ``cell`` and its
+    limit, keyed as the other rows, with the shape's own ``fields`` after the batch."""
+    lim = limit_for(sel, v, batch, machine, limits)
+    lim_all = limit_for(sel, v, batch, machine, limits, allcore=True)
+    return {
+        "selector": sel.name, "shape": v.name, "n": v.n, "d": v.d, "k": v.k, "batch": batch,
+        **fields, "greedy": False, "needs_nn": False, "note": sel.note, **cell, **lim,
+        "achieved_over_limit": cell["per_image_s"] / lim["limit_s"],
+        "limit_allcore_s": lim_all["limit_s"],
+        "achieved_over_limit_allcore": cell["per_image_s"] / lim_all["limit_s"],
+    }  # fmt: skip
 
 
 def flowcut_row(
     v: VisionShape, batch: int, cell: dict[str, Any], machine: dict, limits: dict
 ) -> dict[str, Any]:
     """A FlowCut result row: the timing ``cell`` and its limit, keyed as the other rows."""
-    lim = limit_for(FLOWCUT_SELECTOR, v, batch, machine, limits)
-    lim_all = limit_for(FLOWCUT_SELECTOR, v, batch, machine, limits, allcore=True)
-    return {
-        "selector": FLOWCUT, "shape": v.name, "n": v.n, "d": v.dh, "k": v.k, "batch": batch,
-        "layers": v.layers, "heads": v.heads, "greedy": False, "needs_nn": False,
-        "note": FLOWCUT_SELECTOR.note, **cell, **lim,
-        "achieved_over_limit": cell["per_image_s"] / lim["limit_s"],
-        "limit_allcore_s": lim_all["limit_s"],
-        "achieved_over_limit_allcore": cell["per_image_s"] / lim_all["limit_s"],
-    }  # fmt: skip
+    fields = {"layers": v.layers, "heads": v.heads}
+    return _apart_row(FLOWCUT_SELECTOR, v, batch, fields, cell, machine, limits)
+
+
+def visiondrop_row(
+    v: VisionDropShape, batch: int, cell: dict[str, Any], machine: dict, limits: dict
+) -> dict[str, Any]:
+    """A VisionDrop result row (``d`` = hidden width D; ``dh`` = the metric's width)."""
+    fields = {"dh": v.dh, "patches": v.patches, "contextual": v.contextual}
+    return _apart_row(VISIONDROP_SELECTOR, v, batch, fields, cell, machine, limits)
 
 
 def config_argv(config: Config) -> list[str]:
@@ -1287,6 +1517,27 @@ def report(result: dict[str, Any]) -> str:
             "",
             *_shape_table(srows),
         ]
+    for v in result.get("visiondrop_shapes", []):
+        srows = [r for r in rows if r["shape"] == v["name"]]
+        if not srows:
+            continue
+        lines += [
+            "",
+            f"## {v['name']}: VisionDrop / VisionZip vision stage, N={v['n']}, D={v['d']}, "
+            f"dh={v['dh']}, k={v['k']} = CLS + {v['patches']} dominant patches + "
+            f"{v['contextual']} contextual ({v['note']})",
+            "",
+            "`topk` of the dominant patches on the head-summed [CLS] attention row (here a "
+            "softmax of Gaussian logits [N]), then `contextual_merge` of the other "
+            f"R={v['remaining']} patches' hidden states [N, D] with the block's head-averaged "
+            "keys [N, dh] as the metric (jitted, vmapped; the encoder blocks are not timed). "
+            "Limit: the N scores ranked, the cosine similarity matmul (R - c) x dh x c (metric "
+            "rows read once) and the one-hot assignment matmul c x (R - c) x D (the R remaining "
+            "hidden rows read once), plus dispatch / B. NumPy: the published forward for one "
+            "example (`tests/oracles.py:np_visionzip`).",
+            "",
+            *_shape_table(srows),
+        ]
     lines += [
         "",
         "## How cost grows",
@@ -1304,6 +1555,7 @@ def report(result: dict[str, Any]) -> str:
             f"{exp} |"
         )
     sources: dict[str, tuple[str, float | None]] = {}
+    token_diff: dict[str, float] = {}
     for r in rows:
         if r.get("numpy"):
             agree = r["numpy"].get("agree")
@@ -1311,6 +1563,9 @@ def report(result: dict[str, Any]) -> str:
             if before is not None and agree is not None:
                 agree = min(agree, before)
             sources[r["selector"]] = (r["numpy"]["source"], agree)
+            diff = r["numpy"].get("tokens_max_abs_diff")  # VisionDrop: its merged tokens
+            if diff is not None:
+                token_diff[r["selector"]] = max(diff, token_diff.get(r["selector"], 0.0))
     lines += [
         "",
         "## Notes",
@@ -1318,12 +1573,15 @@ def report(result: dict[str, Any]) -> str:
         "- Inputs: Gaussian features [B, N, D] float32, uniform scores in [0, 1); coverage uses "
         f"x_vision = x, alpha={ALPHA}, tau_tv={TAU_TV}, tau_vv={TAU_VV}; HiPrune alpha 0.1; "
         f"FEATHER stride {FEATHER_STRIDE}; HoloV {HOLOV_CHUNKS} chunks. Greedy loops run a fixed "
-        "k steps, so their cost does not depend on the values.",
+        "k steps, so their cost does not depend on the values. VisionDrop: scores = softmax of "
+        "3 x Gaussian logits over N, Gaussian hidden states and metric, made on the device.",
         "- Cost model phases (per image): DivPrune = Gram matmul 2N^2D + one N^2 pass + k row "
         "reads; k-center / max-sum = row norms + k matrix-vector products (k N D 4 bytes "
         "re-read); coverage = similarity matmuls 2(m+n)nD + k passes over C ((m+n) n 4 bytes); "
         "HoloV = 16 chunk Grams; top-k, random, HiPrune, FEATHER = a few passes over N "
-        "scores (dispatch-bound). A phase costs max(FLOPs / matmul rate, bytes / read bandwidth "
+        "scores (dispatch-bound); VisionDrop = a rank of N scores + cosine similarity matmul "
+        "2(R-c)c dh + one-hot assignment matmul 2c(R-c)D (R remaining hidden rows read once). "
+        "A phase costs max(FLOPs / matmul rate, bytes / read bandwidth "
         "at its per-example working set); the matmul rate is the better of the square and the "
         "phase's own product. The level named in 'binds' is where one example's working set "
         "fits; the JSON also gives where the whole batch's working set fits "
@@ -1339,7 +1597,10 @@ def report(result: dict[str, Any]) -> str:
         "lowest over the shapes):",
     ]
     for name, (src, agree) in sources.items():
-        lines.append(f"  - {name}: {src}" + ("" if agree is None else f", overlap {agree:.2f}"))
+        line = f"  - {name}: {src}" + ("" if agree is None else f", overlap {agree:.2f}")
+        if name in token_diff:
+            line += f"; contextual tokens max |JAX - NumPy| {token_diff[name]:.2g}"
+        lines.append(line)
     lines.append("")
     return "\n".join(lines)
 
@@ -1355,9 +1616,11 @@ def _json_default(o: Any) -> Any:
 def parse_args(argv: Sequence[str] | None) -> Config:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny shapes, batch 1 and 2 (< 20 s)")
-    p.add_argument("--shapes", help=f"comma list of {sorted({**SHAPES, **QUICK_SHAPES})}")
+    every_shape = {**SHAPES, **QUICK_SHAPES, **VISION_SHAPES, **QUICK_VISION_SHAPES}
+    every_shape |= {**VISIONDROP_SHAPES, **QUICK_VISIONDROP_SHAPES}
+    p.add_argument("--shapes", help=f"comma list of {sorted(every_shape)}")
     p.add_argument("--batches", help="comma list of batch sizes (overrides every shape's)")
-    p.add_argument("--selectors", help=f"comma list of {list(SELECTORS)}")
+    p.add_argument("--selectors", help=f"comma list of {[*SELECTORS, FLOWCUT, VISIONDROP]}")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report path")
     p.add_argument("--json", type=Path, default=None, help="JSON path (default: --out as .json)")
     p.add_argument("--target-s", type=float, default=None, help="timed seconds per cell")

@@ -544,6 +544,45 @@ def np_tome_published(x, metric, r: int, size=None, class_token: bool = True, tr
 
 
 # ---------------------------------------------------------------------------------------------
+# VisionZip / VisionDrop (vision stage: dominant top-k + contextual merging)
+# ---------------------------------------------------------------------------------------------
+
+
+def np_visionzip(scores, x, metric, dominant: int, contextual: int):
+    """VisionZip's vision stage for one example, as published (``CLIPVisionTower_VisionZip
+    .forward``, reused by VisionDrop: ``Ruixxxx/VisionDrop@b9d5df9 llava/visionzip/
+    clip_encoder.py``), on patches only (the CLS token, which the published code keeps in
+    front of the dominant patches, is left to the caller).
+
+    ``dominant`` patches by top score (``topk``; original order, ties to the lower index);
+    ``mask`` = the other R patches, original order; their metric normalised by its norm (no
+    eps); targets = every ``step = max(1, R // contextual)``-th of them, the first
+    ``contextual``; every other remaining patch goes to its most cosine-similar target
+    (``argmax``: ties to the first target); contextual token j = target j's hidden state + the
+    mean of the hidden states assigned to it (``counts.clamp(min=1)``).
+
+    Returns ``(tokens [contextual, D] float32, dominant indices [dominant] int32)``.
+    """
+    x, metric = _f32(x), _f32(metric)
+    n = x.shape[0]
+    dom = np_topk(scores, dominant)
+    mask = np.ones(n, dtype=bool)
+    mask[dom] = False
+    m, h = metric[mask], x[mask]
+    m = (m / np.sqrt(np.sum(m * m, axis=-1, keepdims=True, dtype=F32))).astype(F32)
+    r = m.shape[0]
+    step = max(1, r // contextual)
+    targets = np.arange(0, r, step)[:contextual]
+    others = ~np.isin(np.arange(r), targets)
+    sim = (m[others] @ m[targets].T).astype(F32)  # [R - c, c]
+    assign = np.zeros((int(others.sum()), contextual), dtype=F32)
+    assign[np.arange(assign.shape[0]), np.argmax(sim, axis=1)] = 1.0
+    counts = np.maximum(assign.sum(axis=0), F32(1.0))[:, None]
+    merged = (assign.T @ h[others]).astype(F32) / counts
+    return (h[targets] + merged).astype(F32), dom
+
+
+# ---------------------------------------------------------------------------------------------
 # EViT fusion and scorers
 # ---------------------------------------------------------------------------------------------
 

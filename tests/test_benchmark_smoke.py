@@ -21,8 +21,9 @@ def test_quick_benchmark_writes_a_row_per_selector(tmp_path):
 
     result = json.loads(out.with_suffix(".json").read_text())
     rows = result["rows"]
-    assert {r["selector"] for r in rows} == {*selection.SELECTORS, selection.FLOWCUT}
-    for name in [*selection.SELECTORS, selection.FLOWCUT]:
+    apart = [selection.FLOWCUT, selection.VISIONDROP]
+    assert {r["selector"] for r in rows} == {*selection.SELECTORS, *apart}
+    for name in [*selection.SELECTORS, *apart]:
         mine = [r for r in rows if r["selector"] == name]
         assert sorted(r["batch"] for r in mine) == [1, 2], name
         for r in mine:
@@ -39,6 +40,20 @@ def test_quick_benchmark_writes_a_row_per_selector(tmp_path):
     assert flow[0]["phases"][0]["name"].startswith("scores")
     text = out.read_text()
     assert "## tiny-vision: FlowCut in the vision encoder" in text and "| flowcut |" in text
+    # VisionDrop: topk + contextual_merge on tiny-visiondrop, checked against np_visionzip
+    vd = [r for r in rows if r["selector"] == selection.VISIONDROP]
+    assert {r["shape"] for r in vd} == {"tiny-visiondrop"}
+    assert (vd[0]["k"], vd[0]["patches"], vd[0]["contextual"], vd[0]["dh"]) == (8, 5, 2, 8)
+    assert [ph["name"] for ph in vd[0]["phases"]] == [
+        "rank + top-k",
+        "cosine similarity matmul",
+        "one-hot assignment matmul",
+    ]
+    assert vd[0]["numpy"]["source"] == "tests/oracles.py:np_visionzip"
+    assert vd[0]["numpy"]["tokens_match"] and vd[0]["numpy"]["tokens_max_abs_diff"] < 1e-5
+    assert "## tiny-visiondrop: VisionDrop / VisionZip vision stage" in text
+    assert "| visiondrop |" in text and "contextual tokens max |JAX - NumPy|" in text
+    assert any(k.startswith("VisionZip assignment") for k in result["limits"]["matmul_gflops"])
     for level in ("L2", "L3", "DRAM"):
         assert result["limits"]["bandwidth"][level]["best"] > 0
     assert all(v["best"] > 0 for v in result["limits"]["matmul_gflops"].values())
@@ -65,6 +80,35 @@ def test_flowcut_cell_selects_what_flowcut_select_selects():
         np.testing.assert_array_equal(picks[b], np.asarray(want))
     with pytest.raises(ValueError, match="unknown selectors"):
         selection.run(selection.Config(quick=True, selectors=["flowcutt"]))
+
+
+def test_visiondrop_cell_runs_the_vision_stage():
+    """The benchmark's VisionDrop cell runs ``topk`` + ``contextual_merge`` per example, and
+    ``np_visionzip`` (the published forward) gives the same output on example 0."""
+    import pruneax.tokens as T
+
+    v = selection.QUICK_VISIONDROP_SHAPES["tiny-visiondrop"]
+    scores, x, metric = selection.visiondrop_inputs(v, 2, seed=3)
+    assert (scores.shape, x.shape, metric.shape) == ((2, v.n), (2, v.n, v.d), (2, v.n, v.dh))
+    np.testing.assert_allclose(np.asarray(scores).sum(axis=1), 1.0, rtol=1e-5)
+    timing = selection.Timing(target_s=0.0, min_reps=1, max_reps=1)
+    cell, (tokens, dom), example = selection.visiondrop_cell(v, 2, timing, seed=3)
+    assert tokens.shape == (2, v.contextual, v.d) and dom.shape == (2, v.patches)
+    assert cell["per_image_s"] > 0 and not cell["nn_in_hlo"]
+    for b in range(2):
+        want_dom = T.topk(scores[b], v.patches)
+        want, _ = T.contextual_merge(x[b], metric[b], want_dom, v.contextual)
+        np.testing.assert_array_equal(dom[b], np.asarray(want_dom))
+        np.testing.assert_allclose(tokens[b], np.asarray(want), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(example["x"], np.asarray(x[0]))
+    nrow = selection.visiondrop_numpy(v, (tokens, dom), example, selection.load_oracles(), timing)
+    assert nrow["agree"] == 1.0 and nrow["tokens_match"], nrow
+    # The limit: the phases' FLOPs as documented (R = 59 remaining, c = 2)
+    sim, assign = selection._cost_visiondrop(v)[1:]
+    assert sim.flops == 2.0 * 57 * 2 * 8 + 3.0 * 59 * 8 and sim.matmul == "sim"
+    assert assign.flops == 2.0 * 2 * 57 * 32 and assign.matmul == "assign"
+    with pytest.raises(ValueError, match="unknown shapes"):
+        selection.run(selection.Config(quick=True, shapes=["tiny-visiondrp"]))
 
 
 def test_numpy_references_match_pruneax():

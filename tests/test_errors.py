@@ -344,6 +344,16 @@ CASES = [
     ("flowcut_select-blocks", lambda: T.flowcut_select(np.stack([ATTN, ATTN]),
                                                        np.ones((3, 2, 5, 3)), 2), "attns",
      "(2, 2, 5, 5)"),
+    # FoPru (ATTN: H 2, N 5)
+    ("focal_significance-rank", lambda: T.focal_significance(np.ones(5)), "attn", None),
+    ("focal_significance-square", lambda: T.focal_significance(np.ones((2, 5, 4))), "attn",
+     "(2, 5, 4)"),
+    ("focal_select-k", lambda: T.focal_select(ATTN, 6), "k", "6"),
+    ("focal_select-strategy", lambda: T.focal_select(ATTN, 2, strategy="col"), "strategy",
+     "'col'"),
+    ("focal_select-grid", lambda: T.focal_select(ATTN, 2, strategy="row"), "grid", None),
+    ("focal_select-rows", lambda: T.focal_select(np.full((1, 4, 4), 0.25), 3, strategy="row"),
+     "k", "3"),
 ]  # fmt: skip
 
 

@@ -24,6 +24,8 @@ PUBLIC = [
     "flowcut_scores",
     "flowcut_select",
     "flowcut_step",
+    "focal_select",
+    "focal_significance",
     "fuse_pruned",
     "gather",
     "get_method",

@@ -31,6 +31,10 @@ NOT_SELECTORS = {
     "flowcut_scores",
     "flowcut_select",
     "flowcut_step",
+    # FoPru needs the patch-to-patch attention matrix, which no registry input carries
+    # (VisualSelect("fopru") computes it at the feature block)
+    "focal_select",
+    "focal_significance",
     "gather",
     "hiprune_anchors",
     "holov_chunks",

@@ -18,6 +18,7 @@ from pruneax.tokens._flowcut import (
     flowcut_select,
     flowcut_step,
 )
+from pruneax.tokens._focal import focal_select, focal_significance
 from pruneax.tokens._hiprune import hiprune, hiprune_anchors
 from pruneax.tokens._holov import holov, holov_chunks
 from pruneax.tokens._ops import (
@@ -60,6 +61,8 @@ __all__ = [
     "flowcut_scores",
     "flowcut_select",
     "flowcut_step",
+    "focal_select",
+    "focal_significance",
     "fuse_pruned",
     "gather",
     "get_method",

@@ -44,6 +44,7 @@ from pruneax.models.llama._model import KVCache, LlamaLM
 from pruneax.models.vit._model import ViT
 from pruneax.models.vlm._config import VLMConfig, VLMOutput
 from pruneax.models.vlm._flowcut import encode_selected
+from pruneax.models.vlm._focal import encode_focal
 from pruneax.models.vlm._projector import Projector
 from pruneax.models.vlm._prompt import VLMPrompt
 from pruneax.models.vlm._select import (
@@ -179,7 +180,7 @@ class VLM(nnx.Module, VLMPrompt):
         features [N, Dv]; ``text`` = the question's LLM input embeddings (when
         ``select.coverage_text`` and there is a question); ``grid`` = the patch grid;
         ``key`` = ``split(key, B)[b]`` for example ``b``. ``select.in_vision`` methods
-        (``"flowcut"``, ``"visiondrop"``) instead prune inside the vision encoder
+        (``"flowcut"``, ``"visiondrop"``, ``"fopru"``) instead prune inside the vision encoder
         (``_flowcut.py``: blocks up to the feature layer under ``PruningPlan.flowcut``;
         ``_visiondrop.py``: dominant + contextual tokens at the feature block), and only the
         kept tokens are projected.
@@ -210,8 +211,9 @@ class VLM(nnx.Module, VLMPrompt):
         h = self.config.feature_layer
         p, n = vcfg.num_prefix, vcfg.num_patches
         pv = self.config.num_visual_prefix  # prefix tokens kept ("full"), always first
-        if select.method == "visiondrop":
-            feats, idx = encode_visiondrop(self, images, select)
+        if select.method in ("visiondrop", "fopru"):
+            encode = encode_visiondrop if select.method == "visiondrop" else encode_focal
+            feats, idx = encode(self, images, select)
             return self.projector(feats), idx
         if select.in_vision:
             feats, idx = encode_selected(self, images, select, key)

@@ -71,9 +71,10 @@ class _SelectMethods(Mapping):
 VLM_SELECT_METHODS: Mapping[str, str | None] = _SelectMethods()
 # Pre-LLM methods that select inside the vision encoder, with their options: FlowCut (a ViT
 # ``PruningPlan.flowcut``, ``select_layer`` = the feature layer's block); VisionDrop's vision
-# stage = VisionZip's (dominant by the feature block's CLS attention + contextual merging).
+# stage = VisionZip's (dominant by the feature block's CLS attention + contextual merging);
+# FoPru (the feature block's patch-to-patch attention, ``pruneax.tokens.focal_select``).
 VISION_SELECT_METHODS: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
-    {"flowcut": ("batch_count",), "visiondrop": ("contextual",)}
+    {"flowcut": ("batch_count",), "visiondrop": ("contextual",), "fopru": ("strategy",)}
 )
 
 
@@ -91,7 +92,8 @@ class VisualSelect:
         the vision encoder (``PruningPlan.flowcut``; option ``batch_count``), and
         ``"visiondrop"`` (VisionDrop's / VisionZip's vision stage: ``keep`` = dominant +
         contextual tokens, option ``contextual``, default ``keep // 8``; the CLS token is
-        one of the dominant ones when the VLM projects patches only), ``VLM`` only.
+        one of the dominant ones when the VLM projects patches only), and ``"fopru"``
+        (FoPru; option ``strategy``: ``"rank"`` or ``"row"``), ``VLM`` only.
       keep: visual tokens kept: an int count, or a ratio in (0, 1] of the N visual tokens
         (``pruneax.tokens.budget``: Python ``round(ratio * N)``).
       hiprune_alpha: HiPrune's anchor-and-buffer fraction (0.1); ``"hiprune"`` only.
@@ -238,7 +240,7 @@ class VisualSelect:
     @property
     def in_vision(self) -> bool:
         """True for a method that selects inside the vision encoder (``"flowcut"``,
-        ``"visiondrop"``)."""
+        ``"visiondrop"``, ``"fopru"``)."""
         return self.method in VISION_SELECT_METHODS
 
     def method_options(self) -> dict[str, Any]:

@@ -65,6 +65,9 @@ def test_flowcut_entries(reference):
     assert 0.3 < e["accuracy"] <= 1.0
     t = out["throughput"][f"flowcut@L{layer}:{r}"]
     assert t["ideal_speedup"] == pytest.approx(1 / e["flops_ratio"]) and t["images_per_s"] > 0
+    # VisionDrop's vision stage keeps k tokens (dominant + contextual) from the same layer
+    vd = out["evals"][f"visiondrop@L{layer}:{r}"]
+    assert vd["flops_ratio"] == top["flops_ratio"] and 0.0 <= vd["accuracy"] <= 1.0
 
 
 def test_flops_and_token_counts():

@@ -24,7 +24,9 @@ training run. ``claims`` reports each comparison per pruning layer and names the
    pruning layer) scores after every block before it and leaves the keep ratio before that
    same block, as the one-stage methods; its earlier pruning steps only mask tokens out of the
    attention (no saving), so its FLOPs are top-k's at that layer: all tokens before the
-   layer, 1 + k from it on (``PruningPlan.block_tokens``).
+   layer, 1 + k from it on (``PruningPlan.block_tokens``). VisionDrop / VisionZip's vision
+   stage (``ContextualStage``) keeps the ratio as ``keep // 8`` contextual tokens plus the
+   top dominant patches by the [CLS] row.
 3. Fine-tune the best two methods briefly with pruning in the loop, at ``finetune_ratio``, and
    evaluate them again, so training-free and fine-tuned accuracy stand side by side.
 4. Throughput (images/s, jitted, batch ``throughput_batch``, median of ``throughput_repeats``)
@@ -57,7 +59,7 @@ from flax import nnx
 from pruneax import data as pdata
 from pruneax import lab, models
 from pruneax.experiments import _common as common
-from pruneax.models.vit import PruningPlan, vit_flops
+from pruneax.models.vit import ContextualStage, PruningPlan, vit_flops
 
 METHODS = (
     "random",
@@ -72,6 +74,7 @@ METHODS = (
     "feather",
     "holov",
     "flowcut",
+    "visiondrop",
 )
 
 
@@ -294,6 +297,8 @@ def make_plan(method: str, layer: int, ratio: float, vit_cfg: models.ViTConfig) 
         if p != 1 or not vit_cfg.class_token:
             raise ValueError(f"flowcut needs exactly one prefix token, the CLS; the model has {p}")
         plan = PruningPlan.flowcut(ratio, num_layers=vit_cfg.num_layers, select_layer=layer)
+    elif method == "visiondrop":  # VisionZip / VisionDrop's vision stage: dominant + contextual
+        plan = PruningPlan((ContextualStage(layer=layer, keep=ratio),))
     else:
         plan = PruningPlan.at(layer, ratio, method)
     plan.validate(vit_cfg.num_layers, n)

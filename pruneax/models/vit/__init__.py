@@ -14,6 +14,7 @@ from pruneax.models.vit._config import (
     ViTConfig,
     vit_config,
 )
+from pruneax.models.vit._contextual import ContextualStage
 from pruneax.models.vit._flops import (
     block_flops,
     vit_flops,
@@ -61,6 +62,7 @@ __all__ = [
     "VIT_VARIANTS",
     "Attention",
     "Block",
+    "ContextualStage",
     "FixedEmbedding",
     "FlowCutStage",
     "MapHead",

@@ -103,13 +103,7 @@ class FlowCutStage:
 
     def kept(self, n: int) -> int:
         """Patches left after the last stage when ``n`` enter the model."""
-        k = self.keep if isinstance(self.keep, int) else math.ceil(self.keep * n - 1e-9)
-        if not 1 <= k <= n:
-            raise ValueError(
-                f"FlowCutStage(keep={self.keep!r}): keeps {k} of the {n} patch tokens; expected "
-                f"1 <= keep <= {n}"
-            )
-        return k
+        return keep_count("FlowCutStage", self.keep, n)
 
     def out_tokens(self, n: int) -> int:
         """Patch tokens in the array after the stage: ``n`` (dead ones included) until the
@@ -181,6 +175,21 @@ class FlowCutStage:
         x = jnp.concatenate([x[:, :1], patches], axis=1)
         carry.pop(_CARRY, None)
         return x, jnp.ones(x.shape[:2], size.dtype), idx, carry
+
+
+def keep_count(owner: str, keep: int | float, n: int) -> int:
+    """``keep`` as a count of the ``n`` patch tokens: the int, or ``ceil(keep * n)`` (as
+    ``PruneStage``).
+
+    Raises:
+      ValueError: naming ``owner`` unless the count is in ``[1, n]``.
+    """
+    k = keep if isinstance(keep, int) else math.ceil(keep * n - 1e-9)
+    if not 1 <= k <= n:
+        raise ValueError(
+            f"{owner}(keep={keep!r}): keeps {k} of the {n} patch tokens; expected 1 <= keep <= {n}"
+        )
+    return k
 
 
 def flowcut_stages(

@@ -29,6 +29,24 @@ its query heads) or one MLP channel:
   ``floor(s n)`` lowest-scoring GQA groups (at least one kept) and then the lowest MLP channels
   (``uniform_keep``).
 
+- ``tyr`` (opt-in: not in the default ``methods``): Týr-the-Pruner (``tyr_prune``): every
+  o_proj (by GQA group) and down_proj (by channel) pruned by local OBS + an exact refit at
+  ``tyr_levels`` sparsity levels per layer (a supernet, with the published "median" error
+  accumulation), an evolutionary search of the layer-wise levels under a sparse KL to the dense
+  model on the calibration windows, ``tyr_rounds`` coarse-to-fine rounds. ``tyr_uniform``: the
+  first supernet's centre (the same pruner and refit, the uniform start, no search): the
+  ablation of the search. Sparsity: Týr's ``--sparsity`` is the fraction of the o_proj +
+  down_proj weights; removing a fraction of o_proj's groups (down_proj's channels) kills the same
+  fraction of q / k / v (gate / up), so with those sliced out it is the kernel fraction s of
+  this experiment, and ``s P_k / P`` of the whole model. The start counts are ``uniform_keep``'s
+  (``floor(s n)`` GQA groups, then the channels that bring each layer to s of its kernels,
+  ``tyr_start``), so the achieved kernel sparsity matches the other methods' (the published
+  ``int(n (1 - s))`` rule would remove a third of SmolLM2's 3 groups per layer at 20%); the
+  search preserves each kind's total, so the sparsity is the start's. Search sizes are the
+  ``tyr_*`` fields (published: 4 rounds, 9 levels, 50 generations of 128 offspring, survivors
+  16 / 4 / 2 on 2048 / 16384 / 131072 tokens, top-k 8192, 16 MLP rounds); the minibatches are
+  drawn from the same calibration windows as the supernet's Hessians.
+
 ``magnitude`` and ``taylor`` remove units until the whole model is at most ``1 - s P_k / P``
 of its dense parameters (``P_k`` the kernel parameters, ``P`` all), so their kernel sparsity is
 s or a unit above it; NIRVANA's own rounding (kept MLP channels a multiple of 8) leaves it at or
@@ -73,6 +91,7 @@ from pruneax.experiments import llm_weight_pruning as lwp
 from pruneax.models.llama._nirvana import _kernel_params as kernel_params  # one formula
 
 METHODS = ("magnitude", "taylor", "nirvana", "nirvana_g", "nirvana_uniform")
+ALL_METHODS = (*METHODS, "tyr", "tyr_uniform")  # Týr: opt-in (--methods), slow on CPU
 TAG = "[llm_structured_pruning]"
 PUBLISHED_GAMMA = 3.36  # NIRVANA's run.sh for Llama-3.1-8B (3.0 for Llama-3.2-3B)
 
@@ -95,12 +114,24 @@ class Config:
     calib_batch: int = 8  # Taylor's gradient batches
     gamma: float = PUBLISHED_GAMMA  # nirvana_g
     tiny_tokens: int = 2048  # tiny: length of each random token stream
+    tyr_rounds: int = 2  # Týr: supernet + search rounds (published 4)
+    tyr_levels: int = 5  # sparsity levels per layer (published 9)
+    tyr_generations: int = 4  # published 50
+    tyr_offspring: int = 6  # published 128
+    tyr_survivors: tuple[int, ...] = (3, 1)  # published (16, 4, 2)
+    tyr_tokens: tuple[int, ...] = (512, 4096)  # published (2048, 16384, 131072)
+    tyr_top_k: int = 1024  # published 8192
+    tyr_mlp_rounds: int = 16  # local-pruner rounds of down_proj (published 16)
 
 
+_TYR_TINY: dict[str, Any] = dict(tyr_levels=3, tyr_generations=2, tyr_offspring=4)
+_TYR_TINY |= dict(tyr_survivors=(2, 1), tyr_tokens=(64, 256), tyr_top_k=64, tyr_mlp_rounds=4)
+_TYR_GPU: dict[str, Any] = dict(tyr_rounds=4, tyr_levels=9, tyr_generations=20, tyr_offspring=32)
+_TYR_GPU |= dict(tyr_survivors=(8, 4, 2), tyr_tokens=(1024, 2048, 4096), tyr_top_k=8192)
 PRESETS: dict[str, Config] = {
-    "tiny": Config(model="tiny", n_calib=8, calib_len=32, seq_len=32, eval_batch=8),
+    "tiny": Config(model="tiny", n_calib=8, calib_len=32, seq_len=32, eval_batch=8, **_TYR_TINY),
     "cpu": Config(model="smollm2", eval_windows=64),
-    "gpu": Config(model="smollm2", eval_batch=8, sparsities=(0.1, 0.2, 0.3, 0.4, 0.5)),
+    "gpu": Config(model="smollm2", eval_batch=8, sparsities=(0.1, 0.2, 0.3, 0.4, 0.5), **_TYR_GPU),
 }
 
 
@@ -108,9 +139,9 @@ def check_config(cfg: Config) -> None:
     """ValueError naming the field for a config this experiment cannot run."""
     if cfg.model not in lwp.MODELS:
         raise ValueError(f"model must be one of {lwp.MODELS}; got {cfg.model!r}")
-    bad = [m for m in cfg.methods if m not in METHODS]
+    bad = [m for m in cfg.methods if m not in ALL_METHODS]
     if bad or not cfg.methods or len(set(cfg.methods)) != len(cfg.methods):
-        raise ValueError(f"methods must be distinct names from {METHODS}; got {cfg.methods}")
+        raise ValueError(f"methods must be distinct names from {ALL_METHODS}; got {cfg.methods}")
     if not cfg.sparsities or any(
         isinstance(s, bool) or not isinstance(s, int | float) or not 0.0 < s < 1.0
         for s in cfg.sparsities
@@ -123,13 +154,20 @@ def check_config(cfg: Config) -> None:
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ValueError(f"seeds must be distinct; got {cfg.seeds}")
     lows = dict(eval_every=2, n_calib=1, calib_len=2, seq_len=2, eval_windows=0, eval_batch=1)
-    lows |= dict(calib_batch=1, tiny_tokens=2)
+    lows |= dict(calib_batch=1, tiny_tokens=2, tyr_rounds=1, tyr_levels=1, tyr_generations=1)
+    lows |= dict(tyr_offspring=1, tyr_top_k=1, tyr_mlp_rounds=1)
     for name, low in lows.items():
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ValueError(f"{name} must be an int >= {low}; got {v!r}")
     if isinstance(cfg.gamma, bool) or not isinstance(cfg.gamma, int | float) or cfg.gamma <= 0:
         raise ValueError(f"gamma must be a float > 0; got {cfg.gamma!r}")
+    stages = (cfg.tyr_survivors, cfg.tyr_tokens)
+    if not all(isinstance(v, tuple) and v and all(
+            not isinstance(x, bool) and isinstance(x, int) and x >= 1 for x in v)
+            for v in stages) or len(stages[0]) != len(stages[1]):  # fmt: skip
+        raise ValueError(f"tyr_survivors and tyr_tokens must be equally long tuples of positive "
+                         f"ints; got {stages[0]!r} and {stages[1]!r}")  # fmt: skip
 
 
 def settings(cfg: Config) -> list[tuple[str, str, float | None, int | None]]:
@@ -172,10 +210,49 @@ def uniform_keep(attn, mlp, sparsity: float, config: models.LlamaConfig) -> mode
     return models.StructuredKeep(heads=tuple(heads), mlp=tuple(channels))
 
 
+def tyr_start(config: models.LlamaConfig, sparsity: float) -> tuple[tuple[int, ...], float]:
+    """Týr's start at kernel sparsity s: per slot (block i's o_proj, then its down_proj) the
+    GQA groups / MLP channels removed, as ``uniform_keep``'s counts (``floor(s n)`` groups,
+    then the channels nearest to s of the layer's kernels); and the resulting fraction of the
+    o_proj + down_proj weights (the published ``--sparsity``)."""
+    heads, mlp = config.kv_heads_per_layer, config.mlp_per_layer
+    keep = uniform_keep([np.zeros(h) for h in heads], [np.zeros(f) for f in mlp], sparsity,
+                        config)  # fmt: skip
+    start = []
+    for h, f, kh, km in zip(heads, mlp, keep.heads, keep.mlp, strict=True):
+        start += [h - len(kh), f - len(km)]
+    per_group = config.num_groups * config.head_dim  # o_proj rows of a group; a channel: 1
+    removed = sum(start[0::2]) * per_group + sum(start[1::2])
+    return tuple(start), removed / (sum(heads) * per_group + sum(mlp))
+
+
+def _tyr(model: models.LlamaLM, method: str, sparsity: float, ids, cfg: Config, seed: int):
+    start, _ = tyr_start(model.config, sparsity)
+    if method == "tyr_uniform":  # the first supernet's centre: no search
+        net = models.tyr_supernet(model, jnp.asarray(ids), start=start, num_levels=1,
+                                  mlp_rounds=cfg.tyr_mlp_rounds)  # fmt: skip
+        return models.prune_structured(*models.tyr_apply(net, (0,) * len(net.kinds)))
+    pruned, _ = models.tyr_prune(
+        model, jnp.asarray(ids), sparsity=start, outer_rounds=cfg.tyr_rounds,
+        num_levels=cfg.tyr_levels, generations=cfg.tyr_generations, offspring=cfg.tyr_offspring,
+        survivors=cfg.tyr_survivors, tokens=cfg.tyr_tokens, top_k=cfg.tyr_top_k,
+        mlp_rounds=cfg.tyr_mlp_rounds, seed=seed,
+    )  # fmt: skip
+    return pruned
+
+
 def prune(
-    model: models.LlamaLM, method: str, sparsity: float, ids: np.ndarray | None, cfg: Config
+    model: models.LlamaLM,
+    method: str,
+    sparsity: float,
+    ids: np.ndarray | None,
+    cfg: Config,
+    seed: int = 0,
 ) -> models.LlamaLM:
-    """The physically pruned model of one setting (``ids``: calibration windows or None)."""
+    """The physically pruned model of one setting (``ids``: calibration windows or None;
+    ``seed``: Týr's search seed, the calibration seed)."""
+    if method in ("tyr", "tyr_uniform"):
+        return _tyr(model, method, sparsity, ids, cfg, seed)
     if method == "nirvana_uniform":
         attn, mlp = models.nirvana_scores(model, jnp.asarray(ids))
         keep = uniform_keep(attn, mlp, sparsity, model.config)
@@ -235,7 +312,7 @@ def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
             if seed is not None:
                 ids = lwp.calibration_windows(calib, cfg.n_calib, cfg.calib_len, seed)
             t = time.perf_counter()
-            pruned = prune(model, method, float(sparsity), ids, cfg)
+            pruned = prune(model, method, float(sparsity), ids, cfg, seed=seed or 0)
             jax.block_until_ready(jax.tree.leaves(pruned))
             entry["prune_seconds"] = time.perf_counter() - t
         entry["kernel_sparsity"] = 1.0 - kernel_params(pruned.config) / dense_kernels
@@ -377,6 +454,21 @@ def claims(results: dict[str, Any]) -> list[lab.Claim]:
             out.append(_claim(ev, f"NIRVANA beats {what} at {100 * s:g}%", "nirvana", b, s))
         what = f"NIRVANA's adaptive allocation beats a uniform one at {100 * s:g}%"
         out.append(_claim(ev, what, "nirvana", "nirvana_uniform", s))
+    return out + _tyr_claims(results)
+
+
+def _tyr_claims(results: dict[str, Any]) -> list[lab.Claim]:
+    """When Týr ran: it beats NIRVANA (the paper: better than the structured baselines at equal
+    sparsity) and its searched distribution beats its uniform start (``tyr_uniform``)."""
+    ev, methods = results["evals"], results["config"].get("methods", ())
+    out = []
+    for s in results["config"]["sparsities"] if "tyr" in methods else ():
+        for b, what in (
+            ("nirvana", f"Týr beats NIRVANA at {100 * s:g}%"),
+            ("tyr_uniform", f"Týr's search beats its uniform start at {100 * s:g}%"),
+        ):
+            c = _claim(ev, what, "tyr", b, s)
+            out.append(lab.Claim("Týr-the-Pruner", c.claim, c.measured, c.verdict))
     return out
 
 
@@ -403,12 +495,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workdir", required=True, help="results and progress.json go here")
     parser.add_argument("--seeds", type=int, nargs="+", help="calibration seeds")
     parser.add_argument("--corpus", help="folder of usr_NN.txt (default: Debian's Vim manual)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS)
+    parser.add_argument("--methods", nargs="+", choices=ALL_METHODS)
     parser.add_argument("--sparsities", type=float, nargs="+", help="e.g. 0.2 0.3 0.5")
     for name in ("eval_every", "n_calib", "calib_len", "seq_len", "eval_windows", "eval_batch",
                  "calib_batch", "tiny_tokens"):  # fmt: skip
         parser.add_argument(f"--{name}", type=int)
     parser.add_argument("--gamma", type=float)
+    for name in ("tyr_rounds", "tyr_levels", "tyr_generations", "tyr_offspring", "tyr_top_k",
+                 "tyr_mlp_rounds"):  # fmt: skip
+        parser.add_argument(f"--{name}", type=int)
+    parser.add_argument("--tyr_survivors", type=int, nargs="+")
+    parser.add_argument("--tyr_tokens", type=int, nargs="+")
     args = parser.parse_args(argv)
     given = common.cli_overrides(args)
     return run(dataclasses.replace(PRESETS[args.preset], **given), args.workdir)

@@ -33,7 +33,9 @@
   ``ecoflap_prune``: ECoFLaP's per-block sparsity from a zeroth-order importance, then Wanda.
   ``nirvana_prune``: NIRVANA structured pruning (GQA groups and MLP channels scored by one
   backward, global two-pool allocation; ``nirvana_scores`` / ``nirvana_allocate`` /
-  ``nirvana_select_calibration``).
+  ``nirvana_select_calibration``). ``tyr_prune``: Týr-the-Pruner (o_proj / down_proj pruned by
+  local OBS at several levels per layer, ``tyr_supernet``; an evolutionary search of the levels
+  under a sparse KL, ``tyr_search`` / ``tyr_mutate`` / ``tyr_sparse_kl``; ``tyr_apply``).
 - ``VLM`` / ``VLMConfig``: LLaVA-style vision-language model (ViT hidden state -2 -> MLP
   projector -> ``LlamaLM``) with pre-LLM visual-token selection (``VisualSelect``: FasterVLM,
   DivPrune, k-center, max-sum, MMTok coverage with the question, HiPrune, HoloV, random,
@@ -100,6 +102,7 @@ from pruneax.models.llama import (
     PruneSpec,
     PruneStep,
     TodreSpec,
+    TyrSupernet,
     VisionDropSpec,
     calibrated_prune,
     decode_greedy,
@@ -117,6 +120,14 @@ from pruneax.models.llama import (
     nirvana_select_calibration,
     smollm2_gguf_path,
     todre_shares,
+    tyr_apply,
+    tyr_fitness,
+    tyr_mutate,
+    tyr_offspring,
+    tyr_prune,
+    tyr_search,
+    tyr_sparse_kl,
+    tyr_supernet,
     visiondrop_scores,
 )
 from pruneax.models.mamba import (
@@ -233,6 +244,7 @@ __all__ = [
     "SSMMixer",
     "StructuredKeep",
     "TodreSpec",
+    "TyrSupernet",
     "VLMConfig",
     "VLMOutput",
     "ViT",
@@ -292,6 +304,14 @@ __all__ = [
     "smollm2_gguf_path",
     "taylor_grads",
     "todre_shares",
+    "tyr_apply",
+    "tyr_fitness",
+    "tyr_mutate",
+    "tyr_offspring",
+    "tyr_prune",
+    "tyr_search",
+    "tyr_sparse_kl",
+    "tyr_supernet",
     "uniform_visual_indices",
     "unit_counts",
     "vim_config",

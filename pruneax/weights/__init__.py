@@ -12,7 +12,8 @@ per-group sparsity (``allocate_keep`` / ``allocate_sparsity``). Pruning by Expla
 rules (``zplus_dense``, ``zplus_conv``, ``maxpool_relevance``) through an ``LRPLayer`` plan
 (``lrp_relevance``), filter criteria (``lrp_filter_scores``, ``weight_filter_scores``,
 ``taylor_filter_scores``), global ranking (``lowest_filters``), ``filter_masks`` and the
-``iterative_filter_pruning`` schedule.
+``iterative_filter_pruning`` schedule. Týr-the-Pruner's local pruner: whole input groups removed
+by OBS rounds with an exact least-squares refit (``tyr_local_prune``, ``tyr_layer_loss``).
 Mask trees mirror the parameter tree: bool arrays (True = kept) for prunable leaves, None
 elsewhere. Leaves are named by key path (``"dense/kernel"``) and chosen by predicate or glob.
 """
@@ -53,6 +54,7 @@ from pruneax.weights._paths import default_prunable, leaf_names, path_name, prun
 from pruneax.weights._schedules import iterative, one_shot, polynomial
 from pruneax.weights._scores import magnitude_scores, random_scores, saliency_scores
 from pruneax.weights._sparsegpt import HessianState, hessian_init, hessian_update, sparsegpt_prune
+from pruneax.weights._tyr import tyr_layer_loss, tyr_local_prune
 from pruneax.weights._wanda import input_sq_norms, magnitude_mask, wanda_mask, wanda_scores
 
 __all__ = [
@@ -98,6 +100,8 @@ __all__ = [
     "sparsegpt_prune",
     "sparsity_report",
     "taylor_filter_scores",
+    "tyr_layer_loss",
+    "tyr_local_prune",
     "uniform_sparsities",
     "wanda_mask",
     "wanda_scores",

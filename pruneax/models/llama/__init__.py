@@ -3,7 +3,10 @@ and GGUF (llama.cpp) import, in-LLM visual-token pruning (the ``PruneSpec`` prot
 built-in specs), and post-training weight pruning from calibration text
 (``calibrated_prune``: Wanda, SparseGPT, magnitude, block by block; ``ecoflap_prune``: ECoFLaP's
 per-block sparsity allocation, then Wanda / SparseGPT), and NIRVANA structured pruning
-(``nirvana_prune``: GQA groups and MLP channels from one backward, two-pool global allocation).
+(``nirvana_prune``: GQA groups and MLP channels from one backward, two-pool global allocation),
+and Týr-the-Pruner (``tyr_prune``: local OBS pruning of o_proj / down_proj at several sparsity
+levels per layer -> ``tyr_supernet``, evolutionary search of the layer-wise levels under a
+sparse-KL fitness -> ``tyr_search``).
 """
 
 from pruneax.models.llama._cache import (
@@ -71,6 +74,23 @@ from pruneax.models.llama._prune_visiondrop import (
 from pruneax.models.llama._rope import (
     rope_inv_freq,
 )
+from pruneax.models.llama._tyr import (
+    TyrSupernet,
+    tyr_apply,
+    tyr_supernet,
+)
+from pruneax.models.llama._tyr_fitness import (
+    tyr_fitness,
+    tyr_sparse_kl,
+)
+from pruneax.models.llama._tyr_prune import (
+    tyr_prune,
+)
+from pruneax.models.llama._tyr_search import (
+    tyr_mutate,
+    tyr_offspring,
+    tyr_search,
+)
 
 __all__ = [
     "LLM_VARIANTS",
@@ -86,6 +106,7 @@ __all__ = [
     "PruneSpec",
     "PruneStep",
     "TodreSpec",
+    "TyrSupernet",
     "VisionDropSpec",
     "calibrated_prune",
     "check_prune",
@@ -105,5 +126,13 @@ __all__ = [
     "rope_inv_freq",
     "smollm2_gguf_path",
     "todre_shares",
+    "tyr_apply",
+    "tyr_fitness",
+    "tyr_mutate",
+    "tyr_offspring",
+    "tyr_prune",
+    "tyr_search",
+    "tyr_sparse_kl",
+    "tyr_supernet",
     "visiondrop_scores",
 ]

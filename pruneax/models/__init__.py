@@ -26,8 +26,10 @@
   passed as ``prune=``: ``FastVSpec``, ``FeatherSpec`` (two stages, no-RoPE criterion + uniform
   grid), ``TodreSpec`` (ToDRE stage 2: drop every image token when the text-visual attention
   shares fall below tau), ``VisionDropSpec`` (progressive visual-only dropping with contextual
-  merging, renumbered positions), or any class of yours implementing the ``PruneSpec`` protocol
-  (``apply`` receives a ``PruneContext`` and returns a ``PruneStep``).
+  merging, renumbered positions), ``TransPruneSpec`` (progressive dropping by token transition
+  variation + instruction-guided attention: ``transprune_ttv``, ``transprune_iga``), or any
+  class of yours implementing the ``PruneSpec`` protocol (``apply`` receives a ``PruneContext``
+  and returns a ``PruneStep``; optional ``transition_layers`` bring ``TransitionStats``).
   ``calibrated_prune(model, ids, method="wanda"|"sparsegpt"|"magnitude")``: post-training
   weight pruning of every decoder-block linear from calibration text, block by block;
   ``ecoflap_prune``: ECoFLaP's per-block sparsity from a zeroth-order importance, then Wanda.
@@ -102,6 +104,8 @@ from pruneax.models.llama import (
     PruneSpec,
     PruneStep,
     TodreSpec,
+    TransitionStats,
+    TransPruneSpec,
     TyrSupernet,
     VisionDropSpec,
     calibrated_prune,
@@ -120,6 +124,8 @@ from pruneax.models.llama import (
     nirvana_select_calibration,
     smollm2_gguf_path,
     todre_shares,
+    transprune_iga,
+    transprune_ttv,
     tyr_apply,
     tyr_fitness,
     tyr_mutate,
@@ -244,6 +250,8 @@ __all__ = [
     "SSMMixer",
     "StructuredKeep",
     "TodreSpec",
+    "TransPruneSpec",
+    "TransitionStats",
     "TyrSupernet",
     "VLMConfig",
     "VLMOutput",
@@ -304,6 +312,8 @@ __all__ = [
     "smollm2_gguf_path",
     "taylor_grads",
     "todre_shares",
+    "transprune_iga",
+    "transprune_ttv",
     "tyr_apply",
     "tyr_fitness",
     "tyr_mutate",

@@ -54,6 +54,7 @@ from pruneax.models.llama._prune import (
     PruneContext,
     PruneSpec,
     PruneStep,
+    TransitionStats,
     check_prune,
 )
 from pruneax.models.llama._prune_fastv import (
@@ -66,6 +67,11 @@ from pruneax.models.llama._prune_feather import (
 from pruneax.models.llama._prune_todre import (
     TodreSpec,
     todre_shares,
+)
+from pruneax.models.llama._prune_transprune import (
+    TransPruneSpec,
+    transprune_iga,
+    transprune_ttv,
 )
 from pruneax.models.llama._prune_visiondrop import (
     VisionDropSpec,
@@ -106,6 +112,8 @@ __all__ = [
     "PruneSpec",
     "PruneStep",
     "TodreSpec",
+    "TransPruneSpec",
+    "TransitionStats",
     "TyrSupernet",
     "VisionDropSpec",
     "calibrated_prune",
@@ -126,6 +134,8 @@ __all__ = [
     "rope_inv_freq",
     "smollm2_gguf_path",
     "todre_shares",
+    "transprune_iga",
+    "transprune_ttv",
     "tyr_apply",
     "tyr_fitness",
     "tyr_mutate",

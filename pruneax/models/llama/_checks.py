@@ -15,7 +15,7 @@ import numpy as np
 
 from pruneax.models.llama._cache import KVCache
 from pruneax.models.llama._config import LlamaConfig
-from pruneax.models.llama._prune import check_prune
+from pruneax.models.llama._prune import check_prune, transition_layers
 from pruneax.models.llama._scores import prune_form
 
 
@@ -29,6 +29,8 @@ class CallPlan(NamedTuple):
       tokens: tokens each layer processes (and appends to its cache).
       forms: {layer: form} in which the spec reads each of its ``attention_layers``
         (``"probs"``, ``"last_query"``, ``("key_mass", start, stop)``: see ``_scores``).
+      transitions: layers that measure their per-token transition statistics for the spec
+        (its optional ``transition_layers``).
     """
 
     asked: frozenset[int]
@@ -36,6 +38,7 @@ class CallPlan(NamedTuple):
     events: tuple[int, ...]
     tokens: tuple[int, ...]
     forms: dict[int, Any]
+    transitions: frozenset[int] = frozenset()
 
 
 def plan_call(
@@ -59,20 +62,21 @@ def plan_call(
     if cache is not None:
         check_cache(cache, config, b)
     asked = frozenset(attention_layers(return_attention_at, n))
-    explicit, events, tokens, forms = asked, (), (t,) * n, {}
+    explicit, events, tokens, forms, transitions = asked, (), (t,) * n, {}, frozenset()
     if prune is not None:
         check_prune(prune, n, t, "LlamaLM")
         forms = {int(i): prune_form(prune, int(i), n, "LlamaLM") for i in prune.attention_layers(n)}
         explicit = asked | frozenset(i for i, f in forms.items() if f == "probs")
         events = tuple(int(i) for i in prune.pruning_layers(n))
         tokens = tuple(int(v) for v in prune.tokens_per_layer(n, t))
+        transitions = transition_layers(prune, n, "LlamaLM")
     if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int):
         raise ValueError(f"LlamaLM: logits_to_keep must be an int; got {logits_to_keep!r}")
     if logits_to_keep < 0:
         raise ValueError(f"LlamaLM: logits_to_keep must be >= 0; got {logits_to_keep}")
     if cache is not None:
         check_room(cache, tokens)
-    return CallPlan(asked, explicit, events, tokens, forms)
+    return CallPlan(asked, explicit, events, tokens, forms, transitions)
 
 
 def token_inputs(model: Any, input_ids: Any, inputs_embeds: Any) -> jax.Array:

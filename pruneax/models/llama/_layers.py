@@ -214,10 +214,39 @@ def rms_norm(
     )
 
 
+TRANSITION_EPS = 1e-8  # torch's cosine_similarity eps; also guards ||b|| = 0
+
+
+def transition_stats(before: jax.Array, after: jax.Array) -> jax.Array:
+    """Per-token ``(||b||, ||a||, cos(b, a))`` float32 [..., 3] of a sub-block's normalised
+    input ``before`` = b and its output ``after`` = a (before the residual add), both [..., D].
+
+    The cosine is ``b . a / (max(||b||, eps) * max(||a||, eps))`` with eps = 1e-8 (torch's
+    ``cosine_similarity``), computed in float32 whatever the inputs' dtype.
+
+    Example:
+      >>> b, a = jnp.array([[3.0, 4.0]]), jnp.array([[0.0, 2.0]])
+      >>> transition_stats(b, a).tolist()
+      [[5.0, 2.0, 0.800000011920929]]
+    """
+    b32, a32 = before.astype(_F32), after.astype(_F32)
+    nb = jnp.sqrt(jnp.sum(b32 * b32, axis=-1))
+    na = jnp.sqrt(jnp.sum(a32 * a32, axis=-1))
+    dot = jnp.sum(b32 * a32, axis=-1)
+    cos = dot / (jnp.maximum(nb, TRANSITION_EPS) * jnp.maximum(na, TRANSITION_EPS))
+    return jnp.stack([nb, na, cos], axis=-1)
+
+
 class LlamaBlock(nnx.Module):
     """Pre-norm decoder layer: ``x + self_attn(input_layernorm(x))``, then
     ``x + mlp(post_attention_layernorm(x))``. Same arguments and returns as
-    ``LlamaAttention``; ``layer`` picks the sizes of a structurally pruned config."""
+    ``LlamaAttention``; ``layer`` picks the sizes of a structurally pruned config.
+
+    With ``transition=True`` the call returns a fourth item, the per-token transition
+    statistics float32 [B, T, 6] of its two sub-blocks (``transition_stats`` of the attention's
+    ``(input_layernorm(x), self_attn output)``, then of the MLP's
+    ``(post_attention_layernorm(h), mlp output)``): what a pruning spec's
+    ``transition_layers`` asks for (TransPrune's token transition variation)."""
 
     def __init__(
         self,
@@ -245,9 +274,11 @@ class LlamaBlock(nnx.Module):
         offset: jax.Array | int = 0,
         return_attention: bool = False,
         scores: Any = None,
-    ) -> tuple[jax.Array, jax.Array | None, tuple[jax.Array, jax.Array]]:
+        transition: bool = False,
+    ) -> tuple[Any, ...]:
+        normed = self.input_layernorm(x)
         y, probs, kv = self.self_attn(
-            self.input_layernorm(x),
+            normed,
             cos,
             sin,
             mask,
@@ -257,5 +288,11 @@ class LlamaBlock(nnx.Module):
             scores=scores,
         )
         x = x + y
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, probs, kv
+        normed_mlp = self.post_attention_layernorm(x)
+        z = self.mlp(normed_mlp)
+        if not transition:
+            return x + z, probs, kv
+        stats = jnp.concatenate(
+            [transition_stats(normed, y), transition_stats(normed_mlp, z)], axis=-1
+        )
+        return x + z, probs, kv, stats

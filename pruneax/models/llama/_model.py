@@ -11,15 +11,17 @@ embeddings multiplied by sqrt(hidden_size) (see ``LlamaConfig``).
 
 The pieces live beside it: ``_config`` (``LlamaConfig``, variants), ``_rope``, ``_layers``
 (attention, MLP, norm, block), ``_cache`` (``KVCache``, one ``LayerCache`` threaded through each
-layer), ``_checks`` (argument checks), ``_prune`` (the ``PruneSpec`` protocol) and the built-in
-specs ``_prune_fastv`` / ``_prune_feather`` / ``_prune_todre``, ``_generate`` (greedy decoding).
+layer), ``_flow`` (the tokens of one call, one layer run on them, the transition statistics a
+spec asked for), ``_checks`` (argument checks), ``_prune`` (the ``PruneSpec`` protocol) and the
+built-in specs ``_prune_fastv`` / ``_prune_feather`` / ``_prune_todre`` / ``_prune_visiondrop``
+/ ``_prune_transprune``, ``_generate`` (greedy decoding).
 
 In-LLM visual token pruning (``prune=``, one hashable ``PruneSpec`` per call): at each of the
 spec's pruning layers the spec returns which tokens go on; pruned tokens leave the sequence of
 the later layers and their KV caches, text tokens are never dropped, kept tokens keep their
-ORIGINAL RoPE position ids (unless the spec renumbers them: ``VisionDropSpec``; later calls
-then continue each layer's own numbering, ``layer_shifts``). Later decode steps then attend
-over fewer entries.
+ORIGINAL RoPE position ids (unless the spec renumbers them: ``VisionDropSpec``,
+``TransPruneSpec``; later calls then continue each layer's own numbering, ``layer_shifts``).
+Later decode steps then attend over fewer entries.
 
 References: Touvron et al., "Llama 2: Open Foundation and Fine-Tuned Chat Models", 2023
 (arXiv:2307.09288); Yang et al., "Qwen2 Technical Report", 2024 (arXiv:2407.10671);
@@ -29,14 +31,14 @@ transformers' ``modeling_llama.py``, ``modeling_qwen2.py``, ``modeling_gemma.py`
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
 from pruneax.models._shared.layers import lm_head, lm_logits
-from pruneax.models.llama._cache import KVCache, LayerCache, init_cache, layer_shifts
+from pruneax.models.llama._cache import KVCache, init_cache, layer_shifts
 from pruneax.models.llama._checks import (
     plan_call,
     token_flags,
@@ -45,8 +47,16 @@ from pruneax.models.llama._checks import (
     token_positions,
 )
 from pruneax.models.llama._config import LLM_VARIANTS, LlamaConfig, llm_config
+from pruneax.models.llama._flow import Tokens, follow_keep, measured, run_layer
 from pruneax.models.llama._layers import LlamaAttention, LlamaBlock, LlamaMlp, normal02, rms_norm
-from pruneax.models.llama._prune import PruneContext, PruneSpec, PruneStep, check_prune, check_step
+from pruneax.models.llama._prune import (
+    PruneContext,
+    PruneSpec,
+    PruneStep,
+    TransitionStats,
+    check_prune,
+    check_step,
+)
 from pruneax.models.llama._prune_fastv import FastVSpec, fastv_keep_indices
 from pruneax.models.llama._prune_feather import FeatherSpec
 from pruneax.models.llama._prune_todre import TodreSpec
@@ -83,20 +93,6 @@ __all__ = [
 _F32 = jnp.float32
 
 
-class _Tokens(NamedTuple):
-    """The tokens flowing through the layers: hidden states [B, T_l, D], RoPE positions, their
-    cos / sin, validity [B, T_l], indices into the call's tokens (None without pruning) and
-    the bidirectional-prefix flags [B, T_l] (None: plain causal)."""
-
-    x: jax.Array
-    positions: jax.Array
-    cos: jax.Array
-    sin: jax.Array
-    valid: jax.Array
-    kept: jax.Array | None
-    bidir: jax.Array | None = None
-
-
 @struct.dataclass
 class LlamaOutput:
     """What ``LlamaLM.__call__`` returns (a pytree: it passes through ``jax.jit``).
@@ -120,7 +116,8 @@ class LlamaOutput:
       prune_info: what the spec reports, or None without pruning / for FastV:
         ``FeatherSpec``: ``"scores_{l}"`` float32 [B, N_l] the criterion over the image tokens
         entering pruning layer l; ``TodreSpec``: ``"drop"`` bool [B], ``"text_to_visual"``,
-        ``"visual_to_text"`` float32 [B].
+        ``"visual_to_text"`` float32 [B]; ``VisionDropSpec``: ``"scores_{l}"``;
+        ``TransPruneSpec``: ``"scores_{l}"``, ``"ttv_{l}"``, ``"iga_{l}"`` float32 [B, n_l].
     """
 
     logits: jax.Array
@@ -283,12 +280,13 @@ class LlamaLM(nnx.Module):
         start = cache.next_position if cache is not None else jnp.zeros((b,), jnp.int32)
         positions = token_positions(positions, valid, start, b, t)
         kept = None if prune is None else jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        seq = _Tokens(x, positions, *self.rope(positions), valid, kept, bidir)
+        seq = Tokens(x, positions, *self.rope(positions), valid, kept, bidir)
         # per-layer numbering lag behind layer 0 (nonzero only after a renumbering prefill)
         shifts = None if cache is None else layer_shifts(cache)
         attentions: dict[int, jax.Array] = {}
         scores: dict[int, jax.Array] = {}  # what the spec reads, in its attention_form
         info: dict[str, jax.Array] = {}
+        stored: dict[int, TransitionStats] = {}  # the spec's transition_layers so far
         hidden_states, layer_caches = [x], []
         for i, layer in enumerate(self.layers):
             if shifts is not None:  # seq.positions stay in layer 0's numbering
@@ -296,13 +294,17 @@ class LlamaLM(nnx.Module):
             if i in plan.events:
                 offset = cache.lengths[i - 1] if cache is not None and i > 0 else 0
                 ctx = PruneContext(
-                    seq.x, seq.valid, scores.get(i - 1), offset, layer, seq.positions
+                    seq.x, seq.valid, scores.get(i - 1), offset, layer, seq.positions, dict(stored)
                 )
-                seq, step_info = self._prune(prune, i, ctx, seq, plan.tokens[i])
+                seq, step_info, keep = self._prune(prune, i, ctx, seq, plan.tokens[i])
                 info.update(step_info)
+                stored = follow_keep(stored, keep)
             layer_cache = None if cache is None else cache.layer(i)
             form, explicit = plan.forms.get(i), i in plan.explicit
-            x, probs, new_cache = _run_layer(layer, seq, layer_cache, explicit, form)
+            tr = i in plan.transitions
+            x, probs, new_cache, stats = run_layer(layer, seq, layer_cache, explicit, form, tr)
+            if tr:
+                stored[i] = measured(stats, seq.valid)
             seq = seq._replace(x=x)
             if shifts is not None:
                 seq = self._shifted(seq, -shifts[i])
@@ -334,21 +336,22 @@ class LlamaLM(nnx.Module):
             prune_info=info or None,
         )
 
-    def _shifted(self, seq: _Tokens, shift: jax.Array) -> _Tokens:
+    def _shifted(self, seq: Tokens, shift: jax.Array) -> Tokens:
         """``seq`` with its positions lowered by ``shift`` [B] (and the RoPE recomputed)."""
         return self._renumbered(seq, seq.positions - shift[:, None])
 
-    def _renumbered(self, seq: _Tokens, positions: jax.Array) -> _Tokens:
+    def _renumbered(self, seq: Tokens, positions: jax.Array) -> Tokens:
         """``seq`` at ``positions`` [B, T] (and their RoPE)."""
         cos, sin = self.rope(positions)
         return seq._replace(positions=positions, cos=cos, sin=sin)
 
     def _prune(
-        self, prune: PruneSpec, i: int, ctx: PruneContext, seq: _Tokens, tokens: int
-    ) -> tuple[_Tokens, dict[str, jax.Array]]:
+        self, prune: PruneSpec, i: int, ctx: PruneContext, seq: Tokens, tokens: int
+    ) -> tuple[Tokens, dict[str, jax.Array], jax.Array | None]:
         """Runs ``prune.apply`` at the input of layer ``i``: gathers the kept tokens (with their
         original positions, unless the step renumbers them; the step's merged hidden states
-        replace the gathered ones) and hides the hidden ones; returns them and the info."""
+        replace the gathered ones) and hides the hidden ones; returns them, the info and the
+        step's ``keep``."""
         b, t = seq.valid.shape
         step = check_step(prune.apply(i, self.config.num_layers, ctx), prune, i, b, t, tokens)
         if step.keep is not None:
@@ -357,7 +360,7 @@ class LlamaLM(nnx.Module):
             positions = gather(seq.positions)
             cos, sin = self.rope(positions)
             bidir = None if seq.bidir is None else gather(seq.bidir)
-            seq = _Tokens(x, positions, cos, sin, gather(seq.valid), gather(seq.kept), bidir)
+            seq = Tokens(x, positions, cos, sin, gather(seq.valid), gather(seq.kept), bidir)
         if step.x is not None:
             seq = seq._replace(x=jnp.asarray(step.x).astype(seq.x.dtype))
         if step.positions is not None:
@@ -365,34 +368,4 @@ class LlamaLM(nnx.Module):
             seq = self._renumbered(seq, positions)
         if step.hide is not None:  # out of the keys (and cache) of this layer on
             seq = seq._replace(valid=seq.valid & ~step.hide)
-        return seq, step.info
-
-
-def _run_layer(
-    layer: LlamaBlock, seq: _Tokens, cache: LayerCache | None, explicit: bool, form: Any
-) -> tuple[jax.Array, jax.Array | None, LayerCache | None]:
-    """One decoder layer on ``seq``: causal attention (plus the bidirectional prefix block)
-    without a cache; with one, the new tokens are written at the layer's next free slots and
-    attend over every valid earlier slot. Returns the hidden states, the probabilities
-    (``explicit``; else the spec's reduced ``form`` of them, if any) and the updated cache."""
-    scores = None if explicit or form in (None, "probs") else form
-    if cache is None:
-        t = seq.x.shape[1]
-        allowed = jnp.tril(jnp.ones((t, t), bool))[None]
-        if seq.bidir is not None:
-            allowed = allowed | (seq.bidir[:, :, None] & seq.bidir[:, None, :])
-        mask = seq.valid[:, None, :] & allowed
-        x, probs, _ = layer(seq.x, seq.cos, seq.sin, mask, return_attention=explicit, scores=scores)
-        return x, probs, None
-    cache, mask = cache.write(seq.positions, seq.valid, seq.bidir)
-    x, probs, (k, v) = layer(
-        seq.x,
-        seq.cos,
-        seq.sin,
-        mask,
-        kv_cache=(cache.keys, cache.values),
-        offset=cache.length,
-        return_attention=explicit,
-        scores=scores,
-    )
-    return x, probs, cache.advance(k, v, seq.x.shape[1])
+        return seq, step.info, step.keep

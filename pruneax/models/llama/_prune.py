@@ -4,7 +4,8 @@ A pruning spec is passed as ``prune=`` to ``LlamaLM.__call__``, ``init_cache``,
 ``generate_greedy`` and ``VLM.__call__``. It must be hashable (it is a static argument under
 ``jax.jit``: a frozen dataclass is the natural shape) and implement the five methods of
 ``PruneSpec``; nothing else is required, so a class defined outside pruneax works unchanged.
-The built-in specs are ``FastVSpec``, ``FeatherSpec`` and ``TodreSpec``.
+The built-in specs are ``FastVSpec``, ``FeatherSpec``, ``TodreSpec``, ``VisionDropSpec`` and
+``TransPruneSpec``.
 
 How ``LlamaLM`` drives a spec, for a call of T tokens through L layers:
 
@@ -18,6 +19,11 @@ How ``LlamaLM`` drives a spec, for a call of T tokens through L layers:
    the call's tokens ``[start, stop)``, [B, H, T, 1]; ToDRE). The reduced forms are computed
    from q and k in float32 while the layer's output uses the fused attention, so no [T, S]
    probability matrix is materialised.
+   Every layer in the OPTIONAL ``transition_layers(L)`` (absent: none) also measures, per
+   token, ``(||b||, ||a||, cos(b, a))`` of its attention and its MLP sub-block (b = the
+   sub-block's normalised input, a = its output before the residual add; float32 [B, T_l, 6],
+   see ``TransitionStats``); ``LlamaLM`` keeps them for the rest of the call and hands them to
+   every later ``apply`` (``PruneContext.transitions``). Other specs pay nothing.
 3. At the INPUT of every layer i in ``pruning_layers(L)``, ``apply(i, L, ctx)`` receives a
    ``PruneContext`` and returns a ``PruneStep``: the tokens listed in ``keep`` go on (with
    their ORIGINAL RoPE positions), those flagged in ``hide`` stay in the sequence but leave
@@ -66,6 +72,35 @@ from pruneax.models._shared.fields import is_int
 from pruneax.models.llama._scores import prune_form
 
 
+class TransitionStats(NamedTuple):
+    """The per-token measurements of one layer in a spec's ``transition_layers``.
+
+    Attributes:
+      stats: [B, T_l, 6] float32 over the T_l tokens the layer processed: ``||b||``, ``||a||``,
+        ``cos(b, a)`` of the attention sub-block (b = ``input_layernorm`` output, a = the
+        attention output before the residual add), then the same of the MLP sub-block (b =
+        ``post_attention_layernorm`` output, a = the MLP output).
+      valid: [B, T_l] bool: the token was valid (real, not hidden) at that layer.
+      index: [B, T_i] int32: where each token of the CURRENT sequence (at the pruning layer
+        the context is built for) sat among the T_l; ``LlamaLM`` gathers it with every later
+        ``PruneStep.keep``, so the measured arrays stay whole (a spec can normalise over the
+        tokens of that layer, then gather: TransPrune).
+
+    Example:
+      >>> st = TransitionStats(jnp.arange(18.0).reshape(1, 3, 6), None, jnp.array([[0, 2]]))
+      >>> st.current()[..., 0].tolist()
+      [[0.0, 12.0]]
+    """
+
+    stats: jax.Array
+    valid: jax.Array
+    index: jax.Array
+
+    def current(self) -> jax.Array:
+        """``stats`` gathered to the current tokens: [B, T_i, 6]."""
+        return jnp.take_along_axis(self.stats, self.index[..., None], axis=1)
+
+
 class PruneContext(NamedTuple):
     """What ``LlamaLM`` hands ``PruneSpec.apply`` at the input of pruning layer i.
 
@@ -82,6 +117,9 @@ class PruneContext(NamedTuple):
         criteria computed from the layer's own projections (FEATHER, VisionDrop).
       positions: [B, T_i] int32 RoPE positions layer i gives the tokens (for criteria that
         apply RoPE to the layer's own queries / keys: VisionDrop).
+      transitions: {layer: ``TransitionStats``} of the spec's ``transition_layers`` before
+        layer i in this call (an empty dict for a spec without them; None when the caller
+        supplies none).
     """
 
     x: jax.Array
@@ -90,6 +128,7 @@ class PruneContext(NamedTuple):
     offset: Any
     block: Any
     positions: jax.Array | None = None
+    transitions: dict[int, TransitionStats] | None = None
 
 
 class PruneStep(NamedTuple):
@@ -147,7 +186,9 @@ class PruneSpec(Protocol):
 
     def attention_layers(self, num_layers: int) -> Collection[int]:
         """Layers whose attention probabilities ``apply`` reads (``PruneContext.attn`` of
-        pruning layer i is layer i - 1's); those layers run the explicit attention."""
+        pruning layer i is layer i - 1's); those layers run the explicit attention. (A spec
+        may also define the OPTIONAL ``attention_form(layer, num_layers)`` and
+        ``transition_layers(num_layers)``: see the module docstring.)"""
         ...
 
     def tokens_per_layer(self, num_layers: int, length: int) -> tuple[int, ...]:
@@ -185,8 +226,9 @@ def check_prune(prune: Any, num_layers: int, length: int, where: str) -> None:
 
     Raises:
       ValueError: naming the missing methods when ``prune`` is not a ``PruneSpec``; for an
-        unhashable spec; whatever ``prune.validate`` raises; for ``pruning_layers`` /
-        ``attention_layers`` / ``tokens_per_layer`` / ``attention_form`` of the wrong form.
+        unhashable spec; whatever ``prune.validate`` raises; for ``pruning_layers``,
+        ``attention_layers``, ``tokens_per_layer``, ``attention_form`` or
+        ``transition_layers`` of the wrong form.
 
     Example:
       >>> from pruneax.models.llama import FastVSpec
@@ -226,6 +268,7 @@ def check_prune(prune: Any, num_layers: int, length: int, where: str) -> None:
         )
     for i in attention:
         prune_form(prune, int(i), num_layers, where)
+    transition_layers(prune, num_layers, where)
     tokens = prune.tokens_per_layer(num_layers, length)
     ok = (
         isinstance(tokens, tuple | list)
@@ -244,6 +287,24 @@ def check_prune(prune: Any, num_layers: int, length: int, where: str) -> None:
             f"ints in [1, {length}], non-increasing, changing only at pruning_layers "
             f"{tuple(events)}; got {tokens!r}"
         )
+
+
+def transition_layers(prune: Any, num_layers: int, where: str) -> frozenset[int]:
+    """The checked layers of ``prune``'s OPTIONAL ``transition_layers`` (empty without it).
+
+    Raises:
+      ValueError: unless they are ints in ``[0, num_layers)``.
+    """
+    method = getattr(prune, "transition_layers", None)
+    if method is None:
+        return frozenset()
+    layers = method(num_layers)
+    if not _layer_ints(layers, num_layers):
+        raise ValueError(
+            f"{where}: {type(prune).__name__}.transition_layers({num_layers}) must be ints in "
+            f"[0, {num_layers}); got {layers!r}"
+        )
+    return frozenset(int(i) for i in layers)
 
 
 def check_step(step: Any, prune: Any, layer: int, b: int, t: int, t_next: int) -> PruneStep:
@@ -320,6 +381,13 @@ def check_layer(name: str, layer: int, num_layers: int, where: str) -> None:
     """Raises unless ``layer < num_layers``."""
     if layer >= num_layers:
         raise ValueError(f"{where}: {name} must be < num_layers = {num_layers}; got {layer}")
+
+
+def renumber(positions: jax.Array, valid: jax.Array) -> jax.Array:
+    """Contiguous positions [B, T'] over the ``valid`` [B, T'] tokens of a shortened sequence
+    from each row's first position (padding carries it): VisionDrop's, TransPrune's rule."""
+    count = jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1
+    return positions[:, :1] + jnp.maximum(count, 0)
 
 
 def span_keep(picked: jax.Array, start: int, n: int, t: int) -> jax.Array:

@@ -44,11 +44,9 @@ from pruneax.models.llama._prune import (
     check_layer,
     check_length,
     check_span,
+    renumber,
 )
-from pruneax.models.llama._rope import apply_rope, rope_cos_sin
-
-_F32 = jnp.float32
-_HIGHEST = jax.lax.Precision.HIGHEST
+from pruneax.models.llama._scores import block_query_probs
 
 
 def visiondrop_scores(
@@ -102,19 +100,7 @@ def visiondrop_scores(
         raise ValueError(
             f"visiondrop_scores: need 0 <= start < stop <= T = {t}; got {start!r}, {stop!r}"
         )
-    attn = block.self_attn
-    cfg = attn.config
-    q, k = attn.project_qk(block.input_layernorm(x))  # [B, T, H, hd], [B, T, KV, hd]
-    cos, sin = rope_cos_sin(jnp.asarray(positions), cfg, _F32)
-    q = apply_rope(q.astype(_F32), cos, sin)[:, start:stop]  # image queries
-    k = apply_rope(k.astype(_F32), cos, sin)
-    h, kv = q.shape[2], k.shape[2]
-    qg = q.reshape(b, stop - start, kv, h // kv, cfg.head_dim)
-    logits = jnp.einsum("bnkgd,btkd->bkgnt", qg, k, precision=_HIGHEST) / cfg.head_dim**0.5
-    rows = jnp.arange(start, stop)[:, None]
-    allowed = (jnp.arange(t)[None, :] <= rows)[None] & jnp.asarray(valid, bool)[:, None, :]
-    logits = jnp.where(allowed[:, None, None], logits, -jnp.inf)
-    probs = jax.nn.softmax(logits, axis=-1).reshape(b, h, stop - start, t)
+    probs, k = block_query_probs(block, x, positions, valid, start, stop)
     scores = probs.mean(axis=1)[:, :, start:stop].mean(axis=1)  # heads, then image queries
     metric = k[:, start:stop].mean(axis=2)
     return scores, metric
@@ -308,8 +294,5 @@ class VisionDropSpec:
         tail = jnp.broadcast_to(jnp.arange(z, t, dtype=jnp.int32), (b, t - z))
         keep = jnp.concatenate([head, local, tail], axis=1)
         new_x = jnp.concatenate([x[:, :a], span, x[:, z:]], axis=1)
-        new_valid = jnp.take_along_axis(valid, keep, axis=1)
-        first = positions[:, :1]  # the row's first position (padding carries it too)
-        count = jnp.cumsum(new_valid.astype(jnp.int32), axis=1) - 1
-        new_positions = first + jnp.maximum(count, 0)
+        new_positions = renumber(positions, jnp.take_along_axis(valid, keep, axis=1))
         return PruneStep(keep, None, {f"scores_{layer}": scores}, new_x, new_positions)

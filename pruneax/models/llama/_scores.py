@@ -27,8 +27,10 @@ import jax
 import jax.numpy as jnp
 
 from pruneax.models._shared.fields import is_int
+from pruneax.models.llama._rope import apply_rope, rope_cos_sin
 
 _F32 = jnp.float32
+_HIGHEST = jax.lax.Precision.HIGHEST
 QUERY_BLOCK = 256
 
 
@@ -116,3 +118,27 @@ def attention_scores(
     mass = jax.lax.map(block, (jnp.moveaxis(qb, 1, 0), jnp.moveaxis(mb, 1, 0)))  # [n, B, H, c]
     mass = jnp.moveaxis(mass, 0, 2).reshape(b, h, n * c)[:, :, :t]
     return mass[..., None]
+
+
+def block_query_probs(
+    block: Any, x: jax.Array, positions: jax.Array, valid: jax.Array, q_start: int, q_stop: int
+) -> tuple[jax.Array, jax.Array]:
+    """The attention a block WOULD compute for the queries ``[q_start, q_stop)`` of ``x`` [B, T,
+    D] over all T keys, from its own ``input_layernorm``, q / k projections (biases) and RoPE at
+    ``positions`` [B, T], in float32: causal, keys masked by ``valid`` [B, T], softmax over the
+    row, query head h on KV head h // G. Returns ``(probs [B, H, q_stop - q_start, T], keys
+    [B, T, KV, hd] after RoPE)``; the criteria of VisionDrop and TransPrune read it."""
+    attn = block.self_attn
+    cfg = attn.config
+    b, t, _ = x.shape
+    q, k = attn.project_qk(block.input_layernorm(x))  # [B, T, H, hd], [B, T, KV, hd]
+    cos, sin = rope_cos_sin(jnp.asarray(positions), cfg, _F32)
+    q = apply_rope(q.astype(_F32), cos, sin)[:, q_start:q_stop]
+    k = apply_rope(k.astype(_F32), cos, sin)
+    nq, h, kv = q_stop - q_start, q.shape[2], k.shape[2]
+    qg = q.reshape(b, nq, kv, h // kv, cfg.head_dim)
+    logits = jnp.einsum("bnkgd,btkd->bkgnt", qg, k, precision=_HIGHEST) / cfg.head_dim**0.5
+    rows = jnp.arange(q_start, q_stop)[:, None]
+    allowed = (jnp.arange(t)[None, :] <= rows)[None] & jnp.asarray(valid, bool)[:, None, :]
+    logits = jnp.where(allowed[:, None, None], logits, -jnp.inf)
+    return jax.nn.softmax(logits, axis=-1).reshape(b, h, nq, t), k

@@ -526,3 +526,14 @@ def test_call_and_function_errors(model):
                        model.layers[1])  # fmt: skip
     with pytest.raises(ValueError, match=r"PruneContext.transitions lacks layers \[0\]"):
         SPEC.apply(1, 4, ctx)
+
+
+def test_with_budget_keeps_exactly_k_at_one_layer():
+    for n, k, layer in ((16, 4, 2), (576, 64, 2), (576, 576, 3), (7, 1, 1)):
+        spec = TransPruneSpec.with_budget(3, 3 + n, k, layer)
+        assert spec.num_kept == (k,) and spec.layers == (layer,)
+        assert spec.accumulate == (layer - 1,)
+    with pytest.raises(ValueError, match="keep must be an int in \\[1, 16\\]"):
+        TransPruneSpec.with_budget(3, 19, 0, 2)
+    with pytest.raises(ValueError, match="layers must be strictly increasing ints >= 1"):
+        TransPruneSpec.with_budget(3, 19, 4, 0)

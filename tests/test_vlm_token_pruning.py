@@ -43,6 +43,7 @@ def test_outputs_and_structure(reference):
     names += [f"{m}/pos@{r}" for m in cfg.position_ablation]
     names += [f"{m}+fastv@{r}" for m in cfg.combos]
     names += [f"visiondrop+llm@{r}"]  # VisionDrop's vision stage at 2r, LLM stages down to r
+    names += [f"transprune@{r}"]  # in-LLM, one stage at FastV's layer
     assert set(names) <= set(evals) and set(evals) == set(lat)
     n = 16  # 2x2 mosaic of 8x8 digits, patch 4
     k = round(r * n)
@@ -140,6 +141,9 @@ def test_settings_have_equal_budgets():
             if round(2 * r * n) > k:  # the LLM stages have tokens to drop
                 assert vd.prune.num_kept[-1] == k and vd.prune.stop == 1 + round(2 * r * n)
                 assert vd.select.num_kept(n) == round(2 * r * n)
+        tp = s[f"transprune@{r}"].prune  # one TransPrune stage at FastV's layer
+        assert tp.num_kept == (k,) and tp.layers == (cfg.fastv_layer,)
+        assert tp.accumulate == (cfg.fastv_layer - 1,) and (tp.start, tp.stop) == (1, 1 + n)
         if k > 1:  # FEATHER: one stage at FastV's layer
             feather = s[f"feather@{r}"].prune
             assert feather.num_keep[-1] == k and feather.layers == (cfg.fastv_layer,)

@@ -73,6 +73,7 @@ from pruneax.models.llama import (
     FastVSpec,
     FeatherSpec,
     TodreSpec,
+    TransPruneSpec,
     VisionDropSpec,
     decode_greedy,
     init_cache,
@@ -91,7 +92,12 @@ from pruneax.models.vlm import (
 from pruneax.tokens import METHODS
 
 _TAG = "[vlm_token_pruning]"
-LLM_SPECS: dict[str, type] = {"fastv": FastVSpec, "feather": FeatherSpec, "todre": TodreSpec}
+LLM_SPECS: dict[str, type] = {
+    "fastv": FastVSpec,
+    "feather": FeatherSpec,
+    "todre": TodreSpec,
+    "transprune": TransPruneSpec,
+}
 LLM_METHODS = tuple(LLM_SPECS)
 # The experiment's own pre-LLM variants: name -> (registry method, VisualSelect fields).
 PRE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -456,13 +462,16 @@ def _llm_spec(method: str, cls: type, start: int, grid: tuple[int, int], k: int,
     L/4, stage 2 at L/2; one stage at FastV's layer keeps the comparison at equal FLOPs) keeping
     the uniform grid (stride 3, or the smallest larger stride whose grid has fewer than k
     tokens) plus the top ``k - G`` other tokens by its RoPE-free criterion; None when even a
-    one-token grid leaves no room (k = 1).
+    one-token grid leaves no room (k = 1). TransPrune: one stage at ``layer``
+    (``TransPruneSpec.with_budget``: TTV of block ``layer - 1`` + the question's attention).
     """
     n = grid[0] * grid[1]
     if method == "fastv":
         return cls(start=start, stop=start + n, layer=layer, keep_ratio=k / n)
     if method == "feather":
         return cls.with_budget(start, start + n, k, layer, grid=grid)
+    if method == "transprune":  # one stage at FastV's layer, TTV of the block before it
+        return cls.with_budget(start, start + n, k, layer)
     raise AssertionError(method)
 
 

@@ -36,8 +36,8 @@ def method_names() -> tuple[str, ...]:
     Example:
       >>> from pruneax.experiments.vlm_bench import method_names
       >>> names = method_names()
-      >>> names[0], "fastervlm" in names, names[-3:]
-      ('none', True, ('fastv', 'feather', 'todre'))
+      >>> names[0], "fastervlm" in names, names[-4:]
+      ('none', True, ('fastv', 'feather', 'todre', 'transprune'))
     """
     pre = [m for m in VLM_SELECT_METHODS if m not in LLM_SPECS]
     pre += [f"{m}_pre" for m in VLM_SELECT_METHODS if m in LLM_SPECS]
@@ -105,7 +105,8 @@ def llm_spec(
 
     FastV keeps ``round(keep * n)`` image tokens from ``layer`` on; FEATHER one stage at
     ``layer`` with the same budget (``FeatherSpec.with_budget``, grid ``grid``); ToDRE's stage
-    2 at ``min(round(7 L / 8), L - 1)``.
+    2 at ``min(round(7 L / 8), L - 1)``; TransPrune one stage at ``layer`` with the same budget
+    (``TransPruneSpec.with_budget``).
 
     Raises:
       ValueError: when FEATHER cannot fit its grid and a scored token in the budget.
@@ -119,6 +120,8 @@ def llm_spec(
     k = VisualSelect("topk", keep=setting.keep).num_kept(n)
     if setting.llm == "fastv":
         return cls(start=start, stop=start + n, layer=layer, keep_ratio=k / n)
+    if setting.llm == "transprune":
+        return cls.with_budget(start, start + n, k, layer)
     spec = cls.with_budget(start, start + n, k, layer, grid=grid)
     if spec is None:
         raise ValueError(
@@ -134,7 +137,7 @@ def retained(setting: Setting, n_in: int, spec: Any) -> int:
         return n_in
     if setting.llm == "todre":
         return 0 if getattr(spec, "physical", False) else n_in
-    keep = getattr(spec, "num_keep", None)
+    keep = getattr(spec, "num_keep", getattr(spec, "num_kept", None))
     if keep is not None:
         return int(keep[-1] if isinstance(keep, tuple) else keep)
     return n_in

@@ -270,6 +270,36 @@ class TransPruneSpec:
             )
         object.__setattr__(self, "ratios", tuple(float(r) for r in ratios))
 
+    @classmethod
+    def with_budget(cls, start: int, stop: int, keep: int, layer: int) -> TransPruneSpec:
+        """One TransPrune stage at the input of ``layer`` keeping exactly ``keep`` image tokens,
+        its TTV from block ``layer - 1`` alone (the published first stage reads only the block
+        it follows): for comparisons with FastV / FEATHER at the same layer and budget.
+
+        Args:
+          start, stop: the image span (N = stop - start).
+          keep: image tokens kept, ``1 <= keep <= N``.
+          layer: the pruning layer, >= 1.
+
+        Returns:
+          The spec (``ratios = ((keep + 0.5) / N,)``, so ``int(N * ratio) == keep``).
+
+        Raises:
+          ValueError: for ``keep`` outside ``[1, N]`` or as the constructor.
+
+        Example:
+          >>> TransPruneSpec.with_budget(1, 17, 4, 2).num_kept
+          (4,)
+        """
+        n = stop - start if is_int(start) and is_int(stop) else 0
+        if not is_int(keep) or not 1 <= keep <= n:
+            raise ValueError(
+                f"TransPruneSpec.with_budget: keep must be an int in [1, {n}]; got {keep!r}"
+            )
+        ratio = min((keep + 0.5) / n, 1.0)
+        acc = (layer - 1,) if is_int(layer) else layer
+        return cls(start, stop, layers=(layer,), accumulate=acc, ratios=(ratio,))
+
     @property
     def num_image(self) -> int:
         """N = stop - start."""

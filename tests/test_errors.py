@@ -344,6 +344,13 @@ CASES = [
     ("flowcut_select-blocks", lambda: T.flowcut_select(np.stack([ATTN, ATTN]),
                                                        np.ones((3, 2, 5, 3)), 2), "attns",
      "(2, 2, 5, 5)"),
+    # VisionZip's stage: dominant + contextual
+    ("dominant_contextual-c", lambda: T.dominant_contextual(S, X, X, 4, 3), "num_contextual",
+     "3"),
+    ("dominant_contextual-contextual", lambda: T.dominant_contextual(S, X, X, 4, 1.5),
+     "contextual", "1.5"),
+    ("dominant_contextual-metric", lambda: T.dominant_contextual(S, X, X[0], 2, 0), "metric",
+     None),
     # FoPru (ATTN: H 2, N 5)
     ("focal_significance-rank", lambda: T.focal_significance(np.ones(5)), "attn", None),
     ("focal_significance-square", lambda: T.focal_significance(np.ones((2, 5, 4))), "attn",

@@ -19,6 +19,7 @@ PUBLIC = [
     "contextual_merge",
     "coverage",
     "coverage_matrix",
+    "dominant_contextual",
     "feather",
     "flowcut_prune_count",
     "flowcut_scores",

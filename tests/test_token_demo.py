@@ -23,6 +23,7 @@ NOT_SELECTORS = {
     "budget",
     "cls_attention",
     "contextual_merge",
+    "dominant_contextual",
     "coverage_matrix",
     "fuse_pruned",
     # FlowCut runs across blocks (PruningPlan.flowcut / VisualSelect("flowcut")), not through

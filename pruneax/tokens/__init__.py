@@ -8,7 +8,7 @@ Protected tokens (CLS, registers, a middle class token): select among
 ``unprotected_positions(n, protected)`` and map back with ``with_protected`` (see ``_ops``).
 """
 
-from pruneax.tokens._contextual import contextual_merge
+from pruneax.tokens._contextual import contextual_merge, dominant_contextual
 from pruneax.tokens._coverage import coverage, coverage_matrix
 from pruneax.tokens._diversity import kcenter, maxmin_diversity, maxsum_diversity
 from pruneax.tokens._feather import feather, uniform_grid
@@ -56,6 +56,7 @@ __all__ = [
     "contextual_merge",
     "coverage",
     "coverage_matrix",
+    "dominant_contextual",
     "feather",
     "flowcut_prune_count",
     "flowcut_scores",

@@ -35,6 +35,7 @@ import numpy as np
 from pruneax.tokens import _checks
 from pruneax.tokens._numerics import features, l2_normalize
 from pruneax.tokens._ops import keep_mask
+from pruneax.tokens._topk import topk
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -107,3 +108,49 @@ def contextual_merge(
         merged = jnp.zeros((c, h.shape[1]), jnp.float32)
     tokens = h[t_pos] + merged
     return tokens.astype(jnp.asarray(x).dtype), rest[t_pos].astype(jnp.int32)
+
+
+def dominant_contextual(
+    scores: jax.typing.ArrayLike,
+    x: jax.typing.ArrayLike,
+    metric: jax.typing.ArrayLike,
+    dominant: int,
+    contextual: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """VisionZip / VisionDrop's stage for one example: the ``dominant`` top tokens by score
+    (``topk``: original order, ties to the lower index), then ``contextual`` tokens merged from
+    the rest (``contextual_merge``).
+
+    Args:
+      scores: [N] real scores (VisionZip: the [CLS] row summed over heads; VisionDrop's LLM
+        stages: the image queries' attention).
+      x: [N, D] token hidden states.
+      metric: [N, Dm] the similarity features of the merge (the block's keys averaged over
+        heads).
+      dominant: d, static, ``1 <= d <= N``.
+      contextual: c, static, ``0 <= c <= N - d`` (0: plain top-k, no merge).
+
+    Returns:
+      ``(tokens [d + c, D] in x's dtype, dominant [d] int32 ascending, targets [c] int32)``:
+      the dominant tokens' rows, then the contextual tokens; ``targets`` are the original
+      indices of the contextual tokens' targets.
+
+    Raises:
+      ValueError: as ``topk`` / ``contextual_merge`` (shapes, ``d`` or ``c`` out of range).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import pruneax.tokens as T
+      >>> x = jnp.array([[1.0, 0.0], [0.5, 0.0], [0.0, 1.0], [0.0, 0.5], [5.0, 5.0]])
+      >>> tokens, dom, targets = T.dominant_contextual(x.sum(1), x, x, 1, 2)
+      >>> dom.tolist(), targets.tolist(), tokens.tolist()
+      ([4], [0, 2], [[5.0, 5.0], [1.5, 0.0], [0.0, 1.5]])
+    """
+    c = _checks.static_int(contextual, "contextual")
+    dom = topk(scores, dominant)
+    xs = jnp.asarray(x)
+    if c == 0:
+        _checks.real_array(metric, "metric", 2, "[N, Dm]")
+        return xs[dom], dom, dom[:0]
+    merged, targets = contextual_merge(xs, metric, dom, c)
+    return jnp.concatenate([xs[dom], merged]), dom, targets

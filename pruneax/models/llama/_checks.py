@@ -17,6 +17,7 @@ from pruneax.models.llama._cache import KVCache
 from pruneax.models.llama._config import LlamaConfig
 from pruneax.models.llama._prune import check_prune, transition_layers
 from pruneax.models.llama._scores import prune_form
+from pruneax.models.llama._spec_helpers import contiguous_positions
 
 
 class CallPlan(NamedTuple):
@@ -133,8 +134,7 @@ def token_positions(positions: Any, valid: jax.Array, start: jax.Array, b: int, 
     """The int32 RoPE positions [B, T]: given ([B, T] or [T]), or ``start`` plus the running
     count of valid tokens (HF's rule for left padding)."""
     if positions is None:
-        offsets = jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1
-        return start[:, None] + jnp.maximum(offsets, 0)
+        return contiguous_positions(start, valid)
     p = jnp.asarray(positions)
     if p.ndim == 1:
         p = jnp.broadcast_to(p, (b, p.shape[0]))

@@ -18,10 +18,13 @@ from pruneax.models._shared.fields import is_int, is_real
 from pruneax.models.llama._prune import (
     PruneContext,
     PruneStep,
+)
+from pruneax.models.llama._spec_helpers import (
     check_layer,
     check_length,
     check_span,
     span_keep,
+    staged_tokens,
 )
 
 
@@ -209,11 +212,7 @@ class FeatherSpec:
     def tokens_per_layer(self, num_layers: int, t: int) -> tuple[int, ...]:
         """Tokens each of the ``num_layers`` layers processes for a call of ``t`` tokens:
         ``t``, then ``t - N + num_keep[j]`` from ``layers[j]`` on."""
-        out = []
-        for i in range(num_layers):
-            stage = sum(i >= lay for lay in self.layers)
-            out.append(t if stage == 0 else t - self.num_image + self.num_keep[stage - 1])
-        return tuple(out)
+        return staged_tokens(self.layers, self.num_image, self.num_keep, num_layers, t)
 
     def validate(self, num_layers: int, length: int, where: str) -> None:
         """Raises unless ``layers[-1] < num_layers`` and the image span lies in ``length``."""

@@ -17,6 +17,8 @@ from pruneax.models._shared.fields import is_int, is_real
 from pruneax.models.llama._prune import (
     PruneContext,
     PruneStep,
+)
+from pruneax.models.llama._spec_helpers import (
     check_layer,
     check_length,
     check_span,

@@ -62,12 +62,16 @@ from pruneax.models.llama._layers import TRANSITION_EPS, transition_stats
 from pruneax.models.llama._prune import (
     PruneContext,
     PruneStep,
-    check_layer,
-    check_span,
-    renumber,
-    span_keep,
 )
 from pruneax.models.llama._scores import block_query_probs
+from pruneax.models.llama._spec_helpers import (
+    check_layer,
+    check_span,
+    context_positions,
+    renumber,
+    span_keep,
+    staged_tokens,
+)
 
 _F32 = jnp.float32
 _NORM_EPS = 1e-8  # the published "/ (sum + 1e-8)" of both criteria
@@ -324,11 +328,7 @@ class TransPruneSpec:
 
     def tokens_per_layer(self, num_layers: int, t: int) -> tuple[int, ...]:
         """``t`` before ``layers[0]``, then ``t - N + num_kept[s]`` from ``layers[s]`` on."""
-        out = []
-        for i in range(num_layers):
-            s = sum(i >= lay for lay in self.layers)
-            out.append(t if s == 0 else t - self.num_image + self.num_kept[s - 1])
-        return tuple(out)
+        return staged_tokens(self.layers, self.num_image, self.num_kept, num_layers, t)
 
     def validate(self, num_layers: int, length: int, where: str) -> None:
         """Raises unless ``layers[-1] < num_layers`` and a token follows the image span."""
@@ -346,9 +346,7 @@ class TransPruneSpec:
         n = self.num_image if s == 0 else self.num_kept[s - 1]
         x, valid = ctx.x, ctx.valid
         b, t, _ = x.shape
-        positions = ctx.positions
-        if positions is None:  # a caller that gives no positions: plain contiguous ones
-            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        positions = context_positions(ctx)
         a, z = self.start, self.start + n
         iga = transprune_iga(ctx.block, x, positions, valid, a, z)
         stored = ctx.transitions or {}

@@ -41,12 +41,17 @@ from pruneax.models._shared.fields import is_int
 from pruneax.models.llama._prune import (
     PruneContext,
     PruneStep,
+)
+from pruneax.models.llama._scores import block_query_probs
+from pruneax.models.llama._spec_helpers import (
     check_layer,
     check_length,
     check_span,
+    context_positions,
     renumber,
+    span_keep,
+    staged_tokens,
 )
-from pruneax.models.llama._scores import block_query_probs
 
 
 def visiondrop_scores(
@@ -256,11 +261,7 @@ class VisionDropSpec:
 
     def tokens_per_layer(self, num_layers: int, t: int) -> tuple[int, ...]:
         """``t`` before ``layers[0]``, then ``t - N + num_kept[s]`` from ``layers[s]`` on."""
-        out = []
-        for i in range(num_layers):
-            s = sum(i >= lay for lay in self.layers)
-            out.append(t if s == 0 else t - self.num_image + self.num_kept[s - 1])
-        return tuple(out)
+        return staged_tokens(self.layers, self.num_image, self.num_kept, num_layers, t)
 
     def validate(self, num_layers: int, length: int, where: str) -> None:
         """Raises unless ``layers[-1] < num_layers`` and the image span lies in ``length``."""
@@ -274,25 +275,14 @@ class VisionDropSpec:
         n = self.num_image if s == 0 else self.num_kept[s - 1]
         d, c = self.tokens[s]
         x, valid = ctx.x, ctx.valid
-        b, t, _ = x.shape
-        positions = ctx.positions
-        if positions is None:  # a caller that gives no positions: plain contiguous ones
-            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        t = x.shape[1]
+        positions = context_positions(ctx)
         a, z = self.start, self.start + n
         scores, metric = visiondrop_scores(ctx.block, x, positions, valid, a, z)
 
-        def one(score, img, met):
-            dom = T.topk(score, d)
-            if c == 0:
-                return dom, img[dom], dom[:0]
-            merged, targets = T.contextual_merge(img, met, dom, c)
-            return dom, jnp.concatenate([img[dom], merged.astype(img.dtype)]), targets
-
-        dom, span, targets = jax.vmap(one)(scores, x[:, a:z], metric)
-        local = jnp.concatenate([dom, targets], axis=1).astype(jnp.int32) + a
-        head = jnp.broadcast_to(jnp.arange(a, dtype=jnp.int32), (b, a))
-        tail = jnp.broadcast_to(jnp.arange(z, t, dtype=jnp.int32), (b, t - z))
-        keep = jnp.concatenate([head, local, tail], axis=1)
+        one = lambda sc, img, met: T.dominant_contextual(sc, img, met, d, c)
+        span, dom, targets = jax.vmap(one)(scores, x[:, a:z], metric)
+        keep = span_keep(jnp.concatenate([dom, targets], axis=1), a, n, t)
         new_x = jnp.concatenate([x[:, :a], span, x[:, z:]], axis=1)
         new_positions = renumber(positions, jnp.take_along_axis(valid, keep, axis=1))
         return PruneStep(keep, None, {f"scores_{layer}": scores}, new_x, new_positions)

@@ -119,14 +119,8 @@ class ContextualStage:
         scores = jnp.sum(row[:, :, p:].astype(jnp.float32), axis=1)  # heads summed
         metric = jnp.mean(keys[:, :, p:].astype(jnp.float32), axis=1)  # [B, n, hd]
 
-        def one(score, xs, met):
-            dom = T.topk(score, k - c)
-            if c == 0:
-                return xs[dom], dom
-            merged, _ = T.contextual_merge(xs, met, dom, c)
-            src = jnp.concatenate([dom, jnp.full((c,), -1, jnp.int32)])
-            return jnp.concatenate([xs[dom], merged.astype(xs.dtype)]), src
-
-        tokens, src = jax.vmap(one)(scores, x[:, p:], metric)
+        one = lambda sc, xs, met: T.dominant_contextual(sc, xs, met, k - c, c)
+        tokens, dom, _ = jax.vmap(one)(scores, x[:, p:], metric)
+        src = jnp.concatenate([dom, jnp.full((dom.shape[0], c), -1, jnp.int32)], axis=1)
         x = jnp.concatenate([x[:, :p], tokens], axis=1)
         return x, jnp.ones(x.shape[:2], size.dtype), src.astype(jnp.int32)

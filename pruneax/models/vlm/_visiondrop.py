@@ -92,14 +92,9 @@ def encode_visiondrop(
     metric = keys[:, :, p:].astype(jnp.float32).mean(axis=1)  # [B, N, hd]
     patches = x[:, p:]
 
-    def one(score, xs, met):
-        dom = T.topk(score, d)
-        if c == 0:
-            return xs[dom], dom
-        merged, targets = T.contextual_merge(xs, met, dom, c)
-        return jnp.concatenate([xs[dom], merged.astype(xs.dtype)]), jnp.concatenate([dom, targets])
-
-    tokens, kept = jax.vmap(one)(scores, patches, metric)
+    one = lambda sc, xs, met: T.dominant_contextual(sc, xs, met, d, c)
+    tokens, dom, targets = jax.vmap(one)(scores, patches, metric)
+    kept = jnp.concatenate([dom, targets], axis=1)
     b = x.shape[0]
     head = [x[:, p - pv : p]]
     if cls_token:

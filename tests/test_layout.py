@@ -20,6 +20,7 @@ PACKAGES = [
     "pruneax.tokens",
     "pruneax.weights",
     "pruneax.ops",
+    "pruneax.graph",
     "pruneax.data",
     "pruneax.lab",
     "pruneax.models",

@@ -14,6 +14,9 @@ rules (``zplus_dense``, ``zplus_conv``, ``maxpool_relevance``) through an ``LRPL
 ``taylor_filter_scores``), global ranking (``lowest_filters``), ``filter_masks`` and the
 ``iterative_filter_pruning`` schedule. Týr-the-Pruner's local pruner: whole input groups removed
 by OBS rounds with an exact least-squares refit (``tyr_local_prune``, ``tyr_layer_loss``).
+Training-time pruning as optax transformations: ISS-P soft shrinkage (``soft_shrink``, ``iss_p``,
+``iss_masks``) and MaskSparsity's BN-scale L1 (``bn_l1_gradient``, ``mask_sparsity``,
+``bn_prune_masks``; its masks mark channels to prune).
 Mask trees mirror the parameter tree: bool arrays (True = kept) for prunable leaves, None
 elsewhere. Leaves are named by key path (``"dense/kernel"``) and chosen by predicate or glob.
 """
@@ -33,6 +36,7 @@ from pruneax.weights._filters import (
     taylor_filter_scores,
     weight_filter_scores,
 )
+from pruneax.weights._iss import ISSState, iss_masks, iss_p, soft_shrink
 from pruneax.weights._lottery import prune_round, random_masks, rewind
 from pruneax.weights._lrp import (
     LRPLayer,
@@ -49,6 +53,7 @@ from pruneax.weights._masks import (
     nm_masks,
     sparsity_report,
 )
+from pruneax.weights._masksparsity import bn_l1_gradient, bn_prune_masks, mask_sparsity
 from pruneax.weights._optax import MaskedState, masked_optimizer, set_masks
 from pruneax.weights._paths import default_prunable, leaf_names, path_name, prunable_names
 from pruneax.weights._schedules import iterative, one_shot, polynomial
@@ -59,12 +64,15 @@ from pruneax.weights._wanda import input_sq_norms, magnitude_mask, wanda_mask, w
 
 __all__ = [
     "HessianState",
+    "ISSState",
     "LRPLayer",
     "MaskedState",
     "SparsityReport",
     "allocate_keep",
     "allocate_sparsity",
     "apply_masks",
+    "bn_l1_gradient",
+    "bn_prune_masks",
     "default_prunable",
     "erk_sparsities",
     "filter_masks",
@@ -74,6 +82,8 @@ __all__ = [
     "hessian_init",
     "hessian_update",
     "input_sq_norms",
+    "iss_masks",
+    "iss_p",
     "iterative",
     "iterative_filter_pruning",
     "layerwise_masks",
@@ -83,6 +93,7 @@ __all__ = [
     "lrp_relevance",
     "magnitude_mask",
     "magnitude_scores",
+    "mask_sparsity",
     "masked_optimizer",
     "maxpool_relevance",
     "nm_masks",
@@ -97,6 +108,7 @@ __all__ = [
     "rewind",
     "saliency_scores",
     "set_masks",
+    "soft_shrink",
     "sparsegpt_prune",
     "sparsity_report",
     "taylor_filter_scores",

@@ -19,6 +19,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from pruneax.graph._layout import axis_keep
@@ -46,12 +47,18 @@ class Runner:
         return tuple(out)
 
     def take(self, key, x):
-        """Gathers the kept channels of every pruned axis of a value."""
+        """Gathers the kept channels of every pruned axis of a value (with NumPy for host
+        arrays and arrays on CPU: no compilation per shape)."""
+        host = isinstance(x, np.ndarray) or (
+            isinstance(x, jax.Array)
+            and not isinstance(x, jax.core.Tracer)
+            and all(d.platform == "cpu" for d in x.devices())
+        )
         for a in range(len(self.walk.shapes[key])):
             idx = axis_keep(self.lay.lay[key][a], self.nodes.group_of((key, a)), self.keep)
             if idx is not None:
-                x = jnp.take(x, jnp.asarray(idx), axis=a)
-        return x
+                x = np.take(np.asarray(x), idx, axis=a) if host else jnp.take(x, idx, axis=a)
+        return jnp.asarray(x) if host else x
 
     # -- evaluation ----------------------------------------------------------------------------
     def run(self, frame: int, jaxpr, consts, args) -> list:

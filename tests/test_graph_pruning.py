@@ -1,0 +1,68 @@
+"""experiments.graph_pruning: a minimal run end to end, its outputs, resume, claims, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from pruneax import graph as G
+from pruneax.experiments import graph_pruning as gp
+
+CFG = dataclasses.replace(
+    gp.PRESETS["tiny"],
+    iterations=30,
+    finetune_iterations=6,
+    amounts=(0.5,),
+    methods=("global_l2", "uniform_l1"),
+    eval_size=120,
+    eval_batch=60,
+    calib_batches=1,
+    throughput_repeats=2,
+    ckpt_every=20,
+    log_every=20,
+)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gp")
+    return workdir, gp.run(CFG, workdir)
+
+
+def test_outputs_budgets_and_claims(result):
+    workdir, r = result
+    assert {p.name for p in workdir.iterdir()} >= {
+        "results.json",
+        "results.csv",
+        "graph_pruning.png",
+    }
+    assert json.loads((workdir / "results.json").read_text())["jobs"].keys() == r["jobs"].keys()
+    assert len((workdir / "results.csv").read_text().strip().splitlines()) == 1 + 2
+    dense = r["dense"]
+    assert dense["prunable"] == 12 and dense["inexact"] == 0  # ResNet-20: 3 residual + 9 inner
+    for name, row in r["jobs"].items():
+        assert row["flops"] <= 0.5 * dense["flops"] + 1, name  # the budget is met
+        assert row["params"] < dense["params"]
+        assert 0.0 <= row["accuracy_before_ft"] <= 1.0 and 0.0 <= row["accuracy"] <= 1.0
+        assert row["speedup"] > 0
+    claims = gp.claims(r)
+    assert len(claims) == 2 and "50% of the FLOPs removed" in claims[0].claim
+
+
+def test_a_finished_run_is_not_run_again(result, monkeypatch):
+    workdir, r = result
+
+    def boom(*a, **k):
+        raise AssertionError("a finished job was pruned again")
+
+    monkeypatch.setattr(G, "prune", boom)
+    again = gp.run(CFG, workdir)
+    assert again["jobs"] == r["jobs"] and again["dense"] == r["dense"]
+
+
+def test_bad_config_is_refused(tmp_path):
+    for field, value in (("dataset", "imagenet"), ("methods", ("obspa",)), ("amounts", (1.0,))):
+        with pytest.raises(ValueError, match=field):
+            gp.run(dataclasses.replace(CFG, **{field: value}), tmp_path / field)

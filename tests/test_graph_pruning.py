@@ -15,7 +15,8 @@ CFG = dataclasses.replace(
     iterations=30,
     finetune_iterations=6,
     amounts=(0.5,),
-    methods=("global_l2", "uniform_l1"),
+    methods=("global_l2", "masksparsity"),
+    sparsity_iterations=8,
     eval_size=120,
     eval_batch=60,
     calib_batches=1,
@@ -47,8 +48,12 @@ def test_outputs_budgets_and_claims(result):
         assert row["params"] < dense["params"]
         assert 0.0 <= row["accuracy_before_ft"] <= 1.0 and 0.0 <= row["accuracy"] <= 1.0
         assert row["speedup"] > 0
-    claims = gp.claims(r)
-    assert len(claims) == 2 and "50% of the FLOPs removed" in claims[0].claim
+    ms = r["jobs"]["masksparsity@0.5"]
+    assert ms["gamma_after"] < ms["gamma_before"]  # the regularised scales shrank
+    assert ms["channels_kept"] == r["jobs"]["global_l2@0.5"]["channels_kept"]  # same selection
+    claims = gp.claims(r)  # SPA (not measured: no uniform_l1), MaskSparsity x 2, speed-up
+    assert len(claims) == 4 and "50% of the FLOPs removed" in claims[0].claim
+    assert claims[0].verdict == "not measured"
 
 
 def test_a_finished_run_is_not_run_again(result, monkeypatch):

@@ -231,3 +231,17 @@ def test_sharded_loading_benchmark_smoke(tmp_path):
     assert all(r["checked"] > 0 for r in dist)  # each process checked its own shards
     whole = next(r for r in result["rows"] if r["mode"] == "mesh")["local_param_bytes"]
     assert all(r["local_param_bytes"] * 2 == whole for r in dist)
+
+
+def test_quick_graph_benchmark(tmp_path):
+    from benchmarks import graph as gb
+
+    out = tmp_path / "graph.md"
+    assert gb.main(["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [r["model"].split(" ")[0] for r in result["analysis"]] == ["LlamaLM", "ViT", "CIFAR"]
+    for r in result["analysis"]:
+        assert r["trace_s"] > 0 and r["equations"] > 100 and 0 < r["prunable_exact"] <= r["groups"]
+    for r in result["runner"]:
+        assert r["max_abs_diff_runner"] < 1e-5  # nothing removed: the original function
+        assert r["flops_ratio_half"] > 2 and r["speedup_half"] > 0 < r["speedup_minus1"]

@@ -84,6 +84,7 @@ class DependencyGraph:
         self.dtypes = tuple(x.dtype for _, x in leaves)
         self.arg_shapes = tuple(tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(args))
         self.unfollowed = dict(walk.unfollowed)
+        self.equations = sum(len(j.eqns) for j in walk.frames)  # every sub-jaxpr instance
         self.groups = self._collect()
         self.by_id = {g.id: g for g in self.groups}
 

@@ -117,6 +117,20 @@ def test_mlp_groups_scores_counts_by_hand():
     assert G.select(g, {0: want}, 0.5)[0].tolist() == np.sort(np.argsort(want)[2:]).tolist()
 
 
+def test_group_scores_take_pruneax_weights_scores():
+    from pruneax import weights as W
+
+    g = G.trace(_mlp, MLP, jnp.ones((5, 3)))
+    w1, w2 = np.asarray(MLP["w1"]), np.asarray(MLP["w2"])
+    l1 = G.group_scores(g, MLP, W.magnitude_scores(MLP))[0]
+    np.testing.assert_allclose(l1, abs(w1).sum(0) + abs(w2).sum(1), rtol=1e-6)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
+    grads = jax.grad(lambda p: _mlp(p, x).sum())(MLP)
+    taylor = G.group_scores(g, MLP, W.saliency_scores(MLP, grads))[0]
+    gw1, gw2 = np.asarray(grads["w1"]), np.asarray(grads["w2"])
+    np.testing.assert_allclose(taylor, abs(w1 * gw1).sum(0) + abs(w2 * gw2).sum(1), rtol=1e-5)
+
+
 def test_residual_stream_couples_every_writer_and_reader():
     def net(p, x):
         h = x @ p["w_in"]

@@ -222,6 +222,23 @@ def test_rotate_half_slices_couple_each_frequency_pair():
     assert _max_err(run(small, x), _rope_attention(G.mask(g, p, keep), x)) < TOL
 
 
+def test_scatter_add_couples_its_updates_and_keeps_zeros():
+    def net(p, x):
+        h = x @ p["w1"]
+        s = h.at[:2].add(x[:2] @ p["w2"])  # an independent producer written into two rows
+        summed = jnp.tanh(s).sum(-1, keepdims=True)  # exact only if s is zero on the channels
+        return summed * (s @ p["w3"])
+
+    r = np.random.default_rng(13)
+    p = {k: jnp.asarray(r.normal(size=sh), jnp.float32) for k, sh in
+         {"w1": (3, 6), "w2": (3, 6), "w3": (6, 2)}.items()}  # fmt: skip
+    x = jnp.asarray(r.normal(size=(5, 3)), jnp.float32)
+    g = _check_pruned_equals_masked(net, p, x)
+    hidden = _group_of(g, "w1", 1)
+    assert _members(hidden) == {("w1", 1, 0), ("w2", 1, 0), ("w3", 0, 0)}
+    assert hidden.prunable and hidden.exact
+
+
 def test_a_primitive_not_followed_is_named_and_its_axes_pinned():
     def net(p, x):
         h = x @ p["w1"]
@@ -401,6 +418,19 @@ def test_vim_inner_channels_span_both_halves_of_in_proj():
     assert not state_dim.prunable  # x_proj's [dt_rank, B, C] split is unequal
 
 
+def test_mamba_lm_associative_scan_through_scatter_add():
+    """The associative scan folds the carried state in with x.at[0].add: a scatter-add whose
+    window covers the channel axes (coupled) and whose indexed axis is the sequence (pinned)."""
+    cfg = M.MambaConfig(hidden_size=16, num_layers=2, vocab_size=20, state_size=4)
+    fn, state = G.from_nnx(M.MambaLM(cfg, rngs=nnx.Rngs(0)), lambda o: o.logits)
+    ids = jnp.arange(12).reshape(2, 6) % 20
+    g = _check_pruned_equals_masked(fn, state, ids)
+    assert g.unfollowed == {}
+    inner = _group_of(g, "layers/1/mixer/out_proj/kernel", 0)
+    assert inner.size == 32 and ("layers/1/mixer/in_proj/kernel", 1, 1) in _members(inner)
+    assert len(g.prunable()) == 3  # residual + d_inner per layer (d_state: x_proj's split)
+
+
 # -- other frameworks and transformations ---------------------------------------------------------
 class _LinenNet(linen.Module):
     @linen.compact
@@ -458,6 +488,28 @@ def test_equinox_model_under_vmap():
         ("l1/weight", 0, 0),
         ("l2/weight", 1, 0),
     }
+
+
+class _LinenAttention(linen.Module):
+    @linen.compact
+    def __call__(self, x):
+        y = linen.MultiHeadDotProductAttention(num_heads=4, qkv_features=16)(x)
+        return linen.Dense(3)(linen.LayerNorm()(x + y).mean(1))
+
+
+def test_linen_multi_head_attention_heads_and_head_dims():
+    net = _LinenAttention()
+    x = jnp.asarray(np.random.default_rng(12).normal(size=(2, 5, 8)), jnp.float32)
+    params = net.init(jax.random.key(0), x)
+    g = _check_pruned_equals_masked(net.apply, params, x)
+    a = "params/MultiHeadDotProductAttention_0/"
+    heads = _group_of(g, a + "query/kernel", 1)  # linen's kernels are [in, heads, head_dim]
+    assert heads.size == 4 and (a + "out/kernel", 0, 0) in _members(heads)
+    assert _members(_group_of(g, a + "query/kernel", 2)) == {
+        (a + "query/kernel", 2, 0), (a + "query/bias", 1, 0),
+        (a + "key/kernel", 2, 0), (a + "key/bias", 1, 0),
+    }  # fmt: skip
+    assert not _group_of(g, "params/LayerNorm_0/scale", 0).prunable  # the input's axis
 
 
 def _scan_net(p, x):

@@ -277,6 +277,34 @@ def _gather(w, frame, i, eqn, ins, outs) -> None:
         w.pin_all(out, "gather with batching dimensions is not followed")
 
 
+def _scatter(w, frame, i, eqn, ins, outs) -> None:
+    """``x.at[idx].set / add(u)``: the result has the operand's axes; an operand axis the
+    updates cover whole (a window axis not indexed) is one index space with the updates' axis;
+    the indexed axes are pinned."""
+    dn = eqn.params["dimension_numbers"]
+    operand, updates, out = ins[0], ins[2], outs[0]
+    shape = w.shapes[operand]
+    for a in range(len(shape)):
+        w.couple((operand, a), (out, a))
+    skipped = set(dn.inserted_window_dims) | set(dn.operand_batching_dims)
+    window_src = [d for d in range(len(shape)) if d not in skipped]
+    for d in range(len(shape)):
+        why = "scattered into along this axis"
+        if d in skipped:
+            w.pin(operand, d, why)
+            continue
+        u = dn.update_window_dims[window_src.index(d)]
+        if (
+            updates is not None
+            and w.shapes[updates][u] == shape[d]
+            and (d not in dn.scatter_dims_to_operand_dims)
+        ):
+            w.couple((updates, u), (out, d))
+        else:
+            w.pin(operand, d, why)
+            w.pin(updates, u, why)
+
+
 def _dynamic_slice(w, frame, i, eqn, ins, outs) -> None:
     src, dst = ins[0], outs[0]
     for a, s in enumerate(eqn.params["slice_sizes"]):
@@ -331,6 +359,9 @@ SHAPE_RULES = {
     "iota": _iota,
     "gather": _gather,
     "dynamic_slice": _dynamic_slice,
+    "scatter": _scatter,
+    "scatter-add": _scatter,
+    "scatter_add": _scatter,
     "dynamic_update_slice": _dynamic_update_slice,
     "reduce_window_max": _reduce_window,
     "reduce_window_min": _reduce_window,

@@ -115,8 +115,12 @@ class ZeroAnalysis:
             else:
                 self._note(self.groups(k, axes), zin[0], (), why, record)
             res = [zin[0]]
-        elif name in _KEEP or name in CUMULATIVE or name == "dynamic_update_slice":
-            res = [zin[0] if name != "dynamic_update_slice" else zin[0] & zin[1]] * len(outs)
+        elif name in _KEEP or name in CUMULATIVE:
+            res = [zin[0]] * len(outs)
+        elif name == "dynamic_update_slice":
+            res = [zin[0] & zin[1]]
+        elif name in ("scatter", "scatter-add", "scatter_add"):
+            res = [zin[0] & zin[2]]  # operand and updates (ins[1] holds the indices)
         elif name == "pad":
             res = [zin[0] if self._lit_zero(ins[1]) else frozenset()]
         elif name == "broadcast_in_dim":

@@ -390,6 +390,39 @@ def test_resnet_residual_channels_are_coupled_across_a_stage():
         assert not any(len(g.shapes[m.leaf]) == 4 and m.axis < 2 for m in grp.members)
 
 
+def test_training_step_with_batch_statistics_as_free_outputs():
+    """A training-mode forward returns the updated running averages beside the logits; with
+    free_outputs they shrink with their channels, and the groups are the inference graph's."""
+    model = M.CifarResNet("resnet20", width=4, rngs=nnx.Rngs(0))
+    model.train()
+    graphdef, state = nnx.split(model)
+
+    def step(st, x):
+        m = nnx.merge(graphdef, st)
+        return m(x), nnx.state(m)
+
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(4, 8, 8, 3)), jnp.float32)
+    pinned = G.trace(step, state, x)
+    assert pinned.prunable() == ()  # every channel reaches a pinned output
+    g = G.trace(step, state, x, free_outputs=lambda path: path.startswith("1/"))
+    model.eval()
+    fn, _ = G.from_nnx(model)
+    g_eval = G.trace(fn, state, x)
+    assert len(g.prunable()) == len(g_eval.prunable()) == 12
+    rng = np.random.default_rng(0)
+    keep_eval = {}
+    for grp in g_eval.prunable():
+        keep_eval.update(_random_keep(grp, rng))
+    keep = G.map_keep(g_eval, g, keep_eval)
+    small, run = G.prune(g, state, keep)
+    logits, stats = run(small, x)
+    ref_logits, ref_stats = step(G.mask(g, state, keep), x)
+    assert _max_err(logits, ref_logits) < TOL and _max_err(ref_logits, step(state, x)[0]) > 1e-4
+    assert _max_err(stats, G.prune(g, ref_stats, keep)[0]) < TOL  # the new running averages
+    small_eval, _ = G.prune(g_eval, state, keep_eval)
+    assert jax.tree.map(jnp.shape, small_eval) == jax.tree.map(jnp.shape, small)
+
+
 def test_convnet_flattened_dense_input_is_split_into_window_and_channels():
     model = M.ConvNet("conv2", input_shape=(8, 8, 1), num_classes=4, rngs=nnx.Rngs(0))
     fn, state = G.from_nnx(model)

@@ -19,7 +19,9 @@ analysis; a LayerNorm over a pruned hidden axis is the usual inexact case).
 - ``group_scores`` (group L2 by default, or any per-element score pytree) -> ``select``
   (global or local, a fraction of channels, parameters or FLOPs) -> ``prune`` (smaller
   parameters + ``PrunedFunction``) or ``mask`` (zeroed dense parameters);
-  ``param_count`` / ``flops`` of a selection.
+  ``param_count`` / ``flops`` of a selection; ``map_keep`` carries a selection to another
+  trace of the same model (``trace(..., free_outputs=...)`` of a training step whose updated
+  batch-norm statistics shrink with their channels).
 
 Scanned layers (``nnx.scan`` / ``lax.scan`` over stacked parameters) share one body, so a group
 inside the body removes the same channels from every layer.
@@ -32,6 +34,7 @@ from pruneax.graph._prune import (
     check_keep,
     flops,
     group_scores,
+    map_keep,
     mask,
     param_count,
     prune,
@@ -47,6 +50,7 @@ __all__ = [
     "flops",
     "from_nnx",
     "group_scores",
+    "map_keep",
     "mask",
     "param_count",
     "prune",

@@ -71,7 +71,17 @@ class Group:
 
 
 class DependencyGraph:
-    """Coupled channel groups of a traced ``apply(params, *args)``; build with ``trace``."""
+    """Coupled channel groups of a traced ``apply(params, *args)``; build with ``trace``.
+
+    Attributes:
+      groups: every ``Group`` with at least one parameter axis, by id; ``by_id`` maps ids.
+      paths / shapes / dtypes: the flattened parameter leaves (key paths, shapes, dtypes).
+      arg_shapes: the shapes of the flattened example arguments it was traced with.
+      unfollowed: primitive name -> count, for primitives whose axes were pinned because the
+        graph does not know how they couple axes (never guessed).
+      equations: equations walked (every instance of every sub-jaxpr).
+      fn: the traced function.
+    """
 
     def __init__(self, fn, params, args, closed, out_tree, walk, root, layouts, nodes, zero, keys):
         self.fn, self._closed, self._walk, self._root = fn, closed, walk, root
@@ -132,13 +142,16 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
-def trace(fn, params, *args) -> DependencyGraph:
+def trace(fn, params, *args, free_outputs=None) -> DependencyGraph:
     """The dependency graph of ``fn(params, *args)`` for these argument shapes.
 
     ``fn`` is any function JAX can trace: a Flax NNX model through ``nnx.merge`` (see
     ``from_nnx``), ``linen_module.apply``, an Equinox model combined from its arrays, plain
     JAX. ``params`` is the pytree whose axes may be pruned; ``args`` are example inputs
-    (arrays or ``jax.ShapeDtypeStruct``): their axes, and the outputs' axes, are never pruned.
+    (arrays or ``jax.ShapeDtypeStruct``): their axes, and the outputs' axes, are never pruned,
+    except the outputs chosen by ``free_outputs`` (a predicate on an output leaf's key path,
+    e.g. ``lambda path: path.startswith("1/")`` for the updated batch-norm statistics a
+    training step returns beside its logits): those shrink with their channels.
 
     >>> import jax.numpy as jnp
     >>> from pruneax import graph
@@ -161,8 +174,10 @@ def trace(fn, params, *args) -> DependencyGraph:
     keys = [walk.key(root, v) for v in invars[: len(leaves)]]
     for v in invars[len(leaves) :]:
         walk.pin_all(walk.key(root, v), "an input of the function")
-    for v in closed.jaxpr.outvars:
-        walk.pin_all(walk.key(root, v), "an output of the function")
+    out_paths = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(out_shape)[0]]
+    for v, path in zip(closed.jaxpr.outvars, out_paths, strict=True):
+        if free_outputs is None or not free_outputs(path):
+            walk.pin_all(walk.key(root, v), "an output of the function")
     layouts = Layouts(walk)
     nodes = Nodes(walk, layouts)
     zero_in = {}
@@ -171,6 +186,8 @@ def trace(fn, params, *args) -> DependencyGraph:
             g for a in range(len(walk.shapes[k])) for g in nodes.group_of((k, a))
         )
     zero = ZeroAnalysis(walk, nodes, root, zero_in)
-    return DependencyGraph(
+    graph = DependencyGraph(
         fn, params, args, closed, out_tree, walk, root, layouts, nodes, zero, keys
     )
+    graph.free_outputs = free_outputs
+    return graph

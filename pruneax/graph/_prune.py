@@ -318,17 +318,8 @@ class PrunedFunction:
                     for s, d in zip(self.graph.shapes, self.graph.dtypes, strict=True)
                 ],
             )
-            g2 = trace(self.graph.fn, dense, *args)
-            sig2 = {_signature(g): g.id for g in g2.groups}
-            keep2 = {}
-            for gid, idx in self.keep.items():
-                sig = _signature(self.graph.by_id[gid])
-                if sig not in sig2:
-                    raise ValueError(
-                        f"args: with argument shapes {shapes} group {gid} no longer exists as "
-                        "traced; trace the graph at these shapes instead"
-                    )
-                keep2[sig2[sig]] = idx
+            g2 = trace(self.graph.fn, dense, *args, free_outputs=self.graph.free_outputs)
+            keep2 = map_keep(self.graph, g2, self.keep)
             self._graphs[shapes] = (g2, keep2)
         return self._graphs[shapes]
 
@@ -342,6 +333,36 @@ class PrunedFunction:
 
 def _signature(group) -> frozenset:
     return frozenset((m.leaf, m.axis, m.factor, m.layout) for m in group.members)
+
+
+def map_keep(src, dst, keep: dict) -> dict:
+    """``keep`` of graph ``src`` expressed in the group ids of graph ``dst``.
+
+    Two traces of one model (its inference and its training function, or other input shapes)
+    number their groups independently; a group is recognised by its parameter members.
+
+    Raises:
+      ValueError: if a group of ``keep`` has no group with the same members in ``dst``.
+
+    >>> import jax.numpy as jnp
+    >>> from pruneax import graph
+    >>> p = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+    >>> f = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
+    >>> a, b = graph.trace(f, p, jnp.ones((5, 3))), graph.trace(f, p, jnp.ones((2, 7, 3)))
+    >>> graph.map_keep(a, b, {1: [0, 2]})
+    {1: [0, 2]}
+    """
+    ids = {_signature(g): g.id for g in dst.groups}
+    out = {}
+    for gid, idx in keep.items():
+        sig = _signature(src.by_id[gid])
+        if sig not in ids:
+            raise ValueError(
+                f"keep: group {gid} of the source graph has no group with the same parameter "
+                "members in the destination graph"
+            )
+        out[ids[sig]] = idx
+    return out
 
 
 def prune(graph, params, keep: dict, *, allow_inexact: bool = False):

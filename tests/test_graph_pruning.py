@@ -17,6 +17,7 @@ CFG = dataclasses.replace(
     amounts=(0.5,),
     methods=("global_l2", "masksparsity"),
     sparsity_iterations=8,
+    weight_sparsities=(0.9,),
     eval_size=120,
     eval_batch=60,
     calib_batches=1,
@@ -33,16 +34,20 @@ def result(tmp_path_factory):
 
 
 def test_outputs_budgets_and_claims(result):
-    workdir, r = result
+    workdir, r = result[0], json.loads(json.dumps(result[1]))  # a copy: rows are popped
     assert {p.name for p in workdir.iterdir()} >= {
         "results.json",
         "results.csv",
         "graph_pruning.png",
     }
     assert json.loads((workdir / "results.json").read_text())["jobs"].keys() == r["jobs"].keys()
-    assert len((workdir / "results.csv").read_text().strip().splitlines()) == 1 + 2
+    assert len((workdir / "results.csv").read_text().strip().splitlines()) == 1 + 4
     dense = r["dense"]
     assert dense["prunable"] == 12 and dense["inexact"] == 0  # ResNet-20: 3 residual + 9 inner
+    for method in ("iss_p", "iht"):  # unstructured: ceil(0.9 n) of every kernel is zero
+        row = r["jobs"].pop(f"{method}@w0.9")
+        assert 0.9 <= row["weight_sparsity"] < 0.91 and row["params"] < dense["params"]
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["flops_ratio"] == 1.0
     for name, row in r["jobs"].items():
         assert row["flops"] <= 0.5 * dense["flops"] + 1, name  # the budget is met
         assert row["params"] < dense["params"]
@@ -51,8 +56,9 @@ def test_outputs_budgets_and_claims(result):
     ms = r["jobs"]["masksparsity@0.5"]
     assert ms["gamma_after"] < ms["gamma_before"]  # the regularised scales shrank
     assert ms["channels_kept"] == r["jobs"]["global_l2@0.5"]["channels_kept"]  # same selection
-    claims = gp.claims(r)  # SPA (not measured: no uniform_l1), MaskSparsity x 2, speed-up
-    assert len(claims) == 4 and "50% of the FLOPs removed" in claims[0].claim
+    claims = gp.claims(result[1])  # SPA (no uniform_l1: not measured), MaskSparsity x 2,
+    assert len(claims) == 5 and "50% of the FLOPs removed" in claims[0].claim  # ISS-P, speed
+    assert "iterative soft shrinkage" in claims[3].claim and claims[3].verdict != "not measured"
     assert claims[0].verdict == "not measured"
 
 
@@ -68,6 +74,14 @@ def test_a_finished_run_is_not_run_again(result, monkeypatch):
 
 
 def test_bad_config_is_refused(tmp_path):
-    for field, value in (("dataset", "imagenet"), ("methods", ("obspa",)), ("amounts", (1.0,))):
+    bad = (
+        ("dataset", "imagenet"),
+        ("methods", ("obspa",)),
+        ("amounts", (1.0,)),
+        ("weight_sparsities", (0.0,)),
+        ("unstructured", ("snip",)),
+        ("soft_fraction", 1.5),
+    )
+    for field, value in bad:
         with pytest.raises(ValueError, match=field):
             gp.run(dataclasses.replace(CFG, **{field: value}), tmp_path / field)

@@ -25,6 +25,12 @@ groups (residual streams across a stage, each block's inner channels). At each F
   channel), so that removing them loses less; then the same pruning and fine-tuning. It gets
   ``sparsity_iterations`` more training than the others.
 
+Training-time unstructured pruning, at each of ``weight_sparsities`` (a fraction of every
+kernel removed), trained from scratch with the dense schedule: ``iss_p`` (ISS-P: the smallest
+weights of each layer multiplied by 0.95 after every step for ``soft_fraction`` of the
+iterations, then a fixed mask) and ``iht`` (the same with 0: iterative hard thresholding).
+These keep the dense shapes: they are reported against nonzero parameters, not FLOPs.
+
 The pruned parameters are physically smaller. Accuracy before fine-tuning is the pruned
 inference program with the dense model's batch-norm running averages (no recalibration). The
 training-mode forward is traced too, its updated running averages as ``free_outputs`` (they
@@ -63,6 +69,7 @@ from pruneax import weights as W
 from pruneax.experiments import _common as common
 
 METHODS = ("global_l2", "global_taylor", "uniform_l1", "masksparsity")
+UNSTRUCTURED = ("iss_p", "iht")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +89,9 @@ class Config:
     amounts: tuple[float, ...] = (0.3, 0.5, 0.7)  # fractions of the FLOPs removed
     methods: tuple[str, ...] = METHODS
     calib_batches: int = 4
+    weight_sparsities: tuple[float, ...] = ()  # ISS-P / IHT jobs (none by default)
+    unstructured: tuple[str, ...] = UNSTRUCTURED
+    soft_fraction: float = 0.75
     # MaskSparsity: steps of regularised training and its strength. The shrinkage a scale can
     # receive, lr_mean * s * steps / (1 - momentum), is ~1.25 at the cpu preset; the published
     # CIFAR ResNet runs (s ~ 1e-4, 64K steps at lr ~ 0.05) give ~3.
@@ -99,7 +109,13 @@ class Config:
 
 PRESETS: dict[str, Config] = {
     # Smoke test on the embedded digits (8x8): a width-8 ResNet-20 trained for seconds.
-    "tiny": Config(iterations=300, finetune_iterations=60, amounts=(0.3, 0.6), eval_size=360),
+    "tiny": Config(
+        iterations=300,
+        finetune_iterations=60,
+        amounts=(0.3, 0.6),
+        eval_size=360,
+        weight_sparsities=(0.9,),
+    ),
     # (cpu: MaskSparsity regularises for 1,000 steps at s = 0.005)
     # CIFAR-10 (JPEG copy), width-8 ResNet-20 on 20K training images, ~10 epochs (3,000
     # steps of 64) with augmentation, 500 fine-tuning steps per pruned model.
@@ -140,6 +156,14 @@ def check_config(cfg: Config) -> None:
     for a in cfg.amounts:
         if not 0.0 < a < 1.0:
             raise ValueError(f"amounts: expected fractions in (0, 1), got {a}")
+    for a in cfg.weight_sparsities:
+        if not 0.0 < a < 1.0:
+            raise ValueError(f"weight_sparsities: expected fractions in (0, 1), got {a}")
+    for m in cfg.unstructured:
+        if m not in UNSTRUCTURED:
+            raise ValueError(f"unstructured: expected names from {UNSTRUCTURED}, got {m!r}")
+    if not 0.0 <= cfg.soft_fraction <= 1.0:
+        raise ValueError(f"soft_fraction: expected a fraction in [0, 1], got {cfg.soft_fraction}")
     for name in ("iterations", "batch_size", "eval_batch", "throughput_batch", "calib_batches"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name}: expected >= 1, got {getattr(cfg, name)}")
@@ -352,6 +376,38 @@ def regularise(cfg, data, dense: Dense, params, g, keep, tag, ckpt_dir):
     return out, {"gamma_before": gamma(params), "gamma_after": gamma(out)}
 
 
+def unstructured(cfg, data, dense: Dense, loss, method: str, sparsity: float, ckpt_dir):
+    """ISS-P (shrink 0.95) or IHT (shrink 0) from scratch with the dense schedule."""
+    params = dense.state0
+    inner = _sgd(cfg, cfg.learning_rate, cfg.iterations, params)
+    tx = W.iss_p(
+        inner,
+        sparsity,
+        shrink=0.95 if method == "iss_p" else 0.0,
+        soft_steps=int(cfg.soft_fraction * cfg.iterations),
+    )
+    tag = f"{method}@w{sparsity}"
+    out = train(cfg, data, tag, params, loss, tx, cfg.iterations, ckpt_dir, with_stats=True)
+    out = jax.tree.map(np.asarray, out)
+    names = W.prunable_names(out)
+    kernels = [
+        v for n, v in zip(W.leaf_names(out), jax.tree.leaves(out), strict=True) if n in names
+    ]
+    zeros = sum(int((v == 0).sum()) for v in kernels)
+    return {
+        "method": method,
+        "amount": sparsity,
+        "weight_sparsity": zeros / sum(v.size for v in kernels),
+        "zeros": zeros,
+        "flops_ratio": 1.0,
+        "accuracy_before_ft": None,
+        "accuracy": accuracy(dense.infer, out, data, cfg.eval_batch),
+        "dense_s": None,
+        "pruned_s": None,
+        "speedup": None,
+    }
+
+
 def speedup(cfg, dense: Dense, params, run, small, x) -> dict[str, float]:
     f_dense, f_small = jax.jit(dense.infer), jax.jit(run)
     times = lab.time_alternating(
@@ -444,6 +500,15 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             progress["jobs"][name] = row
             progress.save()
             print(f"[graph_pruning] {name}: {_fmt(row)}", flush=True)
+    for method in cfg.unstructured:
+        for sparsity in cfg.weight_sparsities:
+            name = f"{method}@w{sparsity}"
+            if name not in progress["jobs"]:
+                row = unstructured(cfg, data, dense, dense_loss, method, sparsity, ckdir / name)
+                row["params"] = progress["dense"]["params"] - row.pop("zeros")
+                progress["jobs"][name] = row
+                progress.save()
+                print(f"[graph_pruning] {name}: accuracy {row['accuracy']:.4f}", flush=True)
     result = {
         "config": lab.config_json(cfg),
         "machine": lab.machine(),
@@ -470,14 +535,14 @@ def write_outputs(workdir: pathlib.Path, result: dict[str, Any]) -> None:
     w = csv.writer(buf)
     w.writerow(fields)
     for row in result["jobs"].values():
-        w.writerow([row[f] for f in fields])
+        w.writerow([row.get(f) for f in fields])
     lab.write_text(workdir / "results.csv", buf.getvalue())
     plot(workdir / "graph_pruning.png", result)
 
 
 def plot(path: pathlib.Path, result: dict[str, Any]) -> None:
     plt = common.pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.2))
     dense = result["dense"]
     a1.axhline(dense["accuracy"], color="k", ls=":", label="dense")
     for method in METHODS:
@@ -490,6 +555,18 @@ def plot(path: pathlib.Path, result: dict[str, Any]) -> None:
         a1.plot(fr, [r["accuracy_before_ft"] for r in rows], "x--", color=line[0].get_color(),
                 alpha=0.6, label=f"{method} (before)")  # fmt: skip
         a2.plot([1 / f for f in fr], [r["speedup"] for r in rows], "o-", label=method)
+        a3.plot([r["params"] / dense["params"] for r in rows], [r["accuracy"] for r in rows],
+                "o-", label=f"{method} (structured, fine-tuned)")  # fmt: skip
+    for method in UNSTRUCTURED:
+        rows = sorted((r for r in result["jobs"].values() if r["method"] == method),
+                      key=lambda r: r["params"])  # fmt: skip
+        if rows:
+            a3.plot([r["params"] / dense["params"] for r in rows], [r["accuracy"] for r in rows],
+                    "s--", label=f"{method} (unstructured, from scratch)")  # fmt: skip
+    a3.axhline(dense["accuracy"], color="k", ls=":", label="dense")
+    a3.set(xlabel="nonzero parameters (fraction of dense)", ylabel="test accuracy",
+           title="structured vs unstructured")  # fmt: skip
+    a3.legend(fontsize=7)
     top = max([2.0] + [1 / r["flops_ratio"] for r in result["jobs"].values()])
     a2.plot([1, top], [1, top], "k:", label="FLOPs ratio (ideal)")
     a1.set(xlabel="FLOPs kept (fraction of dense)", ylabel="test accuracy",
@@ -545,6 +622,18 @@ def claims(r: dict[str, Any]) -> list[lab.Claim]:
                 more=False,
             )
         )
+    for sparsity in r["config"].get("weight_sparsities", ()):
+        out.append(
+            lab.versus(
+                "ISS-P (Wang et al., 2023)",
+                f"iterative soft shrinkage beats iterative hard thresholding at {sparsity:.0%} "
+                "of every kernel removed (trained from scratch)",
+                jobs.get(f"iss_p@w{sparsity}"),
+                jobs.get(f"iht@w{sparsity}"),
+                n,
+                f"ResNet-20, {r['config']['dataset']}",
+            )
+        )
     rows = [j for j in jobs.values() if j["method"] == "global_l2"]
     if rows:
         best = max(rows, key=lambda j: j["amount"])
@@ -572,6 +661,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--amounts", type=float, nargs="+", help="fractions of FLOPs removed")
     parser.add_argument("--finetune_iterations", type=int)
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="the selections compared")
+    parser.add_argument("--weight_sparsities", type=float, nargs="+", help="ISS-P / IHT jobs")
     args = parser.parse_args(argv)
     cfg = common.config_from_args(args, PRESETS)
     result = run(cfg, args.workdir, args.data_dir or os.environ.get("PRUNEAX_DATA_DIR"))

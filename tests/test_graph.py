@@ -110,6 +110,11 @@ def test_mlp_groups_scores_counts_by_hand():
     np.testing.assert_allclose(
         G.group_scores(g, MLP, taylor)[0], 2 * (abs(w1).sum(0) + abs(w2).sum(1))
     )
+    assert g.find("w2", 0) is hidden and g.find("w1", 0) is g.groups[1]
+    with pytest.raises(ValueError, match="path"):
+        g.find("w3", 0)
+    with pytest.raises(ValueError, match="axis"):
+        g.find("w1", 2)
     assert G.param_count(g) == 4 + 12 + 8
     assert G.param_count(g, {0: [0, 2, 3]}) == 3 + 9 + 6
     assert G.flops(g) == 2 * 5 * (3 * 4 + 4 * 2)

@@ -127,6 +127,27 @@ class DependencyGraph:
             self._roots[gid] = g
         return tuple(out)
 
+    def find(self, path: str, axis: int, factor: int = 0) -> Group:
+        """The group holding factor ``factor`` of axis ``axis`` of the parameter ``path``.
+
+        >>> import jax.numpy as jnp
+        >>> from pruneax import graph
+        >>> p = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+        >>> g = graph.trace(lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"], p, jnp.ones((5, 3)))
+        >>> g.find("w2", 0).id == g.find("w1", 1).id, g.find("w2", 0).size
+        (True, 4)
+        """
+        for g in self.groups:
+            for m in g.members:
+                if (m.path, m.axis, m.factor) == (path, axis, factor):
+                    return g
+        if path not in self.paths:
+            raise ValueError(f"path: {path!r} is not a parameter of this graph")
+        raise ValueError(
+            f"axis / factor: parameter {path!r} has no axis {axis} factor {factor} in a group "
+            f"(its shape is {self.shapes[self.paths.index(path)]})"
+        )
+
     def prunable(self, allow_inexact: bool = False) -> tuple[Group, ...]:
         """The groups that may be pruned (exact ones only unless ``allow_inexact``)."""
         return tuple(g for g in self.groups if g.prunable and (g.exact or allow_inexact))

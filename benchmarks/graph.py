@@ -102,7 +102,7 @@ def runner(quick: bool, repeats: int) -> list[dict]:
         (f"CIFAR ResNet-20 (width {w}), batch {len(images)}",
          lambda w=w: models.CifarResNet("resnet20", width=w, rngs=nnx.Rngs(0)), None,
          images.astype(np.float32))
-        for w in (8, 16)
+        for w in ((8,) if quick else (8, 16))
     ] + [
         (f"LlamaLM {small_llama.num_layers}x{small_llama.hidden_size}, "
          f"2 x {tokens.shape[1]} tokens",

@@ -28,11 +28,12 @@ CFG = dataclasses.replace(
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
+def result(tmp_path_factory):  # trains and prunes for ~1.5 minutes: used by slow tests only
     workdir = tmp_path_factory.mktemp("gp")
     return workdir, gp.run(CFG, workdir)
 
 
+@pytest.mark.slow
 def test_outputs_budgets_and_claims(result):
     workdir, r = result[0], json.loads(json.dumps(result[1]))  # a copy: rows are popped
     assert {p.name for p in workdir.iterdir()} >= {
@@ -62,6 +63,7 @@ def test_outputs_budgets_and_claims(result):
     assert claims[0].verdict == "not measured"
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_run_again(result, monkeypatch):
     workdir, r = result
 
@@ -85,3 +87,52 @@ def test_bad_config_is_refused(tmp_path):
     for field, value in bad:
         with pytest.raises(ValueError, match=field):
             gp.run(dataclasses.replace(CFG, **{field: value}), tmp_path / field)
+
+
+def test_uniform_selection_meets_the_flops_budget_and_global_uses_the_graph():
+    import jax.numpy as jnp
+    import numpy as np
+
+    p = {"w1": jnp.arange(24.0).reshape(3, 8), "w2": jnp.ones((8, 8)), "w3": jnp.ones((8, 2))}
+    g = G.trace(
+        lambda p, x: jnp.tanh(jnp.tanh(x @ p["w1"]) @ p["w2"]) @ p["w3"], p, jnp.ones((4, 3))
+    )
+    scores = {
+        "global_l2": G.group_scores(g, p),
+        "uniform_l1": G.group_scores(g, p, {k: jnp.abs(v) for k, v in p.items()}),
+    }
+    for amount in (0.3, 0.5):
+        uni = gp.choose(CFG, "uniform_l1", amount, g, p, scores)
+        assert G.flops(g, uni) <= (1 - amount) * G.flops(g)
+        sizes = {len(v) for v in uni.values()}
+        assert len(sizes) == 1 and len(uni) == 2  # the same fraction of both groups
+        glob = gp.choose(CFG, "global_l2", amount, g, p, scores)
+        ms = gp.choose(CFG, "masksparsity", amount, g, p, scores)  # the same channels
+        direct = G.select(g, scores["global_l2"], amount, by="flops")
+        assert glob.keys() == ms.keys() == direct.keys()
+        assert all(
+            np.array_equal(glob[k], ms[k]) and np.array_equal(glob[k], direct[k]) for k in glob
+        )
+
+
+def test_claims_compare_the_right_rows():
+    row = lambda method, acc, before=0.5, speed=1.0: {
+        "method": method, "amount": 0.5, "accuracy": acc, "accuracy_before_ft": before,
+        "flops_ratio": 0.5, "speedup": speed,
+    }  # fmt: skip
+    r = {
+        "config": {"dataset": "cifar10", "eval_size": 5000, "amounts": [0.5],
+                   "weight_sparsities": [0.9]},
+        "jobs": {
+            "global_l2@0.5": row("global_l2", 0.60, before=0.30, speed=1.2),
+            "uniform_l1@0.5": row("uniform_l1", 0.70),
+            "masksparsity@0.5": row("masksparsity", 0.61, before=0.55),
+            "iss_p@w0.9": row("iss_p", 0.62),
+            "iht@w0.9": row("iht", 0.50),
+        },
+    }  # fmt: skip
+    spa, ms_before, ms_after, iss, speed = gp.claims(r)
+    assert spa.verdict == gp.lab.FAILS  # 60 vs 70 with n = 5000
+    assert ms_before.verdict == gp.lab.HOLDS and "55.00 vs 30.00" in ms_before.measured
+    assert ms_after.verdict == gp.lab.HOLDS  # 61 vs 60: not worse
+    assert iss.verdict == gp.lab.HOLDS and speed.verdict == gp.lab.HOLDS

@@ -20,6 +20,17 @@ def test_readme_example_runs():
     np.testing.assert_array_equal(x_kept[3], np.asarray(scope["x"])[3][keep[3]])
 
 
+def test_readme_graph_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    scope: dict = {}
+    exec(compile(blocks[1], str(README), "exec"), scope)
+    graph, g, keep, state, x = (scope[k] for k in ("graph", "g", "keep", "state", "x"))
+    assert sorted(grp.size for grp in g.prunable()) == [100, 300]
+    assert graph.flops(g, keep) <= 0.5 * graph.flops(g)
+    masked = scope["fn"](graph.mask(g, state, keep), x)
+    np.testing.assert_allclose(np.asarray(scope["logits"]), np.asarray(masked), atol=1e-5)
+
+
 def test_ci_runs_the_readme_test_command():
     ci = (README.parent / ".ci" / "run").read_text()
     text = README.read_text()

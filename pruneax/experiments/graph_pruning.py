@@ -219,10 +219,6 @@ class Dense:
         return logits, nnx.to_pure_dict(nnx.state(m))
 
 
-def _trainable(paths: tuple[str, ...]) -> tuple[bool, ...]:
-    return tuple(not p.endswith(("/mean", "/var")) for p in paths)
-
-
 def _sgd(cfg: Config, lr: float, steps: int, tree) -> optax.GradientTransformation:
     schedule = optax.cosine_decay_schedule(lr, max(steps, 1))
     decay = jax.tree.map(lambda v: np.ndim(v) >= 2, tree)
@@ -286,10 +282,8 @@ def train(cfg, data, tag, params, loss_fn, tx, steps, ckpt_dir, *, with_stats=Fa
 
 def train_mask(tree):
     """True for trainable leaves (not batch-norm running averages) of a pure-dict state."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    names = tuple("/".join(str(getattr(k, "key", k)) for k in path) for path, _ in flat)
-    marks = _trainable(names)
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), list(marks))
+    marks = [not n.endswith(("/mean", "/var")) for n in W.leaf_names(tree)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), marks)
 
 
 def _stats_output(path: str) -> bool:

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from pruneax.graph._run import Runner, pruned_call, take_leaves
-from pruneax.graph._walk import CALLS, inner_jaxpr
 
 _BY = ("channels", "params", "flops")
 
@@ -152,17 +151,9 @@ def _flops(graph, r: Runner, frame: int, jaxpr, times: int) -> int:
             out = r.new_shape((frame, eqn.outvars[0]))
             per_out = math.prod(rhs) // rhs[rhs_spec[0]]
             total += 2 * times * math.prod(out) * per_out
-        for k, child in enumerate(kids.get((frame, i), ())):
-            if name in CALLS:
-                sub = inner_jaxpr(eqn.params[CALLS[name]])[0]
-            elif name == "scan":
-                sub = inner_jaxpr(eqn.params["jaxpr"])[0]
-            elif name == "while":
-                sub = inner_jaxpr(eqn.params[("cond_jaxpr", "body_jaxpr")[k]])[0]
-            else:
-                sub = inner_jaxpr(eqn.params["branches"][k])[0]
-            reps = eqn.params["length"] if name == "scan" else 1
-            total += _flops(graph, r, child, sub, times * reps)
+        reps = eqn.params["length"] if name == "scan" else 1
+        for child in kids.get((frame, i), ()):  # the walk recorded each sub-jaxpr instance
+            total += _flops(graph, r, child, graph._walk.frames[child], times * reps)
     return total
 
 

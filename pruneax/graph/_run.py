@@ -188,7 +188,3 @@ def take_leaves(graph, keep: dict, leaves: list) -> list:
     r = Runner(graph, keep)
     keys = graph._param_keys
     return [r.take(k, x) for k, x in zip(keys, leaves, strict=True)]
-
-
-def tree_flatten_args(args) -> list:
-    return jax.tree_util.tree_leaves(args)

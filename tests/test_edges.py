@@ -283,3 +283,154 @@ def test_coverage_nan_text_rows_are_absent(where):
     valid = np.all(np.isfinite(padded), axis=1)
     np.testing.assert_allclose(np.asarray(c_pad)[:5][valid], np.asarray(c)[:3], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(c_pad)[5:], np.asarray(c)[3:], rtol=1e-6)
+
+
+# ------------------------------------------------- the README's table of non-finite input
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+N9, K3 = 9, 3  # a 3 x 3 grid, 3 kept
+
+
+def _nan_table() -> dict[str, list[str]]:
+    """``{row: [method, ...]}`` from the README's table under ``<!-- nan-table -->``."""
+    text = (ROOT / "README.md").read_text().split("<!-- nan-table -->")[1]
+    rows = {}
+    for line in text.strip().splitlines()[2:]:
+        if not line.strip().startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0]] = __import__("re").findall(r"`(\w+)`", cells[1])
+    return rows
+
+
+def _inputs(j: int, *, nan_feature: bool, nan_score: bool, seed: int):
+    """Registry inputs where token ``j`` has NaN features and the top score, or a NaN score."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(N9, 4)).astype(np.float32)
+    s = rng.uniform(0.1, 0.5, size=N9).astype(np.float32)
+    if nan_feature:
+        x[j], s[j] = np.nan, 0.9
+    if nan_score:
+        s[j] = np.nan
+    text = rng.normal(size=(2, 4)).astype(np.float32)
+    return {"scores": s, "features": x, "shallow_scores": s, "deep_scores": s, "grid": (3, 3),
+            "text": text, "key": jax.random.key(seed)}  # fmt: skip
+
+
+def _kept(name: str, j: int, **kw) -> tuple[bool, list[int], dict]:
+    """Whether the registered method ``name``, or one of the table's functions, keeps ``j``."""
+    a = _inputs(j, **kw)
+    if name in T.METHODS:
+        m = T.METHODS[name]
+        idx = T.select_tokens(name, K3, **{n: a[n] for n in m.needs})
+    elif name == "dominant_contextual":
+        idx = T.dominant_contextual(a["scores"], a["features"], a["features"], K3, 2)[1]
+    elif name == "focal_select":  # attention whose column j holds the score (NaN or top)
+        attn = np.tile(a["scores"] / np.nansum(a["scores"]), (N9, 1)) * 0.5 + np.eye(N9) * 0.5
+        idx = T.focal_select(attn.astype(np.float32), K3)
+    elif name == "flowcut_select":  # CLS attention to j = its score, its values the features
+        t = N9 + 1
+        rng = np.random.default_rng(kw["seed"])
+        attn = rng.uniform(0.1, 0.2, size=(2, 2, t)).astype(np.float32)
+        attn[:, :, 1:] = a["scores"]
+        v = rng.normal(size=(2, 2, t, 4)).astype(np.float32)
+        v[:, :, 1:] = a["features"]
+        idx = T.flowcut_select(attn, v, K3)[0]
+    else:
+        raise AssertionError(f"README's nan-table names an unknown method {name!r}")
+    idx = np.asarray(idx).tolist()
+    return j in idx, idx, a
+
+
+def test_readme_nan_table_covers_every_registered_method():
+    rows = _nan_table()
+    listed = [m for ms in rows.values() for m in ms]
+    assert sorted(m for m in listed if m in T.METHODS) == sorted(T.METHODS), rows
+    assert len(listed) == len(set(listed))
+
+
+@pytest.mark.parametrize("row", ["features", "scores", "scores and position", "position or chance"])
+def test_readme_nan_table_row_holds(row):
+    """Each row of the README's table, for every method in it and every token position."""
+    for name in _nan_table()[row]:
+        for j in range(N9):
+            seed = j
+            feat, _, _ = _kept(name, j, nan_feature=True, nan_score=False, seed=seed)
+            score, idx, a = _kept(name, j, nan_feature=False, nan_score=True, seed=seed)
+            if row == "features":
+                assert not feat, (name, j, "a NaN feature row was kept")
+                if name in ("kcenter", "maxsum"):  # the pivot: the best finite score
+                    assert int(np.nanargmax(a["scores"])) in idx, (name, j, idx)
+            elif row == "scores":
+                if name != "flowcut_select":  # its score is computed from the values
+                    assert feat, (name, j, "the top-scored token was not kept")
+                assert not score, (name, j, "a NaN score was kept")
+            elif row == "scores and position":
+                assert feat, (name, j, "the top-scored token was not kept")
+            else:  # position or chance: the same picks whatever the NaNs
+                clean = _kept(name, j, nan_feature=False, nan_score=False, seed=seed)[0]
+                assert feat == score == clean, (name, j)
+
+
+def test_registered_pivot_is_the_best_finite_row():
+    """kcenter / maxsum by registry: a NaN-feature top-scored token is not the pivot; the next
+    best score is, and is kept."""
+    for name in ("kcenter", "maxsum"):
+        a = _inputs(4, nan_feature=True, nan_score=False, seed=0)
+        idx = np.asarray(T.select_tokens(name, K3, features=a["features"], scores=a["scores"]))
+        s = np.where(np.arange(N9) == 4, -np.inf, a["scores"])
+        assert int(np.argmax(s)) in idx.tolist() and 4 not in idx.tolist(), (name, idx)
+
+
+def test_index_pivot_is_kept_whatever_its_row_holds():
+    x = np.random.default_rng(0).normal(size=(N9, 4)).astype(np.float32)
+    x[3] = np.nan
+    assert 3 in np.asarray(T.kcenter(x, K3, pivot=3)).tolist()
+    assert 3 in np.asarray(T.maxsum_diversity(x, K3, pivot=3)).tolist()
+
+
+@pytest.mark.parametrize("where", ["values", "attention", "one value entry"])
+def test_flowcut_nonfinite_patch_does_not_poison_the_others(where):
+    """One patch's NaN / inf used to make every FlowCut score NaN (a softmax and two sums over
+    all patches), so the selection fell back to index order [0, 1, 2]. Now that patch ranks
+    last and the others keep their order."""
+    a = np.asarray(jax.nn.softmax(jax.random.normal(jax.random.key(0), (4, 2, 10, 10)), -1))
+    v = np.asarray(jax.random.normal(jax.random.key(1), (4, 2, 10, 4)))
+    clean = np.asarray(T.flowcut_select(a, v, 3)[0]).tolist()
+    bad = clean[0]
+    a2, v2 = a.copy(), v.copy()
+    if where == "values":
+        v2[:, :, bad + 1] = np.nan
+    elif where == "attention":
+        a2[:, :, 0, bad + 1] = np.nan
+    else:
+        v2[0, 1, bad + 1, 2] = np.inf
+    got = np.asarray(T.flowcut_select(a2, v2, 3)[0]).tolist()
+    assert bad not in got and set(clean) - {bad} <= set(got), (clean, got)
+    # the same pick as when that patch is dead from the first block
+    scores = np.asarray(T.flowcut_scores(a2[0], v2[0]))
+    assert np.isnan(scores[bad]) and np.isfinite(np.delete(scores, bad)).all()
+
+
+@pytest.mark.parametrize("where", ["row", "column", "one entry"])
+def test_focal_nonfinite_patch_does_not_poison_the_others(where):
+    """A NaN query (row) or key (column) of one patch used to make every FoPru significance
+    NaN (the row and column means), so the selection fell back to index order. Now that patch
+    ranks last; a lone non-finite entry counts as no attention and excludes nobody."""
+    a = np.asarray(jax.nn.softmax(3 * jax.random.normal(jax.random.key(0), (2, 9, 9)), -1))
+    clean = np.asarray(T.focal_select(a, 3)).tolist()
+    bad = clean[0]
+    a2 = a.copy()
+    if where == "row":
+        a2[:, bad, :] = np.nan
+    elif where == "column":
+        a2[:, :, bad] = np.nan
+    else:
+        a2[0, (bad + 1) % 9, bad] = np.inf
+    got = np.asarray(T.focal_select(a2, 3)).tolist()
+    sig = np.asarray(T.focal_significance(a2))
+    if where == "one entry":
+        assert np.isfinite(sig).all() and len(got) == 3
+    else:
+        assert bad not in got and set(clean) - {bad} <= set(got), (clean, got)
+        assert np.isnan(sig[bad]) and np.isfinite(np.delete(sig, bad)).all()

@@ -105,7 +105,8 @@ def flowcut_scores(
         of both renormalisations and of the semantic softmax and score 0. None: all alive.
 
     Returns:
-      float32 [T - 1] scores of the patches.
+      float32 [T - 1] scores of the patches (0 for dead ones). A live patch whose attention
+      or value holds NaN / inf scores NaN and is left out of the others' normalisation.
 
     Raises:
       ValueError: if ``attn`` is not [H, T, T] / [H, T], ``values`` not [H, T, dh], they
@@ -135,18 +136,30 @@ def _scores(attn, values, alive):
     row = attn[:, 0] if attn.ndim == 3 else attn
     row = row.astype(jnp.float32)
     v = values.astype(jnp.float32)
-    rel = jnp.where(alive, jnp.mean(row[:, 1:], axis=0), 0.0)
+    rel = jnp.mean(row[:, 1:], axis=0)
+    # A patch whose attention or value holds NaN / inf is left out of the normalisations (as
+    # a dead one) and scored NaN, so it ranks last instead of turning every score into NaN.
+    ok = alive & _finite_patches(rel, v)
+    rel = jnp.where(ok, rel, 0.0)
     rel = rel / jnp.sum(rel)
     logits = jnp.einsum("hd,htd->ht", v[:, 0], v, precision=_HI)
-    keys = jnp.concatenate([jnp.ones((1,), bool), alive])
+    keys = jnp.concatenate([jnp.ones((1,), bool), ok])
     sem = jnp.mean(jax.nn.softmax(jnp.where(keys, logits, -jnp.inf), axis=-1), axis=0)[1:]
-    sem = jnp.where(alive, sem, 0.0)
+    sem = jnp.where(ok, sem, 0.0)
     sem = sem / jnp.sum(sem)
     # The head mean as a sum of the H slices: XLA:CPU reduces [H, T, dh] over its leading
     # axis ~12x slower (5.6 ms vs 0.47 ms at LLaVA's 16 x 577 x 64; benchmarks/selection.py).
     v_mean = functools.reduce(jnp.add, [v[h, 1:] for h in range(v.shape[0])]) / v.shape[0]
     mag = jnp.sum(jnp.abs(v_mean), axis=-1)
-    return jnp.where(alive, (rel + sem) * mag, 0.0)
+    return jnp.where(alive, jnp.where(ok, (rel + sem) * mag, jnp.nan), 0.0)
+
+
+def _finite_patches(rel, v):
+    """[N] patches whose head-mean [CLS] attention and value vectors are all finite."""
+    finite_v = functools.reduce(
+        jnp.logical_and, [jnp.all(jnp.isfinite(v[h, 1:]), axis=-1) for h in range(v.shape[0])]
+    )
+    return jnp.isfinite(rel) & finite_v
 
 
 def flowcut_prune_count(
@@ -290,8 +303,8 @@ def _step(attn, values, alive, cum, k, rpl, count):
         return alive, cum
     if count is None:
         row = attn[:, 0] if attn.ndim == 3 else attn
-        rel = jnp.where(alive, jnp.mean(row[:, 1:].astype(jnp.float32), axis=0), 0.0)
-        count = _prune_count(rel, n, k, rpl)
+        rel = jnp.mean(row[:, 1:].astype(jnp.float32), axis=0)
+        count = _prune_count(jnp.where(alive & jnp.isfinite(rel), rel, 0.0), n, k, rpl)
     m = jnp.clip(n - count, k, n)
     order = jnp.lexsort((jnp.arange(alive.shape[0]), -rank_key(cum), ~alive))
     rank = jnp.zeros(alive.shape, jnp.int32).at[order].set(jnp.arange(alive.shape[0]))

@@ -44,7 +44,9 @@ def focal_significance(attn: jax.typing.ArrayLike) -> jax.Array:
 
     Returns:
       float32 [N]: the head-averaged attention received (mean over queries) or sent to
-      patches (mean over keys), whichever varies more across the patches.
+      patches (mean over keys), whichever varies more across the patches. Non-finite
+      entries count as 0; a patch whose whole row or column (after the head mean) is
+      non-finite scores NaN (ranked last by ``focal_select``).
 
     Raises:
       ValueError: unless ``attn`` is [heads, N, N] or [N, N].
@@ -126,8 +128,17 @@ def _square(attn):
 
 def _significance(a):
     m = jnp.mean(jnp.asarray(a, jnp.float32), axis=0)  # [N, N] head mean
+    # Non-finite entries count as no attention; a patch whose whole row or column is
+    # non-finite (a NaN query or key) is scored NaN, so it ranks last instead of turning
+    # every patch's mean into NaN. Finite input takes the first branch: the published formula.
+    bad = ~jnp.isfinite(m)
+    ok = ~(jnp.all(bad, axis=0) | jnp.all(bad, axis=1))
+    m = jnp.where(bad, 0.0, m)
     s1, s2 = jnp.mean(m, axis=0), jnp.mean(m, axis=1)  # received, sent
-    return jnp.where(jnp.var(s1) > jnp.var(s2), s1, s2)
+    clean = ~jnp.any(bad)
+    v1 = jnp.where(clean, jnp.var(s1), jnp.var(s1, where=ok))
+    v2 = jnp.where(clean, jnp.var(s2), jnp.var(s2, where=ok))
+    return jnp.where(ok, jnp.where(v1 > v2, s1, s2), jnp.nan)
 
 
 @functools.partial(jax.jit, static_argnums=1)

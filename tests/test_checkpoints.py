@@ -157,3 +157,14 @@ def test_lottery_ticket_refuses_a_bad_config_before_any_work(tmp_path, change, m
     with pytest.raises(ValueError, match=match):
         lt.run(cfg, tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+def test_atomic_writes_leave_no_temporary_file_and_normal_permissions(tmp_path):
+    """Results are written by rename; the file gets the mode ``open`` would give it (umask),
+    not the temporary file's 0600 (unreadable to others on shared storage)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    p = lab.write_json(tmp_path / "r" / "results.json", {"a": np.arange(2)})
+    assert json.loads(p.read_text()) == {"a": [0, 1]}
+    assert oct(p.stat().st_mode & 0o777) == oct(0o666 & ~umask)
+    assert [q.name for q in p.parent.iterdir()] == ["results.json"]

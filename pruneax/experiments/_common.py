@@ -54,16 +54,35 @@ def experiment_parser(doc: str, presets: dict[str, Any]) -> argparse.ArgumentPar
     parser.add_argument("--preset", choices=sorted(presets), default="tiny")
     parser.add_argument("--workdir", required=True, help="results, plots and checkpoints go here")
     parser.add_argument("--data_dir", default=None, help="dataset dir (or PRUNEAX_DATA_DIR)")
-    parser.add_argument(
-        "--distributed",
-        action="store_true",
-        help="multi-host: call jax.distributed.initialize() first (TPU pods)",
-    )
+    add_distributed_flags(parser)
     parser.add_argument("--iterations", type=int, help="override training iterations")
     parser.add_argument("--keep_ratios", type=float, nargs="+", help="override the keep ratios")
     parser.add_argument("--eval_size", type=int, help="override the examples evaluated")
     add_cache_flag(parser)
     return parser
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """``--distributed`` (``jax.distributed.initialize()``, coordinator from the environment:
+    TPU pods, SLURM) and ``--coordinator_address HOST:PORT --num_processes N --process_id I``
+    (given together; they imply ``--distributed``: several processes on hosts without a
+    cluster manager, or on one machine)."""
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: call jax.distributed.initialize() first (TPU pods)",
+    )
+    parser.add_argument("--coordinator_address", help="multi-process: process 0's host:port")
+    parser.add_argument("--num_processes", type=int, help="multi-process: how many processes")
+    parser.add_argument("--process_id", type=int, help="multi-process: this process's id")
+
+
+def start_distributed(args: argparse.Namespace) -> None:
+    """Joins the multi-process run the flags of ``add_distributed_flags`` describe (nothing
+    when none is given)."""
+    explicit = (args.coordinator_address, args.num_processes, args.process_id)
+    if args.distributed or any(v is not None for v in explicit):
+        lab.initialize_distributed(*explicit)
 
 
 def add_cache_flag(parser: argparse.ArgumentParser) -> None:
@@ -88,8 +107,7 @@ def use_cache_flag(args: argparse.Namespace) -> None:
 def config_from_args(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
     """The preset's config with every given flag that names a config field overriding it
     (lists become tuples); initialises multi-host JAX first when ``--distributed``."""
-    if args.distributed:
-        lab.initialize_distributed()
+    start_distributed(args)
     use_cache_flag(args)
     cfg = presets[args.preset]
     fields = {f.name for f in dataclasses.fields(cfg)}
@@ -281,7 +299,7 @@ class Runner:
             if valid < batch:
                 xb = jnp.concatenate([xb, jnp.zeros((batch - valid, *xb.shape[1:]), xb.dtype)])
             xb = lab.shard_batch(xb, self.mesh)
-            out.append(np.asarray(self.predict(params, xb, key, plan=plan))[:valid])
+            out.append(lab.to_host(self.predict(params, xb, key, plan=plan))[:valid])
         return np.concatenate(out)
 
     def accuracy(self, params, x, y, plan, batch: int, seed: int = 0) -> float:
@@ -298,14 +316,15 @@ class Runner:
         """
         cfg = self.cfg
         tx = self.optimizer(lr, steps, warmup)
-        opt_state = tx.init(params)
+        # placed on the mesh before a restore, so that the checkpoint comes back replicated
+        # over every process's devices (a leaf on one local device cannot move across hosts)
+        params, opt_state = lab.replicate((params, tx.init(params)), self.mesh)
         start, losses = 0, []
         restored = ckpt.latest((params, opt_state)) if ckpt is not None else None
         if restored is not None:
             start, (params, opt_state), meta = restored
             losses = [tuple(v) for v in meta["losses"]]
             print(f"{self.log_tag} {tag}: resuming at step {start}/{steps}", flush=True)
-        params, opt_state = lab.replicate((params, opt_state), self.mesh)
         x_train, y_train = data["x_train"], data["y_train"]
         n = len(x_train)
         per_epoch = n // cfg.batch_size

@@ -818,11 +818,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--workdir", help="results, plots and checkpoints go here")
-    parser.add_argument(
-        "--distributed",
-        action="store_true",
-        help="multi-host: call jax.distributed.initialize() first (TPU pods)",
-    )
+    common.add_distributed_flags(parser)
     parser.add_argument(
         "--summarize", nargs="+", metavar="WORKDIR", help="merge finished runs into --out"
     )
@@ -842,8 +838,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rewind_iteration", type=int, help="override the rewind point")
     parser.add_argument("--model", help="override the model (lenet300100, conv2/4/6, resnet20)")
     args = parser.parse_args(argv)
-    if args.distributed:
-        lab.initialize_distributed()
+    common.start_distributed(args)
     if args.summarize:
         if not args.out:
             parser.error("--summarize needs --out")

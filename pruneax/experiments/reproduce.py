@@ -316,19 +316,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=PRESETS, default="tiny")
     parser.add_argument("--workdir", default="results/reproduce")
-    parser.add_argument(
-        "--distributed",
-        action="store_true",
-        help="multi-host: call jax.distributed.initialize() first (TPU pods)",
-    )
+    common.add_distributed_flags(parser)
     parser.add_argument("--data_dir", default=None, help="dataset root (cpu / gpu presets)")
     names = ",".join(e.name for e in EXPERIMENTS)
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {names}")
     parser.add_argument("--force", action="store_true", help="rerun finished experiments")
     common.add_cache_flag(parser)
     args = parser.parse_args(argv)
-    if args.distributed:
-        lab.initialize_distributed()
+    common.start_distributed(args)
     common.use_cache_flag(args)
     only = tuple(s for s in args.only.split(",") if s) if args.only else None
     report = run(args.preset, args.workdir, args.data_dir, only=only, force=args.force)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import os
 import pathlib
 import time
@@ -443,11 +442,13 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         "finetune": progress["finetune"],
         "throughput": throughput,
     }
-    (workdir / "results.json").write_text(json.dumps(results, indent=1))
-    (workdir / "results.md").write_text(_tables(results))
-    _plot_accuracy(results, workdir / "accuracy.png")
-    _plot_speedup(results, workdir / "speedup.png")
-    _plot_kept(runner, params, arrays, vit_cfg, cfg, workdir / "kept_patches.png")
+    kept = _kept_patches(runner, params, arrays, vit_cfg, cfg)  # every process computes
+    if jax.process_index() == 0:  # one writer of results and plots (shared storage)
+        lab.write_json(workdir / "results.json", results)
+        lab.write_text(workdir / "results.md", _tables(results))
+        _plot_accuracy(results, workdir / "accuracy.png")
+        _plot_speedup(results, workdir / "speedup.png")
+        _plot_kept(kept, arrays, vit_cfg, cfg, workdir / "kept_patches.png")
     print(f"[vit_token_pruning] wrote {workdir}/results.json, results.md and plots", flush=True)
     return results
 
@@ -547,8 +548,7 @@ def _plot_accuracy(results: dict[str, Any], path: pathlib.Path) -> None:
         ax.invert_xaxis()
     axes[0][-1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=110)
 
 
 def _plot_speedup(results: dict[str, Any], path: pathlib.Path) -> None:
@@ -572,11 +572,25 @@ def _plot_speedup(results: dict[str, Any], path: pathlib.Path) -> None:
     ax.set_ylabel(f"realised speed-up (batch {cfg['throughput_batch']})")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=110)
 
 
-def _plot_kept(runner, params, arrays, vit_cfg, cfg, path: pathlib.Path) -> None:
+def _kept_patches(runner, params, arrays, vit_cfg, cfg) -> dict[str, np.ndarray | None]:
+    """Per method, the patch ids its plan keeps in the first 4 test images (None: no plan at
+    the fine-tuning ratio); a collective call in a multi-process run."""
+    out = {}
+    x = lab.replicate(jnp.asarray(arrays["x_test"][:4]), runner.mesh)  # not split: 4 images
+    for m in cfg.methods:
+        try:
+            plan = make_plan(m, cfg.prune_layers[0], cfg.finetune_ratio, vit_cfg)
+        except ValueError:
+            out[m] = None
+            continue
+        out[m] = lab.to_host(_kept(runner, params, x, jax.random.key(0), plan=plan))
+    return out
+
+
+def _plot_kept(kept_by, arrays, vit_cfg, cfg, path: pathlib.Path) -> None:
     plt = common.pyplot()
     ratio = cfg.finetune_ratio
     layer = cfg.prune_layers[0]
@@ -588,15 +602,7 @@ def _plot_kept(runner, params, arrays, vit_cfg, cfg, path: pathlib.Path) -> None
     gh = gw = None
     shown = (images - images.min()) / (images.max() - images.min() + 1e-9)
     for col, m in enumerate(["input", *methods]):
-        kept = None
-        if m != "input":
-            try:
-                plan = make_plan(m, layer, ratio, vit_cfg)
-            except ValueError:
-                plan = None
-            if plan is not None:
-                x = jnp.asarray(images)  # 4 images: not sharded (any device count)
-                kept = np.asarray(_kept(runner, params, x, jax.random.key(0), plan=plan))
+        kept = None if m == "input" else kept_by[m]
         for row in range(len(images)):
             ax = axes[row, col]
             img = shown[row]
@@ -615,8 +621,7 @@ def _plot_kept(runner, params, arrays, vit_cfg, cfg, path: pathlib.Path) -> None
                 ax.set_title(m, fontsize=8)
     fig.suptitle(f"patches kept (bright) at keep {ratio}, before block {layer}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -10,7 +10,8 @@
   checkpoints of possibly sharded pytrees, a corrupt one set aside for the previous one; a
   workdir's ``progress.json`` tied to one config; one live run per directory).
 - ``data_mesh`` / ``model_mesh`` / ``shard_batch`` / ``replicate`` / ``llm_param_specs`` /
-  ``shard_params`` / ``constrain_batch`` / ``batch_multiple`` / ``initialize_distributed``:
+  ``shard_params`` / ``constrain_batch`` / ``batch_multiple`` / ``initialize_distributed`` /
+  ``to_host``:
   data and Megatron-style model parallelism over a ``jax.sharding.Mesh``.
 - ``compilation_cache`` / ``default_cache_dir`` / ``CompileClock``: JAX's persistent
   compilation cache for reruns, and the seconds spent compiling.
@@ -33,6 +34,7 @@ from pruneax.lab._parallel import (
     replicate,
     shard_batch,
     shard_params,
+    to_host,
 )
 from pruneax.lab._timing import medians, ratios, time_alternating
 
@@ -68,6 +70,7 @@ __all__ = [
     "shard_batch",
     "shard_params",
     "time_alternating",
+    "to_host",
     "versions",
     "versus",
     "write_json",

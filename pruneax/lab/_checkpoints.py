@@ -94,8 +94,10 @@ class Progress(dict):
             self.setdefault(name, {})
 
     def save(self) -> None:
-        """Writes ``progress.json`` atomically (temporary file + rename)."""
-        write_json(self.path, dict(self))
+        """Writes ``progress.json`` atomically (temporary file + rename); in a multi-process
+        run only JAX process 0 writes (every process holds the same results)."""
+        if jax.process_index() == 0:
+            write_json(self.path, dict(self))
 
 
 def _pid_alive(pid: int) -> bool:

@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
 
 def _default(obj: Any) -> Any:
     """JSON for NumPy / JAX scalars and arrays, tuples and paths."""
@@ -41,6 +44,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it (mkstemp gives 0600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)

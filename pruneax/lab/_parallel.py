@@ -29,17 +29,69 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from pruneax.weights import path_name
 
 
-def initialize_distributed() -> None:
-    """``jax.distributed.initialize()`` (reads the coordinator from the environment / TPU).
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """``jax.distributed.initialize``: joins this process to a multi-process run.
 
-    Call it first in every process of a multi-host run, before any other JAX call.
+    Call it first in every process, before any other JAX call. With no arguments JAX reads the
+    coordinator from the environment (TPU pods, SLURM, Open MPI); on one machine, or on hosts
+    without such a cluster manager, give all three (every process the same address and count,
+    its own id). On CPU the processes reduce gradients over gloo collectives.
+
+    Args:
+      coordinator_address: ``host:port`` of process 0 (None: auto-detected).
+      num_processes: the number of processes (None: auto-detected).
+      process_id: this process's id in ``[0, num_processes)`` (None: auto-detected).
+
+    Raises:
+      ValueError: if only some of the three are given, or the id is out of range.
 
     Example:
       >>> from pruneax import lab
       >>> callable(lab.initialize_distributed)  # not called here: one host
       True
     """
-    jax.distributed.initialize()
+    given = [coordinator_address, num_processes, process_id]
+    if any(v is not None for v in given) and any(v is None for v in given):
+        raise ValueError(
+            "initialize_distributed: give coordinator_address, num_processes and process_id "
+            f"together (or none of them); got {coordinator_address!r}, {num_processes!r}, "
+            f"{process_id!r}"
+        )
+    if num_processes is not None and not (0 <= process_id < num_processes):
+        raise ValueError(
+            f"initialize_distributed: process_id must be in [0, {num_processes}); got {process_id}"
+        )
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def to_host(tree: Any) -> Any:
+    """Every array leaf of ``tree`` as a NumPy array holding the whole (global) value.
+
+    In a multi-process run an array sharded over several processes' devices cannot be read
+    with ``np.asarray`` (each process holds only its shards); such leaves are gathered from
+    every process (``process_allgather``), so every process must call this together. On one
+    process it is ``np.asarray``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from pruneax import lab
+      >>> lab.to_host({"a": jnp.arange(3)})["a"].tolist()
+      [0, 1, 2]
+    """
+    from jax.experimental import multihost_utils
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.is_fully_replicated:
+                return np.asarray(x.addressable_data(0))
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)
 
 
 def data_mesh(devices: list | None = None) -> Mesh:

@@ -148,3 +148,45 @@ def test_every_reproduced_experiment_declares_itself():
         assert exp.name == name and exp.claims is module.claims
         assert set(exp.presets) == set(reproduce.PRESETS)
         assert set(exp.presets.values()) <= set(module.PRESETS), name
+
+
+# Writers allowed to call savefig / Path.write_text directly: they write a temporary file
+# and rename it themselves.
+ATOMIC_WRITERS = {"pruneax/experiments/_common.py", "pruneax/experiments/vlm_bench/_run_store.py"}
+
+
+def _direct_writes(path: pathlib.Path) -> list[str]:
+    """``savefig`` / ``write_text`` / ``write_bytes`` / ``open(..., "w")`` calls in a file."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr in ("savefig", "write_text", "write_bytes"):
+            if not (isinstance(f.value, ast.Name) and f.value.id == "lab"):
+                out.append(f"{path.name}:{node.lineno} {f.attr}")
+        if isinstance(f, ast.Name) and f.id == "open" and len(node.args) > 1:
+            mode = node.args[1]
+            if isinstance(mode, ast.Constant) and "w" in str(mode.value):
+                out.append(f"{path.name}:{node.lineno} open(..., {mode.value!r})")
+    return out
+
+
+def test_experiments_write_results_atomically():
+    """Every result file and plot of an experiment goes through lab.write_* or
+    common.save_figure (temporary file + rename): a crash never leaves half a file (issue 19)."""
+    found = []
+    for path in sorted((ROOT / "pruneax" / "experiments").rglob("*.py")):
+        if str(path.relative_to(ROOT)) not in ATOMIC_WRITERS:
+            found += _direct_writes(path)
+    assert not found, found
+
+
+def test_the_atomic_write_check_can_fail(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("fig.savefig(p)\npath.write_text('a')\nlab.write_text(p, 'a')\nopen(p, 'w')\n")
+    assert [w.split(" ", 1)[1] for w in _direct_writes(bad)] == [
+        "savefig",
+        "write_text",
+        "open(..., 'w')",
+    ]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import itertools
 import pathlib
 import sys
@@ -202,11 +203,12 @@ def _write_outputs(workdir: pathlib.Path, setup, runs, pairs) -> dict[str, Any]:
         summary.append({"spawn": k, "barrier_mean": float(np.mean(b)), "pairs": len(b)})
     out = {**setup, "machine": lab.machine(), "runs": runs, "pairs": pairs, "summary": summary}
     lab.write_json(workdir / "results.json", out)
-    with open(workdir / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["spawn", "copy_a", "copy_b", "barrier", "error_a", "error_b"])
-        for p in pairs:
-            writer.writerow([p["spawn"], *p["copies"], p["barrier"], *p["end_errors"]])
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["spawn", "copy_a", "copy_b", "barrier", "error_a", "error_b"])
+    for p in pairs:
+        writer.writerow([p["spawn"], *p["copies"], p["barrier"], *p["end_errors"]])
+    lab.write_text(workdir / "results.csv", buf.getvalue())
     _plot(workdir / "instability.png", setup, pairs)
     return out
 
@@ -232,8 +234,7 @@ def _plot(path: pathlib.Path, setup, pairs) -> None:
     ax.set_title(f"instability: {cfg['model']} on {cfg['dataset']}, seed {setup['seed']}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

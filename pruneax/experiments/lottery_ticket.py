@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -576,10 +577,11 @@ def _write_outputs(
         "early_stop_test_acc",
         "early_stop_val_loss",
     ]
-    with open(workdir / f"{stem}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(results)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(results)
+    lab.write_text(workdir / f"{stem}.csv", buf.getvalue())
     _plot(
         cfg, workdir / ("lottery_ticket_partial.png" if partial else "lottery_ticket.png"), results
     )
@@ -626,8 +628,7 @@ def _plot(cfg: Config, path: pathlib.Path, results: list[dict]) -> None:
         f"iteration {cfg.rewind_iteration}; {seeds} seed(s), band = min..max"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=120)
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -746,8 +747,7 @@ def compare_rewind(workdirs: list[str], out: str) -> str:
     ax.set_title(f"rewinding: {base['model']} on {base['dataset']}, seeds {seeds}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_path.with_suffix(".png"), dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, out_path.with_suffix(".png"), dpi=120)
     return text
 
 

@@ -598,8 +598,7 @@ def _plot_accuracy_flops(results: dict[str, Any], path: pathlib.Path) -> None:
                  if singles else "Vim token pruning")  # fmt: skip
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=110)
 
 
 def _plot_ablation(results: dict[str, Any], path: pathlib.Path) -> None:
@@ -617,8 +616,7 @@ def _plot_ablation(results: dict[str, Any], path: pathlib.Path) -> None:
     ax.set_title(f"importance metric, {results['ablation_mode']}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=110)
 
 
 def _plot_finetune(results: dict[str, Any], path: pathlib.Path) -> None:
@@ -639,8 +637,7 @@ def _plot_finetune(results: dict[str, Any], path: pathlib.Path) -> None:
     ax.set_title(f"pruned in the loop for {steps} steps, main schedule", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -260,8 +260,7 @@ def plot(
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=110)
 
 
 def run(config: Config, workdir: str | Path) -> dict:

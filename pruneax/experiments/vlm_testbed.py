@@ -591,8 +591,7 @@ def _plots(results: dict[str, Any], workdir: pathlib.Path) -> None:
         ax.set_ylabel("accuracy (mean +- SE over seeds)")
         ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
-        fig.savefig(workdir / fname, dpi=120)
-        plt.close(fig)
+        common.save_figure(fig, workdir / fname, dpi=120)
 
 
 def claims(r: dict[str, Any]) -> list[lab.Claim]:

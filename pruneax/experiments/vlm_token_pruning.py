@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import time
@@ -819,8 +818,8 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         "evals": evals,
         "latency": lat,
     }
-    (workdir / "results.json").write_text(json.dumps(results, indent=1))
-    (workdir / "results.md").write_text(_tables(results))
+    lab.write_json(workdir / "results.json", results)
+    lab.write_text(workdir / "results.md", _tables(results))
     _plot_accuracy(results, workdir / "accuracy.png")
     _plot_flops(results, workdir / "accuracy_flops.png")
     _plot_latency(results, workdir / "latency.png")
@@ -913,8 +912,7 @@ def _plot_accuracy(results: dict[str, Any], path: pathlib.Path) -> None:
         ax.invert_xaxis()
     axes[0][-1].legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=100)
 
 
 def _plot_flops(results: dict[str, Any], path: pathlib.Path) -> None:
@@ -932,8 +930,7 @@ def _plot_flops(results: dict[str, Any], path: pathlib.Path) -> None:
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=100)
 
 
 def _plot_latency(results: dict[str, Any], path: pathlib.Path) -> None:
@@ -948,8 +945,7 @@ def _plot_latency(results: dict[str, Any], path: pathlib.Path) -> None:
     axes[1].set_ylabel("decode ms / token")
     axes[1].set_xticks(x, names, rotation=90, fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=100)
 
 
 def _plot_kept(job: Job, params, ev, all_settings, path: pathlib.Path) -> None:
@@ -998,8 +994,7 @@ def _plot_kept(job: Job, params, ev, all_settings, path: pathlib.Path) -> None:
                 ax.set_ylabel(v.names[q[1]], fontsize=6)
     fig.suptitle(f"visual tokens reaching the last LLM layer (bright), keep {r}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=100)
 
 
 # ----------------------------------------------------------------------------- CLI

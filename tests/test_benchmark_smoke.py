@@ -178,7 +178,8 @@ def test_quick_scan_benchmark(tmp_path):
             assert row[what]["median_s"] > 0, row
 
 
-# the scan loop is slow on XLA:CPU (~50 s); the lottery ticket test checks both loops agree
+# the scan loop is slow on XLA:CPU (~50 s); tests/test_lottery_ticket.py checks that both
+# loops agree (slow selection)
 @pytest.mark.parametrize("loop", [pytest.param("scan", marks=pytest.mark.slow), "python"])
 def test_weights_step_case_with_batchnorm(loop):
     """The masked-step case runs a BatchNorm model (ResNet) in both step loops."""

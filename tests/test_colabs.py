@@ -54,8 +54,9 @@ def _tiny_hf_vit(directory: pathlib.Path) -> pathlib.Path:
 
 
 # 03 and 04 take 3-4 minutes each on a 2-core CPU and run the same experiment modules as
-# tests/test_vit_token_pruning.py and test_ssm_token_pruning.py: in the slow selection.
-HEAVY = {"03_vit_token_pruning", "04_ssm_alignment"}
+# tests/test_vit_token_pruning.py and test_ssm_token_pruning.py; 06 (~50 s) the same as
+# test_vlm_token_pruning.py: in the slow selection.
+HEAVY = {"03_vit_token_pruning", "04_ssm_alignment", "06_vlm_token_pruning"}
 RUNS = [pytest.param(p, marks=pytest.mark.slow) if p.stem in HEAVY else p for p in NOTEBOOKS]
 
 

@@ -138,6 +138,7 @@ def _resnet_config():
     )
 
 
+@pytest.mark.slow  # ~60 s (the scan loop with batch norm compiles slowly on XLA:CPU)
 def test_batchnorm_trains_and_both_step_loops_agree():
     import jax
     from flax import nnx

@@ -229,6 +229,7 @@ LOTTERY = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # ~30 s; data parallelism across processes: tests/test_multiprocess.py
 def test_lottery_ticket_trains_data_parallel_like_one_device(tmp_path):
     eight = _run(LOTTERY, 8, str(tmp_path / "eight"))
     one = _run(LOTTERY, 1, str(tmp_path / "one"))

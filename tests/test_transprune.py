@@ -365,6 +365,7 @@ def test_cache_prefill_and_decode_continue_each_layers_numbering(model):
     np.testing.assert_allclose(np.stack(steps, axis=1), want[:, -n_new:], atol=1e-4)
 
 
+@pytest.mark.slow  # ~40 s; prefill + cached decode vs the oracle is checked by the test above
 def test_generate_greedy_equals_the_oracle(model):
     ids, n_new = ids_of(seed=8), 3
     gen = generate_greedy(model, ids, n_new, prune=SPEC)

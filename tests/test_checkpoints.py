@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def test_a_corrupt_latest_falls_back_to_the_previous_one(tmp_path, capsys, how, 
     assert got is not None
     step, tree, meta = got
     assert step == 1 and meta == {"rows": [1]}
-    leaves = tree["w"] if like else tree["leaves"]["00000"]
+    leaves = tree["w"]  # stored under its name: the same with or without a template
     np.testing.assert_array_equal(np.asarray(leaves), np.ones(3))
     err = capsys.readouterr().err
     assert str(tmp_path / "c" / "2") in err and "cannot be restored" in err
@@ -168,3 +169,82 @@ def test_atomic_writes_leave_no_temporary_file_and_normal_permissions(tmp_path):
     assert json.loads(p.read_text()) == {"a": [0, 1]}
     assert oct(p.stat().st_mode & 0o777) == oct(0o666 & ~umask)
     assert [q.name for q in p.parent.iterdir()] == ["results.json"]
+
+
+# ------------------------------------------------- checkpoints as named state (issue 20 item 5)
+
+
+def _model_state(seed: int = 0, features: int = 4):
+    import optax
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.dense = nnx.Linear(3, features, rngs=rngs)
+            self.head = nnx.Linear(features, 2, rngs=rngs)
+
+    _, params = nnx.split(Net(nnx.Rngs(seed)), nnx.Param)
+    tx = optax.adam(1e-3)
+    return params, tx.init(params)
+
+
+def test_leaves_are_stored_under_their_parameter_names(tmp_path):
+    ckpt = lab.Checkpoints(tmp_path / "c")
+    params, opt = _model_state()
+    ckpt.save(1, (params, opt), {})
+    _, saved, _ = ckpt.latest()  # the tree as stored, read without a template
+    assert set(saved) == {"0", "1"}
+    assert set(saved["0"]) == {"dense", "head"}
+    np.testing.assert_array_equal(
+        saved["0"]["dense"]["kernel"]["value"], params["dense"]["kernel"][...]
+    )
+    assert "mu" in saved["1"]["0"] and "count" in saved["1"]["0"]  # adam's state, by name
+
+
+def test_a_fresh_model_restores_by_name(tmp_path):
+    ckpt = lab.Checkpoints(tmp_path / "c")
+    ckpt.save(5, _model_state(0), {"loss": 1.0})
+    step, (params, _), meta = lab.Checkpoints(tmp_path / "c").latest(_model_state(1))
+    want, _ = _model_state(0)
+    assert step == 5 and meta == {"loss": 1.0}
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_renamed_or_reshaped_parameter_is_named_in_the_error(tmp_path):
+    ckpt = lab.Checkpoints(tmp_path / "c")
+    ckpt.save(1, {"dense": {"kernel": jnp.ones((3, 4))}, "bias": jnp.zeros(4)}, {})
+    renamed = {"proj": {"kernel": jnp.ones((3, 4))}, "bias": jnp.zeros(4)}
+    with pytest.raises(
+        ValueError,
+        match=r"missing from the checkpoint: proj/kernel.*not in the model: dense/kernel",
+    ):
+        ckpt.latest(renamed)
+    reshaped = {"dense": {"kernel": jnp.ones((3, 5))}, "bias": jnp.zeros(4)}
+    with pytest.raises(
+        ValueError, match=r"dense/kernel has shape \(3, 4\) in the checkpoint, \(3, 5\) here"
+    ):
+        ckpt.latest(reshaped)
+    assert (tmp_path / "c" / "1").is_dir()  # a model mismatch moves nothing aside
+
+
+def test_checkpoints_written_before_names_still_restore(tmp_path):
+    """The earlier layout (leaves numbered "00000", ... under "leaves"), read by position."""
+    import orbax.checkpoint as ocp
+
+    tree = {"b": jnp.arange(3.0), "a": jnp.ones((2, 2))}
+    manager = ocp.CheckpointManager(tmp_path / "c")
+    numbered = {"leaves": {f"{i:05d}": v for i, v in enumerate(jax.tree.leaves(tree))}}
+    manager.save(7, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(numbered), meta=ocp.args.JsonSave({"k": 1})))  # fmt: skip
+    manager.wait_until_finished()
+    step, got, meta = lab.Checkpoints(tmp_path / "c").latest(jax.tree.map(jnp.zeros_like, tree))
+    assert step == 7 and meta == {"k": 1}
+    np.testing.assert_array_equal(got["b"], tree["b"])
+    np.testing.assert_array_equal(got["a"], tree["a"])
+
+
+def test_leaves_whose_names_collide_are_refused(tmp_path):
+    """Dots become underscores (orbax joins names with dots): "a.b" and "a_b" would collide."""
+    with pytest.raises(ValueError, match="two leaves are named a_b"):
+        lab.Checkpoints(tmp_path / "c").save(1, {"a.b": jnp.ones(1), "a_b": jnp.ones(1)}, {})

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from pruneax.lab._io import write_json
+from pruneax.lab._tree_names import check_names, get, leaf_name, nest, numbered
 
 
 def config_json(cfg: Any) -> dict[str, Any]:
@@ -182,11 +183,15 @@ class Checkpoints:
     """orbax: the leaves of a pytree at a step, plus a JSON dict of metadata.
 
     Leaves are saved as the (possibly sharded, possibly multi-host) ``jax.Array`` s they are:
-    every process calls ``save`` and orbax writes each shard once. ``latest(like)`` restores
-    each leaf straight into the sharding of the matching leaf of ``like``, so a checkpoint
-    written on 8 devices (or 2 hosts) restores on 1, and the other way round. ``latest()``
-    without ``like`` returns the tree as saved (nested dicts of NumPy arrays), for runs whose
-    state changes shape from step to step (e.g. masks that exist only after a pruning round).
+    every process calls ``save`` and orbax writes each shard once, under the leaf's path in the
+    tree (``0/blocks/3/attn/q/kernel``, ``1/0/mu/...``: a nested dict, readable with orbax
+    alone). ``latest(like)`` restores each leaf by that name straight into the sharding of the
+    matching leaf of ``like``, so a checkpoint written on 8 devices (or 2 hosts) restores on 1,
+    and the other way round; a name missing on either side, or a shape that differs, is a
+    ``ValueError`` naming the leaf. Checkpoints written by pruneax before session 12 (leaves
+    numbered ``leaves/00000``, ...) are still read, by position. ``latest()`` without ``like``
+    returns the tree as saved (nested dicts of NumPy arrays), for runs whose state changes
+    shape from step to step (e.g. masks that exist only after a pruning round).
 
     Nothing is lost and nothing is silent: a checkpoint that cannot be restored (missing or
     garbage files, a ``validate`` hook that rejects its metadata) is reported by path on stderr,
@@ -228,6 +233,10 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep),
+            item_handlers={  # known up front, so a fresh process can read item metadata
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
 
     @staticmethod
@@ -283,16 +292,22 @@ class Checkpoints:
                 step, args=args.Composite(state=args.StandardRestore(), meta=args.JsonRestore())
             )
             return got["state"], got["meta"]
-        leaves, treedef = jax.tree.flatten(like)
-        target = {"leaves": {f"{i:05d}": self._target(v) for i, v in enumerate(leaves)}}
+        paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+        saved = self.manager.item_metadata(step)["state"]
+        saved = getattr(saved, "tree", saved)
+        if numbered(saved):  # written before leaves were named: by position
+            names = [("leaves", f"{i:05d}") for i in range(len(paths))]
+        else:
+            names = [leaf_name(path) for path, _ in paths]
+            check_names(saved, names, [np.shape(v) for _, v in paths])
+        target = nest(names, [self._target(v) for _, v in paths])
         got = self.manager.restore(
             step, args=args.Composite(state=args.StandardRestore(target), meta=args.JsonRestore())
         )
-        restored = got["state"]["leaves"]
         if not isinstance(got["meta"], dict):
             raise ValueError(f"metadata is not a JSON object: {type(got['meta']).__name__}")
-        tree = jax.tree.unflatten(treedef, [restored[f"{i:05d}"] for i in range(len(leaves))])
-        return tree, got["meta"]
+        leaves = [get(got["state"], name) for name in names]
+        return jax.tree.unflatten(treedef, leaves), got["meta"]
 
     def _set_aside(self, step: int, error: Exception) -> None:
         src = self.directory / str(step)
@@ -314,10 +329,17 @@ class Checkpoints:
           step: the step number (the newest restores first).
           state: a pytree of arrays.
           meta: JSON-able metadata (losses, results so far, the config).
-          flat: store the leaves by position (restore with ``latest(like)``); False stores the
-            tree itself, which must then be nested dicts (restore with ``latest()``).
+          flat: store the leaves under their path names (restore with ``latest(like)``);
+            False stores the tree itself, which must then be nested dicts (restore with
+            ``latest()``).
+
+        Raises:
+          ValueError: if two leaves of ``state`` get the same name (keys that differ only by
+            ``.`` against ``_``).
         """
-        tree = {"leaves": {f"{i:05d}": v for i, v in enumerate(jax.tree.leaves(state))}}
+        if flat:
+            paths = jax.tree_util.tree_flatten_with_path(state)[0]
+            tree = nest([leaf_name(p) for p, _ in paths], [v for _, v in paths])
         self.manager.save(
             step,
             args=self.ocp.args.Composite(

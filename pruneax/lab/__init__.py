@@ -7,8 +7,9 @@
 - ``write_text`` / ``write_json`` / ``write_report`` / ``markdown_table``: results written
   atomically, a benchmark's markdown + JSON pair.
 - ``Checkpoints`` / ``Progress`` / ``config_json`` / ``lock_directory``: resumable runs (orbax
-  checkpoints of possibly sharded pytrees, stored by leaf path name, a corrupt one set aside for the previous one; a
-  workdir's ``progress.json`` tied to one config; one live run per directory).
+  checkpoints of possibly sharded pytrees stored by leaf path name, a corrupt one set aside
+  for the previous one; a workdir's ``progress.json`` tied to one config; one live run per
+  directory).
 - ``data_mesh`` / ``model_mesh`` / ``shard_batch`` / ``replicate`` / ``llm_param_specs`` /
   ``shard_params`` / ``constrain_batch`` / ``batch_multiple`` / ``initialize_distributed`` /
   ``to_host``:

@@ -24,6 +24,7 @@ from flax import nnx
 
 from pruneax import data as pdata
 from pruneax import lab
+from pruneax.experiments._config_flags import ConfigParser, given_value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +50,9 @@ def n_test_images(config: dict[str, Any]) -> int:
 def experiment_parser(doc: str, presets: dict[str, Any]) -> argparse.ArgumentParser:
     """The flags every trained experiment shares: ``--preset --workdir --data_dir
     --distributed --iterations --keep_ratios --eval_size`` (add the experiment's own, then
-    ``config_from_args``)."""
-    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ``config_from_args``); on parsing, every other field of the preset dataclass becomes a flag
+    too (``ConfigParser``)."""
+    parser = ConfigParser(presets, description=doc.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(presets), default="tiny")
     parser.add_argument("--workdir", required=True, help="results, plots and checkpoints go here")
     parser.add_argument("--data_dir", default=None, help="dataset dir (or PRUNEAX_DATA_DIR)")
@@ -111,11 +113,7 @@ def config_from_args(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
     use_cache_flag(args)
     cfg = presets[args.preset]
     fields = {f.name for f in dataclasses.fields(cfg)}
-    given = {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in vars(args).items()
-        if k in fields and v is not None
-    }
+    given = {k: given_value(v) for k, v in vars(args).items() if k in fields and v is not None}
     return dataclasses.replace(cfg, **given)
 
 
@@ -190,11 +188,7 @@ def evals_csv(evals: dict[str, dict[str, Any]], fields: tuple[str, ...]) -> str:
 def cli_overrides(args: argparse.Namespace, skip: tuple[str, ...] = ("preset", "workdir")):
     """The config fields given on the command line (lists as tuples), for
     ``dataclasses.replace(preset, **cli_overrides(args))``."""
-    return {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in vars(args).items()
-        if k not in skip and v is not None
-    }
+    return {k: given_value(v) for k, v in vars(args).items() if k not in skip and v is not None}
 
 
 def random_crop_flip(key: jax.Array, x: jax.Array) -> jax.Array:

@@ -111,7 +111,11 @@ def config_from_args(args: argparse.Namespace, presets: dict[str, Any]) -> Any:
     (lists become tuples); initialises multi-host JAX first when ``--distributed``."""
     start_distributed(args)
     use_cache_flag(args)
-    cfg = presets[args.preset]
+    return replace_given(presets[args.preset], args)
+
+
+def replace_given(cfg: Any, args: argparse.Namespace) -> Any:
+    """``cfg`` with every field given on the command line (not None) replaced."""
     fields = {f.name for f in dataclasses.fields(cfg)}
     given = {k: given_value(v) for k, v in vars(args).items() if k in fields and v is not None}
     return dataclasses.replace(cfg, **given)

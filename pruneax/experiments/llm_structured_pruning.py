@@ -72,7 +72,6 @@ Compression", 2025; Ma et al., "LLM-Pruner", NeurIPS 2023.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -490,7 +489,7 @@ EXPERIMENT = common.Experiment(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.ConfigParser(PRESETS, description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--workdir", required=True, help="results and progress.json go here")
     parser.add_argument("--seeds", type=int, nargs="+", help="calibration seeds")

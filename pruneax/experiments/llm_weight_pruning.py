@@ -63,7 +63,6 @@ References: Sun et al., "A Simple and Effective Pruning Approach for Large Langu
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
@@ -601,7 +600,7 @@ EXPERIMENT = common.Experiment(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.ConfigParser(PRESETS, description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--workdir", required=True, help="results and progress.json go here")
     parser.add_argument("--seeds", type=int, nargs="+", help="calibration seeds")

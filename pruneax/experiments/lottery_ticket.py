@@ -26,7 +26,6 @@ from ``(seed, job)``). Outputs: ``WORKDIR/results.json``, ``results.csv``, ``lot
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -815,7 +814,7 @@ EXPERIMENT = common.Experiment(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.ConfigParser(PRESETS, description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--workdir", help="results, plots and checkpoints go here")
     common.add_distributed_flags(parser)
@@ -851,19 +850,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if not args.workdir:
         parser.error("--workdir is required")
-    cfg = PRESETS[args.preset]
-    overrides = {
-        k: v
-        for k, v in {
-            "seeds": tuple(args.seeds) if args.seeds else None,
-            "rounds": args.rounds,
-            "iterations": args.iterations,
-            "rewind_iteration": args.rewind_iteration,
-            "model": args.model,
-        }.items()
-        if v is not None
-    }
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = common.replace_given(PRESETS[args.preset], args)
     return run(cfg, args.workdir, args.data_dir)
 
 

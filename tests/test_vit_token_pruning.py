@@ -6,6 +6,7 @@ import dataclasses
 import pathlib
 import signal
 
+import numpy as np
 import pytest
 
 from pruneax import models
@@ -198,3 +199,36 @@ def test_pretrained_preset_loads_a_lucidrains_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="pretrained checkpoint not found"):
         vtp.run(dataclasses.replace(cfg, checkpoint=str(tmp_path / "nope.pt")), tmp_path / "w2",
                 str(tmp_path))  # fmt: skip
+
+
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} read from TensorBoard event files (TFRecord framing: 8-byte
+    length, 4-byte CRC, the Event proto, 4-byte CRC)."""
+    import struct
+
+    event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
+    out: dict[str, list[tuple[int, float]]] = {}
+    for f in sorted(folder.glob("events.out.tfevents.*")):
+        data, i = f.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_curves_equal_the_results(reference):
+    """lab.MetricWriter: the training loss curve and the accuracy-vs-keep curves in
+    <workdir>/tensorboard hold the numbers of results.json."""
+    workdir, out = reference
+    scalars = _tensorboard_scalars(workdir / "tensorboard")
+    got = scalars["train/loss"]
+    assert [s for s, _ in got] == [s for s, _ in out["train_losses"]]
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in out["train_losses"]], rtol=1e-6)
+    for e in out["evals"].values():
+        if "accuracy" in e and e["method"] != "dense":
+            tag = f"eval/{e['method']}_L{e['layer']}/accuracy_vs_keep_percent"
+            assert (round(100 * e["ratio"]), pytest.approx(e["accuracy"])) in scalars[tag]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -253,6 +254,7 @@ class Runner:
                     f"{name} ({getattr(cfg, name)}) must be a multiple of the {n} devices"
                 )
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self.metrics: lab.MetricWriter | None = None  # set by the experiment: TensorBoard
         self.graphdef = graphdef
         self.params0, self.rest = lab.replicate((params, rest), self.mesh)
 
@@ -290,7 +292,7 @@ class Runner:
         """Logits [len(x), classes] (NumPy), ``batch`` images per call, the last one padded so
         that one compiled shape per plan serves every call."""
         out = []
-        for i in range(0, len(x), batch):
+        for i in lab.progress(range(0, len(x), batch), desc="eval"):
             key = jax.random.fold_in(jax.random.key(seed), i)
             xb = x[i : i + batch]
             valid = len(xb)
@@ -328,7 +330,7 @@ class Runner:
         per_epoch = n // cfg.batch_size
         stream = zlib.crc32(tag.encode())
         t0, window = time.perf_counter(), []
-        for step in range(start, steps):
+        for step in lab.progress(range(start, steps), desc=tag):
             epoch, i = divmod(step, per_epoch)
             order = np.random.default_rng((cfg.seed, stream, epoch)).permutation(n)
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
@@ -342,6 +344,8 @@ class Runner:
             if done % cfg.log_every == 0 or done == steps:
                 mean = float(jnp.mean(jnp.stack(window)))
                 losses.append((done, mean))
+                if self.metrics is not None:
+                    self.metrics.scalar(re.sub(r"[^\w/.-]", "_", f"{tag}/loss"), mean, done)
                 window = []
                 rate = (done - start) / (time.perf_counter() - t0)
                 print(

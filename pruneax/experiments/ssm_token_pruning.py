@@ -326,6 +326,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     runner = make_runner(cfg, vim_cfg)
 
     progress = lab.Progress(workdir, cfg, ("evals", "finetune"))
+    runner.metrics = lab.MetricWriter(workdir)  # training curves in <workdir>/tensorboard
 
     dense_flops = models.vim_flops(vim_cfg)
     logits_dir = workdir / "logits"  # per setting, for the agreement / fidelity table
@@ -457,6 +458,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     _plot_accuracy_flops(results, workdir / "accuracy_flops.png")
     _plot_ablation(results, workdir / "metric_ablation.png")
     _plot_finetune(results, workdir / "finetune.png")
+    runner.metrics.close()
     print(f"{_TAG} wrote {workdir}/results.json, results.md and plots", flush=True)
     return results
 

@@ -338,6 +338,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     x_eval, y_eval = data["x_test"][: cfg.eval_size], data["y_test"][: cfg.eval_size]
 
     progress = lab.Progress(workdir, cfg, ("evals", "finetune"))
+    runner.metrics = metrics = lab.MetricWriter(workdir)  # <workdir>/tensorboard, process 0
 
     # 1. train (a pretrained model is used as loaded)
     print(f"[vit_token_pruning] ViT {vit_cfg}", flush=True)
@@ -367,6 +368,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             continue
         t = time.perf_counter()
         acc = runner.accuracy(params, x_eval, y_eval, plan, cfg.eval_batch, cfg.seed)
+        metrics.scalar(f"eval/{method}_L{layer}/accuracy_vs_keep_percent", acc, round(100 * ratio))
         evals[name] = {
             "method": method,
             "layer": layer,
@@ -449,6 +451,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         _plot_accuracy(results, workdir / "accuracy.png")
         _plot_speedup(results, workdir / "speedup.png")
         _plot_kept(kept, arrays, vit_cfg, cfg, workdir / "kept_patches.png")
+    metrics.close()
     print(f"[vit_token_pruning] wrote {workdir}/results.json, results.md and plots", flush=True)
     return results
 

@@ -16,6 +16,8 @@
   data and Megatron-style model parallelism over a ``jax.sharding.Mesh``.
 - ``compilation_cache`` / ``default_cache_dir`` / ``CompileClock``: JAX's persistent
   compilation cache for reruns, and the seconds spent compiling.
+- ``progress`` / ``MetricWriter``: a progress bar on a terminal, TensorBoard curves from
+  process 0.
 - ``Claim`` / ``compare`` / ``versus`` and the verdicts ``HOLDS`` / ``FAILS`` / ``NOISE`` /
   ``NA``: a paper's claim beside a measured result, with a computed verdict.
 """
@@ -37,6 +39,7 @@ from pruneax.lab._parallel import (
     shard_params,
     to_host,
 )
+from pruneax.lab._progress import MetricWriter, progress
 from pruneax.lab._timing import medians, ratios, time_alternating
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "Checkpoints",
     "Claim",
     "CompileClock",
+    "MetricWriter",
     "Progress",
     "batch_multiple",
     "cache_bytes",
@@ -66,6 +70,7 @@ __all__ = [
     "markdown_table",
     "medians",
     "model_mesh",
+    "progress",
     "ratios",
     "replicate",
     "shard_batch",

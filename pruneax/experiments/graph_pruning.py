@@ -264,7 +264,7 @@ def train(cfg, data, tag, params, loss_fn, tx, steps, ckpt_dir, *, with_stats=Fa
         return new, opt_state, loss
 
     t0, window = time.perf_counter(), []
-    for step in range(start, steps):
+    for step in lab.progress(range(start, steps), desc=tag):
         x, y = _batches(cfg, data, tag, step)
         key = jax.random.fold_in(jax.random.key(cfg.seed + 7), step)
         params, opt_state, loss = step_fn(params, opt_state, x, y, key)

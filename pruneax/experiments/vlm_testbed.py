@@ -256,7 +256,7 @@ def train_tower(cfg: Config, vcfg: ViTConfig, arrays, ckpt: lab.Checkpoints) -> 
         print(f"{_TAG} tower: resuming at step {start}/{steps}", flush=True)
     y = arrays["y_train"]
     t0 = time.perf_counter()
-    for i in range(start, steps):
+    for i in lab.progress(range(start, steps), desc="tower"):
         rng = np.random.default_rng((1234, i))
         cells = data.canvases(rng, y, cfg.tower_batch, cfg.grid, cfg.digits)
         lab_ = data.cell_labels(cells, y)
@@ -360,7 +360,7 @@ class Job:
             losses = [tuple(v) for v in meta["losses"]]
             print(f"{_TAG} seed {seed}: projector resumes at step {start}", flush=True)
         t0, window = time.perf_counter(), []
-        for i in range(start, cfg.iterations):
+        for i in lab.progress(range(start, cfg.iterations), desc=f"projector seed {seed}"):
             proj, opt_state, loss = self.train_step(
                 proj, opt_state, *self.train_batch(seed, i), tx=tx
             )

@@ -601,7 +601,7 @@ class Job:
             losses = [tuple(v) for v in meta["losses"]]
             print(f"{_TAG} train: resuming at step {start}/{cfg.iterations}", flush=True)
         t0, window = time.perf_counter(), []
-        for step in range(start, cfg.iterations):
+        for step in lab.progress(range(start, cfg.iterations), desc="train"):
             batch = lab.shard_batch(self.train_batch(step), self.mesh)
             params, opt_state, loss = self.train_step(params, opt_state, *batch, tx=tx)
             window.append(loss)

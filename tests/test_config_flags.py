@@ -1,10 +1,10 @@
 """Every field of every preset is settable from the command line (issue 20 item 3).
 
 Each experiment built on the shared parser (all but ``instability``, ``token_demo`` and
-``reproduce``, whose flags are not a preset's fields) gets a ``--<field>`` flag per field of its preset
-dataclass; ``--help`` lists them with the presets' values. Checked by round trip: each preset's
-own values, written as flags, give back exactly that preset; and one changed value changes
-exactly that field.
+``reproduce``, whose flags are not a preset's fields) gets a ``--<field>`` flag per field of
+its preset dataclass; ``--help`` lists them with the presets' values. Checked by round trip
+from another preset (every field of preset P given as flags yields P), and one changed value
+changes exactly that field.
 """
 
 from __future__ import annotations

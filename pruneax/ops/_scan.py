@@ -28,6 +28,7 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MODES = ("associative", "sequential")
 
@@ -43,8 +44,27 @@ def _combine(
     return a_r * a_l, a_r * b_l + b_r
 
 
-def _shape(a: jax.typing.ArrayLike) -> tuple[int, ...]:
-    return tuple(jnp.shape(a))
+def _shape(a: jax.typing.ArrayLike, name: str = "x", where: str = "selective_scan") -> tuple:
+    """The shape of a real array argument; ValueError naming it for anything else (None, a
+    str, a dict, a ragged or non-numeric list, an object array, a complex array: the float32
+    cast would drop its imaginary part)."""
+    try:
+        if a is None or isinstance(a, str | bytes | dict):
+            raise TypeError
+        if jnp.issubdtype(jnp.result_type(a), jnp.complexfloating):
+            raise TypeError
+        return tuple(jnp.shape(a))
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(
+            f"{where}: {name} must be a real numeric array; got {type(a).__name__} "
+            f"{getattr(a, 'dtype', '')}"
+        ) from None
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"selective_scan: {name} must be a bool; got {type(value).__name__}")
+    return bool(value)
 
 
 def _check(
@@ -62,7 +82,7 @@ def _check(
     chunk_size: int | None,
 ) -> None:
     where = "selective_scan"
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"{where}: mode must be one of {list(MODES)}; got {mode!r}")
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral)
@@ -78,7 +98,7 @@ def _check(
         raise ValueError(f"{where}: x must have at least one time step (L >= 1); got shape {xs}")
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise ValueError(f"{where}: x must be floating point; got dtype {jnp.result_type(x)}")
-    As = _shape(A)
+    As = _shape(A, "A")
     if len(As) != 2 or As[0] != e:
         raise ValueError(f"{where}: A must be [E, N] with E = {e} (x: {xs}); got shape {As}")
     n = As[1]
@@ -92,13 +112,15 @@ def _check(
         "gap_delta": (gap_delta, (b, length, e), "[B, L, E]"),
     }
     for name, (value, want, layout) in expected.items():
-        if value is not None and _shape(value) != want:
+        if value is None and name not in ("delta", "B", "C"):
+            continue
+        if _shape(value, name) != want:
             raise ValueError(
                 f"{where}: {name} must be {layout} = {want} (x: {xs}, A: {As}); got shape "
                 f"{_shape(value)}"
             )
     if keep is not None:
-        if _shape(keep) != (b, length) or jnp.result_type(keep) != jnp.bool_:
+        if _shape(keep, "keep") != (b, length) or jnp.result_type(keep) != jnp.bool_:
             raise ValueError(
                 f"{where}: keep must be a bool mask [B, L] = {(b, length)}; got shape "
                 f"{_shape(keep)} dtype {jnp.result_type(keep)}"
@@ -277,6 +299,7 @@ def selective_scan(
       ((1, 4, 2), True)
     """
     _check(x, delta, A, B, C, D, z, h0, keep, gap_delta, mode, chunk_size)
+    remat, return_state = _flag(remat, "remat"), _flag(return_state, "return_state")
     out_dtype = jnp.result_type(x)
     b, _, e = _shape(x)
     n = _shape(A)[1]
@@ -341,10 +364,10 @@ def gap_delta_sum(delta: jax.typing.ArrayLike, keep: jax.typing.ArrayLike) -> ja
       >>> gap_delta_sum(jnp.ones((1, 5, 1)), keep)[0, :, 0].tolist()  # 2 pruned before t = 3
       [0.0, 0.0, 1.0, 2.0, 0.0]
     """
-    ds = _shape(delta)
+    ds = _shape(delta, "delta", "gap_delta_sum")
     if len(ds) != 3:
         raise ValueError(f"gap_delta_sum: delta must be [B, L, E]; got shape {ds}")
-    if _shape(keep) != ds[:2] or jnp.result_type(keep) != jnp.bool_:
+    if _shape(keep, "keep", "gap_delta_sum") != ds[:2] or jnp.result_type(keep) != jnp.bool_:
         raise ValueError(
             f"gap_delta_sum: keep must be a bool mask [B, L] = {ds[:2]} (delta: {ds}); got "
             f"shape {_shape(keep)} dtype {jnp.result_type(keep)}"

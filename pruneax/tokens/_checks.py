@@ -38,6 +38,28 @@ def budget(value: object, n: int, name: str = "k", *, low: int = 1) -> int:
     return k
 
 
+def shape_dtype(x: object, name: str, *, lists: bool = False) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` of an array argument; raises unless JAX can take ``x`` as an array
+    (None, a str, a dict, a ragged or non-numeric list, an object array are refused; a nested
+    list of numbers only with ``lists``, for arguments that ``jnp.asarray`` converts)."""
+    try:
+        if x is None or isinstance(x, str | bytes | dict):
+            raise TypeError
+        if lists and isinstance(x, list | tuple):
+            x = np.asarray(x)  # ragged: ValueError; str / objects: refused just below
+        dtype = jnp.result_type(x)  # first: it refuses a list before jnp.shape warns
+        return tuple(jnp.shape(x)), dtype
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(
+            f"{name} must be a numeric array; got {type(x).__name__} {_short(x)}"
+        ) from None
+
+
+def _short(x: object) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def real_array(x: object, name: str, rank: int, layout: str):
     """Checks that ``x`` is a real-valued array of the given rank; returns its shape.
 
@@ -47,14 +69,21 @@ def real_array(x: object, name: str, rank: int, layout: str):
       rank: the required number of dimensions.
       layout: the expected layout, e.g. ``"[N, D]"``, for the message.
     """
-    shape = jnp.shape(x)
+    shape, dtype = shape_dtype(x, name)
     if len(shape) != rank:
         raise ValueError(f"{name} must have shape {layout} (rank {rank}); got shape {shape}")
-    dtype = jnp.result_type(x)
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise ValueError(f"{name} must be a real floating or integer array; got dtype {dtype}")
     if any(d == 0 for d in shape):
         raise ValueError(f"{name} must be non-empty; got shape {shape}")
+    return shape
+
+
+def index_array(idx: object, name: str = "idx") -> tuple[int, ...]:
+    """Checks a rank-1 integer index array; returns its shape."""
+    shape, dtype = shape_dtype(idx, name)
+    if len(shape) != 1 or not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"{name} must be a rank-1 integer array; got shape {shape} dtype {dtype}")
     return shape
 
 
@@ -110,7 +139,10 @@ def index_range(idx: object, n: int, name: str) -> None:
 
 def prng_key(key: object, name: str = "key") -> None:
     """Checks a typed PRNG key (shape ()) or a raw uint32[2] key."""
-    dtype = jnp.result_type(key) if hasattr(key, "dtype") else None
+    try:
+        dtype = jnp.result_type(key) if hasattr(key, "dtype") else None
+    except TypeError:  # an object / str array
+        dtype = None
     shape = jnp.shape(key) if dtype is not None else None
     typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
     if typed and shape == ():

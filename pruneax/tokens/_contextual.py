@@ -89,9 +89,9 @@ def contextual_merge(
     n, _ = _checks.real_array(x, "x", 2, "[N, D]")
     nm, _ = _checks.real_array(metric, "metric", 2, "[N, Dm]")
     _checks.same_length(n, nm, "metric", jnp.shape(metric), "N =")
-    k = jnp.shape(idx)[0] if jnp.ndim(idx) == 1 else -1
-    if k < 0 or k >= n:
-        raise ValueError(f"idx must be [k] with k < N = {n}; got shape {jnp.shape(idx)}")
+    (k,) = _checks.index_array(idx)
+    if k >= n:
+        raise ValueError(f"idx must be [k] with k < N = {n}; got shape {(k,)}")
     remaining = n - k
     t_pos = contextual_targets(remaining, num_contextual)
     o_pos = np.setdiff1d(np.arange(remaining), t_pos)
@@ -146,8 +146,17 @@ def dominant_contextual(
       >>> dom.tolist(), targets.tolist(), tokens.tolist()
       ([4], [0, 2], [[5.0, 5.0], [1.5, 0.0], [0.0, 1.5]])
     """
+    (n,) = _checks.real_array(scores, "scores", 1, "[N]")
+    d = _checks.budget(dominant, n, "dominant")
     c = _checks.static_int(contextual, "contextual")
-    dom = topk(scores, dominant)
+    nx, _ = _checks.real_array(x, "x", 2, "[N, D]")
+    _checks.same_length(n, nx, "x", (nx,), "as many rows as scores has entries,")
+    if not 0 <= c <= n - d:
+        raise ValueError(
+            f"contextual (num_contextual) must satisfy 0 <= contextual <= N - dominant = "
+            f"{n - d}; got {c}"
+        )
+    dom = topk(scores, d)
     xs = jnp.asarray(x)
     if c == 0:
         _checks.real_array(metric, "metric", 2, "[N, Dm]")

@@ -113,10 +113,9 @@ def _coverage_shapes(x, text, x_vision):
     n, d = _checks.real_array(x, "x", 2, "[n, D]")
     m = 0
     if text is not None:
-        shape = jnp.shape(text)
+        shape, dtype = _checks.shape_dtype(text, "text")
         if len(shape) != 2 or shape[1] != d:
             raise ValueError(f"text must have shape [m, {d}] (D of x = {d}); got shape {shape}")
-        dtype = jnp.result_type(text)
         if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
             raise ValueError(f"text must be a real floating or integer array; got dtype {dtype}")
         m = shape[0]

@@ -100,8 +100,7 @@ def _pivot(pivot: object, n: int):
         if not 0 <= int(pivot) < n:
             raise ValueError(f"pivot index must be in [0, {n}); got {int(pivot)}")
         return jnp.asarray(pivot, jnp.int32)
-    shape = jnp.shape(pivot)
-    dtype = jnp.result_type(pivot)
+    shape, dtype = _checks.shape_dtype(pivot, "pivot")
     if shape == () and jnp.issubdtype(dtype, jnp.integer):
         _checks.index_range(pivot, n, "pivot index")
         return pivot
@@ -161,7 +160,7 @@ def kcenter(
       [0, 2, 3]
     """
     n, _ = _checks.real_array(x, "x", 2, "[N, D]")
-    if metric not in ("cosine", "l2"):
+    if not isinstance(metric, str) or metric not in ("cosine", "l2"):
         raise ValueError(f"metric must be 'cosine' or 'l2'; got {metric!r}")
     return _kcenter(x, _pivot(pivot, n), _checks.budget(k, n), metric)
 

@@ -38,7 +38,7 @@ def uniform_grid(grid: tuple[int, int], stride: int = 3) -> np.ndarray:
 def _grid_size(grid):
     try:
         return int(grid[0]) * int(grid[1])
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError):
         return -1
 
 

@@ -38,22 +38,22 @@ from pruneax.tokens._numerics import rank_key
 _HI = jax.lax.Precision.HIGHEST
 
 
-def _shapes(a_shape, v_shape, alive_shape, fn: str) -> tuple[int, int]:
-    """Checks ``attn`` ([H, T, T] or the CLS row [H, T]), ``values`` [H, T, dh] and the
-    optional ``alive`` [T - 1] by their shapes; returns (H, T)."""
+def _shapes(a_shape, v_shape, alive_shape, fn: str, a: str = "attn") -> tuple[int, int]:
+    """Checks ``attn`` ([H, T, T] or the CLS row [H, T]; named ``a``), ``values`` [H, T, dh]
+    and the optional ``alive`` [T - 1] by their shapes; returns (H, T)."""
     a_shape, v_shape = tuple(a_shape), tuple(v_shape)
     if len(a_shape) not in (2, 3) or 0 in a_shape:
         raise ValueError(
-            f"{fn}: attn must have shape [H, T, T] (or the CLS row [H, T]); got shape {a_shape}"
+            f"{fn}: {a} must have shape [H, T, T] (or the CLS row [H, T]); got shape {a_shape}"
         )
     if len(v_shape) != 3 or 0 in v_shape:
         raise ValueError(f"{fn}: values must have shape [H, T, dh]; got shape {v_shape}")
     h, t = v_shape[:2]
     if len(a_shape) == 3 and a_shape[1] != a_shape[2]:
-        raise ValueError(f"{fn}: attn must be square over the tokens [H, T, T]; got {a_shape}")
+        raise ValueError(f"{fn}: {a} must be square over the tokens [H, T, T]; got {a_shape}")
     if (a_shape[0], a_shape[-1]) != (h, t):
         raise ValueError(
-            f"{fn}: attn {a_shape} and values {v_shape} must share the heads H and the tokens T"
+            f"{fn}: {a} {a_shape} and values {v_shape} must share the heads H and the tokens T"
         )
     if t < 2:
         raise ValueError(f"{fn}: values must hold the CLS token and >= 1 patch; got T = {t}")
@@ -65,7 +65,7 @@ def _shapes(a_shape, v_shape, alive_shape, fn: str) -> tuple[int, int]:
 
 
 def _real(x: object, name: str, fn: str) -> None:
-    dtype = jnp.result_type(x)
+    _, dtype = _checks.shape_dtype(x, name)
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise ValueError(f"{fn}: {name} must be a real floating or integer array; got {dtype}")
 
@@ -74,7 +74,7 @@ def _cls_row(attn, values, alive, fn: str) -> tuple[int, int]:
     """Validates one block's ``attn``, ``values`` and optional ``alive``; returns (H, T)."""
     _real(attn, "attn", fn)
     _real(values, "values", fn)
-    shape = None if alive is None else jnp.shape(alive)
+    shape = None if alive is None else _checks.shape_dtype(alive, "alive", lists=True)[0]
     return _shapes(jnp.shape(attn), jnp.shape(values), shape, fn)
 
 
@@ -274,13 +274,11 @@ def flowcut_step(
     _, t = _cls_row(attn, values, alive, "flowcut_step")
     if alive is None:
         raise ValueError("flowcut_step: alive must be a [T - 1] bool array; got None")
-    if cum is not None and jnp.shape(cum) != (t - 1,):
-        raise ValueError(
-            f"flowcut_step: cum must have shape [T - 1] = ({t - 1},); got {jnp.shape(cum)}"
-        )
+    if cum is not None and (shape := _checks.shape_dtype(cum, "cum", lists=True)[0]) != (t - 1,):
+        raise ValueError(f"flowcut_step: cum must have shape [T - 1] = ({t - 1},); got {shape}")
     k = _checks.budget(k, t - 1)
-    if count is not None and jnp.shape(count) != ():
-        raise ValueError(f"flowcut_step: count must be a scalar; got shape {jnp.shape(count)}")
+    if count is not None:
+        _count(count)
     return _step(
         jnp.asarray(attn),
         jnp.asarray(values),
@@ -290,6 +288,16 @@ def flowcut_step(
         _rpl(rpl),
         None if count is None else jnp.asarray(count, jnp.int32),
     )
+
+
+def _count(count: object) -> None:
+    shape, dtype = _checks.shape_dtype(count, "count")
+    if shape != ():
+        raise ValueError(f"flowcut_step: count must be a scalar; got shape {shape}")
+    if isinstance(count, bool) or not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"flowcut_step: count must be an int scalar; got {count!r}")
+    if isinstance(count, int) and not 0 <= count < 2**31:
+        raise ValueError(f"flowcut_step: count must be in [0, 2**31); got {count}")
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
@@ -351,12 +359,12 @@ def flowcut_select(
       >>> idx.dtype, idx.shape, alive.sum(axis=1)[-1].tolist()
       (dtype('int32'), (3,), 3)
     """
-    a_shape = jnp.shape(attns)
+    a_shape = _checks.shape_dtype(attns, "attns")[0]
     if len(a_shape) not in (3, 4):
         raise ValueError(
             f"flowcut_select: attns must have shape [S, H, T, T] (or [S, H, T]); got {a_shape}"
         )
-    v_shape = jnp.shape(values)
+    v_shape = _checks.shape_dtype(values, "values")[0]
     if len(v_shape) != 4:
         raise ValueError(f"flowcut_select: values must have shape [S, H, T, dh]; got {v_shape}")
     if a_shape[0] != v_shape[0]:
@@ -366,7 +374,7 @@ def flowcut_select(
         )
     _real(attns, "attns", "flowcut_select")
     _real(values, "values", "flowcut_select")
-    _, t = _shapes(a_shape[1:], v_shape[1:], None, "flowcut_select")
+    _, t = _shapes(a_shape[1:], v_shape[1:], None, "flowcut_select", "attns")
     k = _checks.budget(k, t - 1)
     return _select(jnp.asarray(attns), jnp.asarray(values), k)
 

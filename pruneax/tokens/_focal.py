@@ -97,7 +97,7 @@ def focal_select(
     a = _square(attn)
     n = a.shape[-1]
     k = _checks.budget(k, n)
-    if strategy not in STRATEGIES:
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
     if strategy == "rank":
         return _rank(a, k)
@@ -116,9 +116,9 @@ def focal_select(
 
 
 def _square(attn):
+    shape, _ = _checks.shape_dtype(attn, "attn")
     x = jnp.asarray(attn) if hasattr(attn, "shape") else attn
-    rank = jnp.ndim(x)
-    if rank == 2:
+    if len(shape) == 2:
         x = x[None]
     shape = _checks.real_array(x, "attn", 3, "[heads, N, N] or [N, N]")
     if shape[1] != shape[2]:

@@ -38,9 +38,10 @@ def holov_chunks(n: int, num_chunks: int) -> np.ndarray:
     """
     n = _checks.static_int(n, "n")
     num_chunks = _checks.static_int(num_chunks, "num_chunks")
-    if n < 1 or not 1 <= num_chunks <= n:
+    if not 1 <= n < 2**31 or not 1 <= num_chunks <= n:
         raise ValueError(
-            f"need n >= 1 and 1 <= num_chunks <= n; got n={n}, num_chunks={num_chunks}"
+            f"need 1 <= n < 2**31 (int32 sizes) and 1 <= num_chunks <= n; got n={n}, "
+            f"num_chunks={num_chunks}"
         )
     base, rem = divmod(n, num_chunks)
     return np.array([base + (i < rem) for i in range(num_chunks)], dtype=np.int32)

@@ -47,9 +47,8 @@ def gather(x: jax.typing.ArrayLike, idx: jax.typing.ArrayLike, *, axis: int = 0)
       >>> T.gather(jnp.array([10, 20, 30, 40, 50]), jnp.array([1, 3])).tolist()
       [20, 40]
     """
-    shape = jnp.shape(x)
-    if jnp.ndim(idx) != 1 or not jnp.issubdtype(jnp.result_type(idx), jnp.integer):
-        raise ValueError(f"idx must be a rank-1 integer array; got shape {jnp.shape(idx)}")
+    shape, _ = _checks.shape_dtype(x, "x")
+    _checks.index_array(idx)
     axis = _checks.static_int(axis, "axis")
     if not -len(shape) <= axis < len(shape):
         raise ValueError(f"axis must be in [{-len(shape)}, {len(shape)}) for x of shape {shape}")
@@ -79,10 +78,9 @@ def keep_mask(idx: jax.typing.ArrayLike, n: int) -> jax.Array:
       [True, False, True, False]
     """
     n = _checks.static_int(n, "n")
-    if n < 1 or jnp.ndim(idx) != 1 or not jnp.issubdtype(jnp.result_type(idx), jnp.integer):
-        raise ValueError(
-            f"need n >= 1 and a rank-1 integer idx; got n={n}, idx shape {jnp.shape(idx)}"
-        )
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got n={n}")
+    _checks.index_array(idx)
     _checks.index_range(idx, n, "idx")
     return jnp.zeros((n,), bool).at[idx].set(True, mode="drop")
 
@@ -129,6 +127,8 @@ def fuse_pruned(
 
 def _protected(n: int, protected: Sequence[int]) -> np.ndarray:
     n = _checks.static_int(n, "n")
+    if n < 1:
+        raise ValueError(f"n must be >= 1 (the sequence length); got {n}")
     if not isinstance(protected, Sequence) or any(
         isinstance(p, bool) or not isinstance(p, numbers.Integral) for p in protected
     ):

@@ -22,9 +22,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from pruneax.tokens import _checks
 from pruneax.tokens._coverage import coverage
 from pruneax.tokens._diversity import kcenter, maxmin_diversity, maxsum_diversity
-from pruneax.tokens._feather import feather, uniform_grid
+from pruneax.tokens._feather import _grid_size, feather, uniform_grid
 from pruneax.tokens._hiprune import hiprune
 from pruneax.tokens._holov import holov
 from pruneax.tokens._topk import random, topk
@@ -132,8 +133,11 @@ def unregister(name: str) -> None:
       >>> "lowest" in T.METHODS
       False
     """
-    if name not in _METHODS:
-        raise ValueError(f"unregister: no method named {name!r}; have {sorted(_METHODS)}")
+    if not isinstance(name, str) or name not in _METHODS:
+        raise ValueError(
+            f"unregister: no method named {name!r} (name must be a registered method); have "
+            f"{sorted(_METHODS)}"
+        )
     del _METHODS[name]
 
 
@@ -156,7 +160,7 @@ def get_method(name: str) -> Method:
       ('topk', ['scores'])
     """
     if not isinstance(name, str) or name not in _METHODS:
-        raise ValueError(f"method must be one of {sorted(_METHODS)}; got {name!r}")
+        raise ValueError(f"method must be one of {sorted(_METHODS)}; got name={name!r}")
     return _METHODS[name]
 
 
@@ -223,7 +227,7 @@ def uniform(k: int, *, grid: tuple[int, int]) -> np.ndarray:
       >>> T.uniform(4, grid=(4, 4)).tolist()
       [0, 3, 12, 15]
     """
-    rows, cols = int(grid[0]), int(grid[1])
+    rows, cols = _checks.grid_shape(grid, _grid_size(grid))
     n = rows * cols
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= n:
         raise ValueError(f"uniform: k must be an int in [1, {n}]; got {k!r}")

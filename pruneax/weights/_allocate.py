@@ -13,12 +13,24 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pruneax.weights._checks import short
+
 _TOL = 1e-9  # float slack: 10 * (1 - 0.9) = 0.99999... keeps 1 weight, not 0
 
 
 def _check(scores, sizes, sparsity, max_sparsity, where):
-    s = np.asarray(scores, np.float64)
-    p = np.asarray(sizes)
+    try:
+        s = np.asarray(scores, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{where}: scores must be a 1-D sequence of floats; got {short(scores)}"
+        ) from None
+    try:
+        p = np.asarray(sizes)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{where}: sizes must be a 1-D sequence of ints; got {short(sizes)}"
+        ) from None
     if s.ndim != 1 or s.size == 0:
         raise ValueError(f"{where}: scores must be a non-empty 1-D sequence; got shape {s.shape}")
     if p.shape != s.shape:

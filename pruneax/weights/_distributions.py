@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from pruneax.weights import _paths
+from pruneax.weights import _checks, _paths
 from pruneax.weights._masks import _check_fraction
 from pruneax.weights._paths import Selector
 
@@ -58,9 +58,17 @@ def erk_sparsities(
       {'a/kernel': 0.925, 'b/kernel': 0.775}
     """
     sparsity = _check_fraction(sparsity, "sparsity")
+    power = _checks.real(power, "power", "erk_sparsities")
+    if not np.isfinite(power):
+        raise ValueError(f"erk_sparsities: power must be finite; got {power}")
     shapes = _shapes(params, prunable)
     size = {n: int(np.prod(s)) for n, s in shapes.items()}
     raw = {n: (sum(s) / np.prod(s)) ** power for n, s in shapes.items()}
+    if bad := [n for n, r in raw.items() if not (np.isfinite(r) and r > 0)]:
+        raise ValueError(
+            f"erk_sparsities: (sum(shape) / prod(shape)) ** power is 0 or not finite for "
+            f"{bad[:3]} (shapes {[shapes[n] for n in bad[:3]]}, power={power})"
+        )
     dense: set[str] = set()
     while True:
         rest = [n for n in shapes if n not in dense]

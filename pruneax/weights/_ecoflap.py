@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pruneax.weights import _checks
 from pruneax.weights._paths import path_name
 
 
@@ -60,9 +61,12 @@ def _check_groups(groups: Any, where: str) -> dict[str, list[str]]:
 
 
 def _check_batches(batches: Any, where: str) -> list:
-    batches = list(batches) if batches is not None else []
+    batches = _checks.items(batches, "batches", where) if batches is not None else []
     if not batches:
         raise ValueError(f"{where}: batches is empty: no calibration data")
+    for i, batch in enumerate(batches):  # each is an argument of a jitted call: arrays only
+        for leaf in jax.tree.leaves(batch):
+            _checks.numeric(leaf, f"batches[{i}]", where)
     return batches
 
 
@@ -157,13 +161,18 @@ def zeroth_order_scores(
     for n in names:
         leaf = leaves[index[n]]
         classes.setdefault((leaf.shape, str(leaf.dtype)), []).append(index[n])
-    done = {} if done is None else dict(done)
+    done = {} if done is None else dict(_checks.mapping(done, "done", where))
+    done = {n: _checks.real(v, f"done[{n!r}]", where) for n, v in done.items()}
     if unknown := [n for n in done if n not in names]:
         raise ValueError(f"{where}: done names leaves not in groups: {unknown[:3]}")
+    _checks.function(loss_fn, "loss_fn", where)
+    _checks.prng_key(key, "key", where)
+    if progress is not None:
+        _checks.function(progress, "progress", where)
     out = {}
     for n in names:
         if n in done:
-            out[n] = float(done[n])
+            out[n] = done[n]
             continue
         k = index[n]
         w = leaves[k]
@@ -216,6 +225,7 @@ def first_order_scores(
     batches = _check_batches(batches, where)
     names = list(dict.fromkeys(n for ns in groups.values() for n in ns))
     leaves, _, index = _flat(params, names, where)
+    _checks.function(loss_fn, "loss_fn", where)
     grad = jax.jit(jax.grad(loss_fn))
     acc = [jnp.zeros(jnp.shape(leaves[index[n]]), jnp.float32) for n in names]
     for batch in batches:
@@ -260,17 +270,18 @@ def group_scores(
       array([1.])
     """
     where = "group_scores"
-    if reduce not in ("sum", "avg"):
-        raise ValueError(f"{where}: reduce must be 'sum' or 'avg'; got {reduce!r}")
+    _checks.choice(reduce, ("sum", "avg"), "reduce", where)
     groups = _check_groups(groups, where)
     names = [n for ns in groups.values() for n in ns]
     leaves, _, index = _flat(params, names, where)
+    _checks.mapping(leaf_scores, "leaf_scores", where)
     missing = [n for n in names if n not in leaf_scores]
     if missing:
         raise ValueError(f"{where}: leaf_scores has no score for {missing[:3]}")
+    scores = {n: _checks.real(leaf_scores[n], f"leaf_scores[{n!r}]", where) for n in names}
     out = []
     for ns in groups.values():
-        s = float(sum(leaf_scores[n] for n in ns))
+        s = float(sum(scores[n] for n in ns))
         size = sum(int(np.size(leaves[index[n]])) for n in ns)
         out.append(s / size if reduce == "avg" and size else s)
     return np.asarray(out, np.float64)

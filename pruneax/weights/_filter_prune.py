@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pruneax.weights import _lrp, _paths
+from pruneax.weights import _checks, _lrp, _paths
 from pruneax.weights._filters import (
     DEFAULT_NORM,
+    NORMS,
     Batches,
     lowest_filters,
     lrp_filter_scores,
@@ -53,10 +54,13 @@ def filter_masks(params: Any, pruned: Iterable[tuple[str, int]]) -> Any:
     """
     flat = _paths.by_name(params)
     drop: dict[str, list[int]] = {}
-    for layer, j in pruned:
+    for i, item in enumerate(_checks.items(pruned, "pruned", "filter_masks")):
+        layer, j = _checks.pair(item, f"pruned[{i}]", "filter_masks")
         w = flat.get(f"{layer}/kernel")
         if w is None:
-            raise ValueError(f"filter_masks: no parameter {layer}/kernel for layer {layer!r}")
+            raise ValueError(f"filter_masks: params has no {layer}/kernel (pruned layer {layer!r})")
+        if not _checks.shape_of(w, f"params {layer}/kernel", "filter_masks"):
+            raise ValueError(f"filter_masks: params {layer}/kernel is 0-d; it has no filters")
         if not 0 <= int(j) < np.shape(w)[-1]:
             raise ValueError(f"filter_masks: index {j} out of range for {layer!r}")
         drop.setdefault(layer, []).append(int(j))
@@ -144,7 +148,8 @@ def iterative_filter_pruning(
         raise ValueError(f"retrain must be callable (params, masks) -> params; got {retrain!r}")
     if callable(criterion):
         score = criterion
-    elif criterion in DEFAULT_NORM:
+    elif isinstance(criterion, str) and criterion in DEFAULT_NORM:
+        _checks.choice(normalize, ("default", *NORMS), "normalize", "iterative_filter_pruning")
         norm = DEFAULT_NORM[criterion] if normalize == "default" else normalize
         score = {
             "lrp": functools.partial(lrp_filter_scores, eps=eps, normalize=norm),

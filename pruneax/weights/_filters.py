@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pruneax.weights import _lrp, _paths
+from pruneax.weights import _checks, _lrp, _paths
 
 Batches = Iterable[tuple[jax.Array, jax.Array]] | Callable[[], Iterable[tuple[jax.Array, Any]]]
 NORMS = ("l1", "l2", None)
@@ -30,22 +30,26 @@ DEFAULT_NORM = {"lrp": "l1", "weight": "l1", "taylor": "l2"}
 
 
 def _layers(plan, kinds, where):
-    kinds = tuple(kinds)
-    if not kinds or not set(kinds) <= {"conv", "dense"}:
+    kinds = tuple(_checks.items(kinds, "kinds", where))
+    if (
+        not kinds
+        or not all(isinstance(k, str) for k in kinds)
+        or not set(kinds) <= {"conv", "dense"}
+    ):
         raise ValueError(
             f"{where}: kinds must be a non-empty subset of ('conv', 'dense'); got {kinds}"
         )
     return tuple(i for i, layer in enumerate(plan) if layer.kind in kinds)
 
 
-def _batches(batches: Batches, where: str):
-    it = batches() if callable(batches) else batches
+def _batches(batches: Batches, where: str, floating: bool):
+    it = _checks.iterator(batches() if callable(batches) else batches, "batches", where)
     n = 0
     for item in it:
         if not (isinstance(item, Sequence) and len(item) == 2):
             raise ValueError(f"{where}: batches must yield (x, labels) pairs; got {type(item)}")
+        yield _checks.array(item[0], f"batches[{n}] x", where, floating=floating), item[1]
         n += 1
-        yield jnp.asarray(item[0]), item[1]
     if n == 0:
         raise ValueError(f"{where}: batches is empty")
 
@@ -73,11 +77,10 @@ def normalize_filter_scores(
       >>> W.normalize_filter_scores({"c": jnp.array([1.0, 3.0])}, "l1")["c"].tolist()
       [0.25, 0.75]
     """
-    if normalize not in NORMS:
-        raise ValueError(f"normalize must be one of {NORMS}; got {normalize!r}")
+    _checks.choice(normalize, NORMS, "normalize")
     out = {}
-    for name, v in scores.items():
-        v = jnp.asarray(v, jnp.float32)
+    for name, v in _checks.mapping(scores, "scores").items():
+        v = _checks.array(v, f"scores[{name!r}]").astype(jnp.float32)
         if normalize == "l1":
             d = jnp.sum(jnp.abs(v))
         elif normalize == "l2":
@@ -99,10 +102,10 @@ def _lrp_sums(params, x, labels, plan, eps, idx):
     return sums
 
 
-def _accumulate(fn, params, plan, batches, where):
+def _accumulate(fn, params, plan, batches, where, floating=True):
     total = None
-    for x, labels in _batches(batches, where):
-        logits = jax.eval_shape(lambda p, a: _lrp.forward(p, plan, a)[0], params, x)
+    for i, (x, labels) in enumerate(_batches(batches, where, floating)):
+        logits = _lrp.logits_shape(params, plan, x, where, f"batches[{i}] x")
         y = _lrp.check_labels(labels, x.shape[0], logits.shape[-1], where)
         part = fn(params, x, y)
         total = part if total is None else {k: total[k] + part[k] for k in total}
@@ -255,7 +258,7 @@ def taylor_filter_scores(
     plan = _lrp.check_plan(plan, "taylor_filter_scores")
     idx = _layers(plan, kinds, "taylor_filter_scores")
     fn = functools.partial(_taylor_sums, plan=plan, idx=idx)
-    total = _accumulate(fn, params, plan, batches, "taylor_filter_scores")
+    total = _accumulate(fn, params, plan, batches, "taylor_filter_scores", floating=False)
     return normalize_filter_scores({k: jnp.abs(v) for k, v in total.items()}, normalize)
 
 
@@ -287,7 +290,9 @@ def lowest_filters(
       >>> W.lowest_filters({"a": jnp.array([0.5, 0.1]), "b": jnp.array([0.2, 0.9])}, 2)
       [('a', 1), ('b', 0)]
     """
-    exclude = set(exclude)
+    exclude = {_checks.pair(e, "exclude[i]") for e in _checks.items(exclude, "exclude")}
+    for k, v in _checks.mapping(scores, "scores").items():
+        _checks.shape_of(v, f"scores[{k!r}]")
     cand = [
         (float(v), k, j)
         for k, s in scores.items()

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pruneax.weights import _masks, _paths
+from pruneax.weights import _checks, _masks, _paths
 from pruneax.weights._optax import _reset_pruned
 from pruneax.weights._paths import Selector
 
@@ -229,8 +229,9 @@ def iss_p(
     ratio = _check_ratio(ratio)
     shrink = _check_shrink(shrink)
     soft_steps = _masks._static_int(soft_steps, "soft_steps")
-    if soft_steps < 0:
-        raise ValueError(f"soft_steps must be an int >= 0; got {soft_steps}")
+    if not 0 <= soft_steps < 2**31:
+        raise ValueError(f"soft_steps must be an int in [0, 2**31); got {soft_steps}")
+    _checks.transformation(inner, "inner", "iss_p")
     _paths.as_predicate(prunable)  # a bad selector fails here, not at init
 
     def init(params):
@@ -301,5 +302,7 @@ def iss_masks(state: ISSState) -> Any:
       ([[False, True], [True, False]], None)
     """
     if not isinstance(state, ISSState):
-        raise ValueError(f"iss_masks expects the ISSState of iss_p; got {type(state).__name__}")
+        raise ValueError(
+            f"iss_masks: state must be the ISSState of iss_p; got {type(state).__name__}"
+        )
     return state.masks

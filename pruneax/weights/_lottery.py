@@ -13,9 +13,10 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
-from pruneax.weights import _paths
+from pruneax.weights import _checks, _paths
 from pruneax.weights._masks import (
     _check_fraction,
+    _check_real,
     _kept_by_name,
     _prune_lowest,
     _prune_pool,
@@ -66,13 +67,15 @@ def prune_round(
       [[False, True], [False, False]]
     """
     rate = _check_fraction(rate, "rate")
-    if scope not in ("layerwise", "global"):
-        raise ValueError(f"scope must be 'layerwise' or 'global'; got {scope!r}")
+    _checks.choice(scope, ("layerwise", "global"), "scope", "prune_round")
     names = _paths.prunable_names(params, prunable)
     own = _paths.overridden(names, overrides, "rate")
     own = {n: _check_fraction(v, f"rate of {n!r}") for n, v in own.items()}
     scores = magnitude_scores(params) if scores is None else scores
     flat_scores = _paths.by_name(scores)
+    if missing := [n for n in names if n not in flat_scores]:
+        raise ValueError(f"prune_round: scores lacks the prunable leaves {missing[:3]} of params")
+    _check_real(scores, names, "prune_round")
     prev = _kept_by_name(masks)
     size = {n: int(np.size(flat_scores[n])) for n in names}
     remaining = {n: int(np.sum(prev[n])) if n in prev else size[n] for n in names}
@@ -126,7 +129,9 @@ def random_masks(key: jax.Array, masks: Any) -> Any:
       >>> int(shuffled["dense"]["kernel"].sum()), shuffled["dense"]["bias"]  # same count kept
       (2, None)
     """
+    _checks.prng_key(key, "key", "random_masks")
     leaves, treedef = jax.tree.flatten(masks, is_leaf=lambda x: x is None)
+    leaves = [m if m is None else _checks.mask(m, "masks", "random_masks") for m in leaves]
     keys = jax.random.split(key, max(1, len(leaves)))
     out = []
     for k, m in zip(keys, leaves, strict=False):

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pruneax.weights import _paths
+from pruneax.weights import _checks, _paths
 
 KINDS = ("conv", "dense", "relu", "dropout", "maxpool", "flatten")
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -76,7 +76,7 @@ def _zplus(layer_fn, x: jax.Array, r_out: jax.Array, eps: float) -> jax.Array:
     z, vjp = jax.vjp(layer_fn, x)
     if z.shape != r_out.shape:
         raise ValueError(f"r_out has shape {r_out.shape}; the layer's output is {z.shape}")
-    (c,) = vjp(r_out / _stabilise(z, eps))
+    (c,) = vjp((r_out / _stabilise(z, eps)).astype(z.dtype))
     return x * c
 
 
@@ -104,6 +104,7 @@ def zplus_dense(x: jax.Array, w: jax.Array, r_out: jax.Array, *, eps: float = 1e
       [1.0, 0.0]
     """
     eps = check_eps(eps)
+    x, w, r_out = _checks.floats("zplus_dense", x=x, w=w, r_out=r_out)
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
         raise ValueError(f"x must be [B, d_in] and w [d_in, d_out]; got {x.shape}, {w.shape}")
     wp = jnp.maximum(w, 0)
@@ -152,10 +153,13 @@ def zplus_conv(
       4.0
     """
     eps = check_eps(eps)
+    x, w, r_out = _checks.floats("zplus_conv", x=x, w=w, r_out=r_out)
     if x.ndim != 4 or w.ndim != 4 or x.shape[3] != w.shape[2]:
         raise ValueError(f"x must be [B, H, W, C_in] and w [kh, kw, C_in, C_out]; got "
                          f"{x.shape}, {w.shape}")  # fmt: skip
-    wp, strides, padding = jnp.maximum(w, 0), tuple(int(s) for s in strides), _pad(padding)
+    strides = _checks.ints(strides, "strides", 2, "zplus_conv")
+    padding = _pad(_checks.padding(padding, 2, "zplus_conv"))
+    x, wp = x.astype(jnp.result_type(x, w)), jnp.maximum(w, 0).astype(jnp.result_type(x, w))
     conv = functools.partial(
         jax.lax.conv_general_dilated,
         rhs=wp,
@@ -211,20 +215,26 @@ def maxpool_relevance(
       [0.0, 1.0, 0.0, 0.0]
     """
     eps = check_eps(eps)
+    x, r_out = _checks.floats("maxpool_relevance", x=x, r_out=r_out)
     if x.ndim != 4:
         raise ValueError(f"x must be [B, H, W, C]; got shape {x.shape}")
-    window = tuple(int(s) for s in window)
-    strides = window if strides is None else tuple(int(s) for s in strides)
-    return _zplus(lambda a: _pool(a, window, strides, _pad(padding)), x, r_out, eps)
+    window = _checks.ints(window, "window", 2, "maxpool_relevance")
+    if strides is not None:
+        strides = _checks.ints(strides, "strides", 2, "maxpool_relevance")
+    strides = window if strides is None else strides
+    padding = _pad(_checks.padding(padding, 2, "maxpool_relevance"))
+    return _zplus(lambda a: _pool(a, window, strides, padding), x, r_out, eps)
 
 
 def _param(flat: Mapping[str, Any], layer: LRPLayer, leaf: str, required: bool = True):
     key = f"{layer.name}/{leaf}"
     if key not in flat or flat[key] is None:
         if required:
-            raise ValueError(f"plan layer {layer.name!r} ({layer.kind}): no parameter {key!r}")
+            raise ValueError(
+                f"plan layer {layer.name!r} ({layer.kind}): params has no parameter {key!r}"
+            )
         return None
-    return jnp.asarray(flat[key])
+    return _checks.array(flat[key], f"params {key}")
 
 
 def _forward_layer(flat, layer: LRPLayer, x):
@@ -305,9 +315,24 @@ def _backward(params, plan, x, labels, eps):
 _backward_jit = jax.jit(_backward, static_argnames=("plan", "eps"))
 
 
+def logits_shape(params: Any, plan: tuple[LRPLayer, ...], x: jax.Array, where: str, name: str):
+    """The shape of ``forward``'s logits; ValueError naming ``params`` (a missing or non-array
+    parameter) or ``name`` (an input the plan cannot take)."""
+    flat = _paths.by_name(params)
+    for layer in (layer for layer in plan if layer.kind in ("conv", "dense")):
+        _param(flat, layer, "kernel"), _param(flat, layer, "bias", required=False)
+    try:
+        return jax.eval_shape(lambda p, a: forward(p, plan, a)[0], params, x)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(
+            f"{where}: the plan cannot run on {name} of shape {x.shape} {x.dtype} with these "
+            f"params: {str(e).splitlines()[0]}"
+        ) from None
+
+
 def check_labels(labels: Any, batch: int, num_classes: int, where: str) -> jax.Array:
     """Integer labels [B] in ``[0, num_classes)`` (checked when concrete)."""
-    arr = jnp.asarray(labels)
+    arr = jnp.asarray(_checks.array(labels, "labels", where))
     if arr.shape != (batch,) or not jnp.issubdtype(arr.dtype, jnp.integer):
         raise ValueError(
             f"{where}: labels must be integer [B={batch}]; got {arr.dtype} {arr.shape}"
@@ -367,7 +392,7 @@ def lrp_relevance(
     """
     plan = check_plan(plan, "lrp_relevance")
     eps = check_eps(eps)
-    x = jnp.asarray(x)
-    logits = jax.eval_shape(lambda p, a: forward(p, plan, a)[0], params, x)
+    x = _checks.array(x, "x", "lrp_relevance", floating=True)
+    logits = logits_shape(params, plan, x, "lrp_relevance", "x")
     labels = check_labels(labels, x.shape[0], logits.shape[-1], "lrp_relevance")
     return _backward_jit(params, plan, x, labels, eps)

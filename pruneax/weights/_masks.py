@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pruneax.weights import _paths
+from pruneax.weights import _checks, _paths
 from pruneax.weights._paths import Selector
 
 
@@ -36,7 +36,7 @@ def _check_real(scores: Any, names: list[str], where: str) -> None:
     complex score has no order, and casting it to float32 would drop its imaginary part."""
     flat = _paths.by_name(scores)
     for name in names:
-        dtype = jnp.result_type(flat[name])
+        dtype = _checks.numeric(flat[name], f"scores for {name!r}", where)[1]
         if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
             if dtype != jnp.bool_:
                 raise ValueError(
@@ -151,7 +151,7 @@ def layerwise_masks(
       >>> masks["dense"]["kernel"].tolist(), masks["dense"]["bias"]  # biases are not pruned
       ([[False, True], [True, False]], None)
     """
-    names = _paths.prunable_names(scores, prunable)
+    names = _paths.select_names(scores, prunable, "scores")
     _check_real(scores, names, "layerwise_masks")
     if isinstance(sparsity, Mapping):
         missing = [n for n in names if n not in sparsity]
@@ -202,7 +202,7 @@ def global_masks(
       ([[False, False]], [[True, True]])
     """
     sparsity = _check_fraction(sparsity, "sparsity")
-    names = _paths.prunable_names(scores, prunable)
+    names = _paths.select_names(scores, prunable, "scores")
     _check_real(scores, names, "global_masks")
     own = _paths.overridden(names, overrides, "sparsity")
     own = {n: _check_fraction(v, f"sparsity of {n!r}") for n, v in own.items()}
@@ -257,7 +257,7 @@ def nm_masks(scores: Any, n: int, m: int, *, prunable: Selector = None, axis: in
     if not 0 < n <= m:
         raise ValueError(f"need ints 0 < n <= m; got n={n!r}, m={m!r}")
     axis = _static_int(axis, "axis")
-    listed = _paths.prunable_names(scores, prunable)
+    listed = _paths.select_names(scores, prunable, "scores")
     _check_real(scores, listed, "nm_masks")
     names = set(listed)
 
@@ -315,7 +315,7 @@ def apply_masks(params: Any, masks: Any) -> Any:
 def _masked(name, p, m):
     if np.shape(p) != np.shape(m):
         raise ValueError(
-            f"apply_masks: mask for {name!r} has shape {np.shape(m)}, parameter {np.shape(p)}"
+            f"apply_masks: masks {name!r} has shape {np.shape(m)}, params {np.shape(p)}"
         )
     return jnp.where(m, p, jnp.zeros((), jnp.result_type(p)))
 
@@ -384,6 +384,6 @@ def sparsity_report(masks: Any) -> SparsityReport:
     """
     rows = []
     for path, m in jax.tree_util.tree_flatten_with_path(masks)[0]:
-        m = np.asarray(m)
+        m = _checks.mask(m, f"masks {_paths.path_name(path)!r}", "sparsity_report")
         rows.append((_paths.path_name(path), tuple(m.shape), int(m.sum()), int(m.size)))
     return SparsityReport(tuple(rows))

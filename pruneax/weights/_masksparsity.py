@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pruneax.weights import _paths
+from pruneax.weights import _checks, _paths
 from pruneax.weights._paths import Selector
 
 
@@ -44,14 +44,16 @@ def _positive(value: object, name: str, *, zero_ok: bool) -> float:
 
 
 def _scale_names(params: Any, scale_filter: Selector, where: str) -> list[str]:
-    pred = _is_bn_scale if scale_filter is None else _paths.as_predicate(scale_filter)
+    pred = (
+        _is_bn_scale if scale_filter is None else _paths.as_predicate(scale_filter, "scale_filter")
+    )
     try:
         names = _paths.prunable_names(params, pred)
     except ValueError as e:
         raise ValueError(f"{where}: scale_filter selects no BN scale ({e})") from e
     flat = _paths.by_name(params)
     for name in names:
-        dtype = jnp.result_type(flat[name])
+        dtype = _checks.numeric(flat[name], f"params {name!r}", where)[1]
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"{where}: BN scale {name!r} must be a float array; got {dtype}")
     return names
@@ -135,7 +137,7 @@ def bn_l1_gradient(
     """
     where = "bn_l1_gradient"
     s = _positive(s, "s", zero_ok=True)
-    if smooth_l1:
+    if _checks.flag(smooth_l1, "smooth_l1", where):
         if lr is None:
             raise ValueError(f"{where}: smooth_l1=True needs lr (the learning rate, > 0)")
         lr = _positive(lr, "lr", zero_ok=False)
@@ -195,7 +197,7 @@ def mask_sparsity(
       [-0.25, 0.25]
     """
     s = _positive(s, "s", zero_ok=True)
-    if smooth_l1 and lr is None:
+    if _checks.flag(smooth_l1, "smooth_l1", "mask_sparsity") and lr is None:
         raise ValueError("mask_sparsity: smooth_l1=True needs lr (the learning rate, > 0)")
     if lr is not None:
         if not smooth_l1:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pruneax.weights import _paths
+from pruneax.weights import _checks, _paths
 
 
 class MaskedState(NamedTuple):
@@ -105,6 +105,7 @@ def masked_optimizer(
       >>> (optax.apply_updates(params, updates)["dense"]["kernel"] == 0).tolist()
       [[True, False], [False, True]]
     """
+    _checks.transformation(inner, "inner", "masked_optimizer")
 
     def init(params):
         full = _full(masks, params, "masked_optimizer")
@@ -160,5 +161,9 @@ def set_masks(state: MaskedState, masks: Any, inner: optax.GradientTransformatio
       >>> W.set_masks(opt.init(params), masks, inner).masks["dense"]["kernel"].tolist()
       [[False, True], [False, False]]
     """
+    if not isinstance(state, MaskedState):
+        raise ValueError(f"set_masks: state must be the MaskedState of masked_optimizer; got "
+                         f"{type(state).__name__}")  # fmt: skip
+    _checks.transformation(inner, "inner", "set_masks")
     full = _full(masks, state.masks, "set_masks")
     return MaskedState(full, _mask_moments(inner, state.inner_state, full))

@@ -9,7 +9,7 @@ a Flax NNX ``State`` leaf ``['conv1']['kernel'].value`` -> ``"conv1/kernel"`` (t
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -41,7 +41,15 @@ def path_name(path: Sequence[Any]) -> str:
       >>> W.path_name(path)
       'dense/kernel'
     """
-    return "/".join(n for n in (_key_name(k) for k in path) if n is not None)
+    if isinstance(path, str | bytes) or not isinstance(path, Iterable):
+        raise ValueError(
+            f"path must be a key path (a sequence of jax.tree_util keys); got {path!r}"
+        )
+    try:
+        keys = list(path)
+    except TypeError:  # a 0-d array
+        raise ValueError(f"path must be a key path (a sequence of keys); got {path!r}") from None
+    return "/".join(n for n in (_key_name(k) for k in keys) if n is not None)
 
 
 def leaf_names(tree: Any) -> list[str]:
@@ -76,11 +84,17 @@ def default_prunable(name: str, leaf: Any) -> bool:
       >>> W.default_prunable("dense/bias", jnp.zeros(4))
       False
     """
-    return name.rsplit("/", 1)[-1] == "kernel" and np.ndim(leaf) >= 2
+    if not isinstance(name, str):
+        raise ValueError(f"name must be a leaf name (a str); got {type(name).__name__} {name!r}")
+    try:
+        return name.rsplit("/", 1)[-1] == "kernel" and np.ndim(leaf) >= 2
+    except ValueError:  # a ragged list
+        raise ValueError(f"leaf must be an array; got {type(leaf).__name__}") from None
 
 
-def as_predicate(prunable: Selector) -> Predicate:
-    """Turns a predicate, a glob, a list of globs, or None (the default) into a predicate."""
+def as_predicate(prunable: Selector, name: str = "prunable") -> Predicate:
+    """Turns a predicate, a glob, a list of globs, or None (the default) into a predicate;
+    ``name`` is the argument's name in the error message."""
     if prunable is None:
         return default_prunable
     if callable(prunable):
@@ -91,7 +105,7 @@ def as_predicate(prunable: Selector) -> Predicate:
         patterns = list(prunable)
         return lambda name, leaf: any(fnmatch.fnmatchcase(name, p) for p in patterns)
     raise ValueError(
-        f"prunable must be a predicate (name, leaf) -> bool, a glob, a list of globs or None; "
+        f"{name} must be a predicate (name, leaf) -> bool, a glob, a list of globs or None; "
         f"got {prunable!r}"
     )
 
@@ -109,13 +123,21 @@ def prunable_names(params: Any, prunable: Selector = None) -> list[str]:
       >>> W.prunable_names(params), W.prunable_names(params, "*/bias")
       (['dense/kernel'], ['dense/bias'])
     """
-    pred = as_predicate(prunable)
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return select_names(params, prunable)
+
+
+def select_names(
+    tree: Any, prunable: Selector = None, tree_name: str = "params", name: str = "prunable"
+) -> list[str]:
+    """``prunable_names`` of any tree; errors name the tree ``tree_name`` and the selector
+    ``name`` (``scores`` and ``prunable`` for the mask functions)."""
+    pred = as_predicate(prunable, name)
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     names = [path_name(p) for p, leaf in flat if pred(path_name(p), leaf)]
     if not names:
         all_names = [path_name(p) for p, _ in flat]
         raise ValueError(
-            f"prunable selects no leaf of params; leaves are {all_names[:20]}"
+            f"{name} selects no leaf of {tree_name}; leaves are {all_names[:20]}"
             + (" ..." if len(all_names) > 20 else "")
         )
     return names
@@ -129,8 +151,12 @@ def overridden(
     Raises:
       ValueError: if an override pattern matches no name.
     """
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ValueError(f"overrides must be a mapping {{glob: {what}}} or None; got {overrides!r}")
     out: dict[str, Any] = {}
     for pattern, value in (overrides or {}).items():
+        if not isinstance(pattern, str):
+            raise ValueError(f"overrides keys must be globs (str); got {pattern!r}")
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
             raise ValueError(

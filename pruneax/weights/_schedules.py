@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax.numpy as jnp
 
+from pruneax.weights import _checks
 from pruneax.weights._masks import _check_fraction
 
 Schedule = Callable[[int], float]
@@ -21,6 +23,7 @@ def one_shot(sparsity: float, step: int = 0) -> Schedule:
       (0.0, 0.9)
     """
     sparsity = _check_fraction(sparsity, "sparsity")
+    step = _checks.integer(step, "step", "one_shot", low=-(2**31))
     return lambda t: jnp.where(jnp.asarray(t) >= step, sparsity, 0.0)
 
 
@@ -57,6 +60,10 @@ def polynomial(
       [0.0, 0.7875, 0.9, 0.9]
     """
     final, initial = _check_fraction(final, "final"), _check_fraction(initial, "initial")
+    begin_step, end_step, power = (
+        _finite(v, name) for v, name in ((begin_step, "begin_step"), (end_step, "end_step"),
+                                         (power, "power"))
+    )  # fmt: skip
     if not end_step > begin_step:
         raise ValueError(f"need end_step > begin_step; got {begin_step}, {end_step}")
 
@@ -65,3 +72,12 @@ def polynomial(
         return final + (initial - final) * (1.0 - p) ** power
 
     return schedule
+
+
+def _finite(value: object, name: str) -> float | int:
+    """A finite real; an int32-sized int stays an int, so the schedule's arithmetic is
+    unchanged (a larger one would overflow JAX's int32 conversion: a float)."""
+    v = _checks.real(value, name, "polynomial")
+    if not math.isfinite(v):
+        raise ValueError(f"polynomial: {name} must be finite; got {v}")
+    return value if isinstance(value, int) and abs(value) < 2**31 else v

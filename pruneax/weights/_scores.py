@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pruneax.weights import _paths
+from pruneax.weights import _checks, _paths
 
 
 def _real(name: str, x: Any, what: str, where: str) -> jax.Array:
     """``x`` as float32; raises if it is complex (the cast would drop the imaginary part)."""
-    if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+    if jnp.issubdtype(_checks.numeric(x, f"{what} {name!r}", where)[1], jnp.complexfloating):
         raise ValueError(
             f"{where}: {what} {name!r} must be real; got dtype {jnp.result_type(x)} (the "
             "imaginary part would be dropped)"
@@ -39,7 +39,7 @@ def magnitude_scores(params: Any) -> Any:
       >>> W.magnitude_scores({"w": jnp.array([-2.0, 1.0])})["w"].tolist()
       [2.0, 1.0]
     """
-    return _paths.map_named(lambda n, w: jnp.abs(_real(n, w, "weight", "magnitude_scores")), params)
+    return _paths.map_named(lambda n, w: jnp.abs(_real(n, w, "params", "magnitude_scores")), params)
 
 
 def random_scores(key: jax.Array, params: Any) -> Any:
@@ -52,10 +52,12 @@ def random_scores(key: jax.Array, params: Any) -> Any:
       >>> s.shape, bool(((s >= 0) & (s < 1)).all())
       ((2, 3), True)
     """
+    _checks.prng_key(key, "key", "random_scores")
     leaves, treedef = jax.tree.flatten(params)
+    shapes = [_checks.numeric(w, "params", "random_scores")[0] for w in leaves]
     keys = jax.random.split(key, max(1, len(leaves)))
     return jax.tree.unflatten(
-        treedef, [jax.random.uniform(k, jnp.shape(w)) for k, w in zip(keys, leaves, strict=False)]
+        treedef, [jax.random.uniform(k, shape) for k, shape in zip(keys, shapes, strict=False)]
     )
 
 
@@ -94,8 +96,9 @@ def saliency_scores(params: Any, grads: Any) -> Any:
 def _saliency(name, w, g):
     if np.shape(w) != np.shape(g):
         raise ValueError(
-            f"saliency_scores: a gradient of shape {np.shape(g)} for a weight of shape "
-            f"{np.shape(w)}"
+            f"saliency_scores: grads {name!r} has shape {np.shape(g)}, params {np.shape(w)}"
         )
     where = "saliency_scores"
-    return jnp.abs(_real(name, w, "weight", where) * _real(name, g, "gradient", where))
+    return jnp.abs(
+        _real(name, w, "params", where) * _real(name, g, "grads (structured as params)", where)
+    )

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pruneax.weights import _checks
 from pruneax.weights._wanda import check_pattern
 
 _F32 = jnp.float32
@@ -98,8 +99,11 @@ def hessian_update(state: HessianState, x: jax.Array) -> HessianState:
       >>> state.h.tolist(), int(state.count)
       ([[4.0, 4.0], [4.0, 8.0]], 1)
     """
+    if not isinstance(state, HessianState):
+        raise ValueError(f"hessian_update: state must be a HessianState (hessian_init); got "
+                         f"{type(state).__name__}")  # fmt: skip
     d = state.h.shape[0]
-    if np.ndim(x) not in (2, 3) or np.shape(x)[-1] != d:
+    if len(_checks.shape_of(x, "x", "hessian_update")) not in (2, 3) or np.shape(x)[-1] != d:
         raise ValueError(
             f"hessian_update: x must be [n_seq, t, {d}] or [t, {d}]; got shape {np.shape(x)}"
         )
@@ -151,12 +155,12 @@ def sparsegpt_prune(
       >>> mask[:, 0].tolist(), bool(kernel[1, 0] == 0.0)
       ([True, False, True], True)
     """
-    if np.ndim(kernel) != 2:
+    if len(_checks.shape_of(kernel, "kernel", "sparsegpt_prune")) != 2:
         raise ValueError(
             f"sparsegpt_prune: kernel must be 2-D [d_in, d_out]; got {np.shape(kernel)}"
         )
     d_in = np.shape(kernel)[0]
-    if np.shape(hessian) != (d_in, d_in):
+    if _checks.shape_of(hessian, "hessian", "sparsegpt_prune") != (d_in, d_in):
         raise ValueError(
             f"sparsegpt_prune: hessian must be [d_in, d_in] = [{d_in}, {d_in}]; "
             f"got shape {np.shape(hessian)}"

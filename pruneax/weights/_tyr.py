@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from pruneax.weights import _checks
+
 SCORES = ("coded", "obs")
 
 
@@ -48,12 +50,12 @@ def _is_int(v: Any) -> bool:
 def _check(kernel: Any, hessian: Any, num_groups: Any, keep: Any, rounds: Any, score: Any,
            percdamp: Any) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     where = "tyr_local_prune"
-    w = np.asarray(kernel)
+    w = _checks.host(kernel, "kernel", where)
     if w.ndim != 2 or w.size == 0 or not np.issubdtype(w.dtype, np.number):
         raise ValueError(f"{where}: kernel must be a non-empty 2-D [d_in, d_out] array; got "
                          f"shape {w.shape}")  # fmt: skip
     d_in = w.shape[0]
-    h = np.asarray(hessian)
+    h = _checks.host(hessian, "hessian", where)
     if h.shape != (d_in, d_in) or not np.issubdtype(h.dtype, np.number):
         raise ValueError(f"{where}: hessian must be a square [d_in, d_in] = [{d_in}, {d_in}] "
                          f"array; got shape {h.shape}")  # fmt: skip
@@ -70,7 +72,7 @@ def _check(kernel: Any, hessian: Any, num_groups: Any, keep: Any, rounds: Any, s
                          f"{keep!r}")  # fmt: skip
     if not _is_int(rounds) or rounds < 1:
         raise ValueError(f"{where}: rounds must be a positive int; got {rounds!r}")
-    if score not in SCORES:
+    if not isinstance(score, str) or score not in SCORES:
         raise ValueError(f"{where}: score must be one of {SCORES}; got {score!r}")
     if (
         isinstance(percdamp, bool)
@@ -207,7 +209,10 @@ def tyr_layer_loss(kernel: Any, hessian: Any, target: Any) -> float:
       >>> W.tyr_layer_loss(b, np.eye(2), b)  # the minimum: -||B||^2 / 2 for H = I
       -2.5
     """
-    w, h, b = (np.asarray(a, np.float64) for a in (kernel, hessian, target))
+    w, h, b = (
+        _checks.host(a, name, "tyr_layer_loss", np.float64)
+        for a, name in ((kernel, "kernel"), (hessian, "hessian"), (target, "target"))
+    )
     if w.ndim != 2 or b.shape != w.shape or h.shape != (w.shape[0], w.shape[0]):
         raise ValueError(
             f"tyr_layer_loss: kernel and target must be [d_in, d_out] and hessian [d_in, d_in]; "

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pruneax.weights import _checks
 from pruneax.weights._masks import _prune_lowest
 
 _F32 = jnp.float32
@@ -71,7 +72,7 @@ def check_pattern(
 
 
 def _check_kernel(kernel: jax.Array, where: str) -> None:
-    if np.ndim(kernel) != 2:
+    if len(_checks.shape_of(kernel, "kernel", where)) != 2:
         raise ValueError(f"{where}: kernel must be 2-D [d_in, d_out]; got shape {np.shape(kernel)}")
 
 
@@ -116,8 +117,9 @@ def input_sq_norms(x: jax.Array) -> jax.Array:
       >>> W.input_sq_norms(jnp.array([[[1.0, 2.0], [3.0, 0.0]]])).tolist()
       [10.0, 4.0]
     """
-    if np.ndim(x) < 1:
-        raise ValueError(f"input_sq_norms: x must be [..., d_in]; got shape {np.shape(x)}")
+    shape = _checks.shape_of(x, "x", "input_sq_norms")
+    if len(shape) < 1 or shape[-1] < 1:
+        raise ValueError(f"input_sq_norms: x must be [..., d_in], d_in >= 1; got shape {shape}")
     x = jnp.asarray(x, _F32)
     return jnp.sum(jnp.square(x).reshape(-1, x.shape[-1]), axis=0)
 
@@ -142,7 +144,7 @@ def wanda_scores(kernel: jax.Array, sq_norms: jax.Array) -> jax.Array:
       [[2.0, 4.0], [3.0, 1.0]]
     """
     _check_kernel(kernel, "wanda_scores")
-    if np.shape(sq_norms) != (np.shape(kernel)[0],):
+    if _checks.shape_of(sq_norms, "sq_norms", "wanda_scores") != (np.shape(kernel)[0],):
         raise ValueError(
             f"wanda_scores: sq_norms must be [d_in] = [{np.shape(kernel)[0]}]; "
             f"got shape {np.shape(sq_norms)}"

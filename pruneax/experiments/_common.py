@@ -190,12 +190,6 @@ def evals_csv(evals: dict[str, dict[str, Any]], fields: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cli_overrides(args: argparse.Namespace, skip: tuple[str, ...] = ("preset", "workdir")):
-    """The config fields given on the command line (lists as tuples), for
-    ``dataclasses.replace(preset, **cli_overrides(args))``."""
-    return {k: given_value(v) for k, v in vars(args).items() if k not in skip and v is not None}
-
-
 def random_crop_flip(key: jax.Array, x: jax.Array) -> jax.Array:
     """Random crop after 4-pixel zero padding and a random horizontal flip, per image."""
     b, h, w, _ = x.shape

@@ -496,18 +496,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--corpus", help="folder of usr_NN.txt (default: Debian's Vim manual)")
     parser.add_argument("--methods", nargs="+", choices=ALL_METHODS)
     parser.add_argument("--sparsities", type=float, nargs="+", help="e.g. 0.2 0.3 0.5")
-    for name in ("eval_every", "n_calib", "calib_len", "seq_len", "eval_windows", "eval_batch",
-                 "calib_batch", "tiny_tokens"):  # fmt: skip
-        parser.add_argument(f"--{name}", type=int)
-    parser.add_argument("--gamma", type=float)
-    for name in ("tyr_rounds", "tyr_levels", "tyr_generations", "tyr_offspring", "tyr_top_k",
-                 "tyr_mlp_rounds"):  # fmt: skip
-        parser.add_argument(f"--{name}", type=int)
-    parser.add_argument("--tyr_survivors", type=int, nargs="+")
-    parser.add_argument("--tyr_tokens", type=int, nargs="+")
+    # every other preset field is a flag too (common.ConfigParser)
     args = parser.parse_args(argv)
-    given = common.cli_overrides(args)
-    return run(dataclasses.replace(PRESETS[args.preset], **given), args.workdir)
+    return run(common.replace_given(PRESETS[args.preset], args), args.workdir)
 
 
 if __name__ == "__main__":

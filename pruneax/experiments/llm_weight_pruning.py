@@ -607,14 +607,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--corpus", help="folder of usr_NN.txt (default: Debian's Vim manual)")
     parser.add_argument("--methods", nargs="+", choices=METHODS)
     parser.add_argument("--patterns", nargs="+", help="e.g. 0.5 2:4")
-    for name in ("eval_every", "n_calib", "seq_len", "eval_windows", "eval_batch",
-                 "calib_batch", "blocksize", "tiny_tokens", "ecoflap_batches"):  # fmt: skip
-        parser.add_argument(f"--{name}", type=int)
-    parser.add_argument("--percdamp", type=float)
+    # every other preset field is a flag too (common.ConfigParser)
     args = parser.parse_args(argv)
-    cfg = PRESETS[args.preset]
-    given = common.cli_overrides(args)
-    return run(dataclasses.replace(cfg, **given), args.workdir)
+    return run(common.replace_given(PRESETS[args.preset], args), args.workdir)
 
 
 if __name__ == "__main__":

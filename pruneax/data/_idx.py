@@ -135,7 +135,7 @@ def load_mnist(data_dir: str | os.PathLike[str]) -> ImageDataset:
     Returns:
       ``ImageDataset`` with ``train_images`` uint8 [60000, 28, 28], ``train_labels`` uint8
       [60000], ``test_images`` uint8 [10000, 28, 28], ``test_labels`` uint8 [10000];
-      ``pixel_max=255`` (0 = background), ``class_names`` ``"0"``..``"9"``.
+      ``pixel_max=255`` (0 = background), ``class_names`` ``"0"`` to ``"9"``.
 
     Raises:
       FileNotFoundError: if no candidate directory has all four files (the message lists the

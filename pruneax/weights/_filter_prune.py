@@ -108,7 +108,7 @@ def iterative_filter_pruning(
 
     Args:
       params: parameter pytree with the plan's leaves.
-      plan: the network as ``LRPLayer``s (the conv layers' filters are pruned).
+      plan: the network as ``LRPLayer`` objects (the conv layers' filters are pruned).
       batches: the pruning set: ``(x, labels)`` pairs (re-iterable) or a zero-argument callable
         returning them (called once per iteration).
       retrain: ``(params, masks) -> params``, e.g. a few epochs with ``masked_optimizer``.

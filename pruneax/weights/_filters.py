@@ -129,7 +129,7 @@ def lrp_filter_scores(
 
     Args:
       params: parameter pytree with the plan's ``{name}/kernel`` (``/bias``) leaves.
-      plan: the network as ``LRPLayer``s.
+      plan: the network as ``LRPLayer`` objects.
       batches: ``(x, labels)`` pairs, or a zero-argument callable returning them.
       eps: z+ stabiliser > 0.
       normalize: ``"l1"`` (the published code), ``"l2"`` or None.
@@ -169,7 +169,7 @@ def weight_filter_scores(
 
     Args:
       params: parameter pytree with the plan's ``{name}/kernel`` leaves.
-      plan: the network as ``LRPLayer``s.
+      plan: the network as ``LRPLayer`` objects.
       normalize: ``"l1"`` (the published code with ``--norm``), ``"l2"`` or None.
       kinds: ``("conv",)`` and/or ``"dense"``.
 
@@ -234,7 +234,7 @@ def taylor_filter_scores(
 
     Args:
       params: parameter pytree with the plan's ``{name}/kernel`` (``/bias``) leaves.
-      plan: the network as ``LRPLayer``s.
+      plan: the network as ``LRPLayer`` objects.
       batches: ``(x, labels)`` pairs, or a zero-argument callable returning them.
       normalize: ``"l2"`` (the published code with ``--norm``), ``"l1"`` or None.
       kinds: ``("conv",)`` and/or ``"dense"``.

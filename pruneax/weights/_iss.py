@@ -98,7 +98,7 @@ def _check_nm_leaf(name: str, w: Any, m: int, where: str) -> None:
 
 
 def _keep_nm(w: jax.Array, n: int, m: int) -> jax.Array:
-    """False at the ``n`` smallest |w| of every ``m`` consecutive entries along axis -2 (NaN
+    """False at the ``n`` smallest ``|w|`` of every ``m`` consecutive entries along axis -2 (NaN
     smallest, ties toward the lower position)."""
     a = jnp.abs(jnp.asarray(w, jnp.float32))
     a = jnp.where(jnp.isnan(a), -jnp.inf, a)
@@ -133,7 +133,7 @@ def soft_shrink(
     shrink: float = 0.95,
     prunable: Selector = None,
 ) -> Any:
-    """One ISS-P shrinkage: in every prunable leaf, the smallest-|w| entries times ``shrink``.
+    """One ISS-P shrinkage: in every prunable leaf, the smallest-``|w|`` entries times ``shrink``.
 
     Per leaf of ``n`` entries, the ``min(ceil(ratio * n), floor(0.995 * n))`` entries of
     smallest magnitude are shrunk (NaN counts as smallest; ties toward the lower flat index);

@@ -368,7 +368,7 @@ def lrp_relevance(
     Args:
       params: parameter pytree (dict or Flax ``nnx.State``) holding ``{name}/kernel`` and
         optionally ``{name}/bias`` for every conv / dense layer of the plan.
-      plan: the network as ``LRPLayer``s, ending with the dense classifier.
+      plan: the network as ``LRPLayer`` objects, ending with the dense classifier.
       x: a batch of inputs [B, ...] (NHWC images for a conv plan).
       labels: true labels, integer [B] in ``[0, num_classes)``.
       eps: z+ stabiliser > 0 (the published code's 1e-9 by default).

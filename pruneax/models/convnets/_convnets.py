@@ -127,15 +127,15 @@ class ConvNet(nnx.Module):
 
     Weight counts on CIFAR-10 (32x32x3, ``param_count(model, kernels_only=True)``):
 
-    ======  =========  =========  =========  ========================
-    variant conv       dense      total      LTH paper, Figure 2
-    ======  =========  =========  =========  ========================
-    conv2   38,592     4,262,400  4,300,992  38K conv, 4.3M total
-    conv4   259,776    2,165,248  2,425,024  260K conv, 2.4M total
-    conv6   1,144,512  1,116,672  2,261,184  1.1M conv, 1.7M total (*)
-    ======  =========  =========  =========  ========================
+    =======  =========  =========  =========  ===========================
+    variant  conv       dense      total      LTH paper, Figure 2
+    =======  =========  =========  =========  ===========================
+    conv2    38,592     4,262,400  4,300,992  38K conv, 4.3M total
+    conv4    259,776    2,165,248  2,425,024  260K conv, 2.4M total
+    conv6    1,144,512  1,116,672  2,261,184  1.1M conv, 1.7M total (a)
+    =======  =========  =========  =========  ===========================
 
-    (*) The architecture as the paper specifies it (and as the LTH and Zhou et al. 2019 code
+    (a) The architecture as the paper specifies it (and as the LTH and Zhou et al. 2019 code
     builds it: three pools take 32x32 to 4x4x256 = 4,096 features into FC 256) has 2.26M
     weights; the 1.7M printed in Figure 2 does not follow from it. Biases add 128 / 384 / 896
     (conv) + 522 (dense): ``param_count`` gives 4,301,642 / 2,425,930 / 2,262,602.
@@ -159,7 +159,7 @@ class ConvNet(nnx.Module):
     Raises:
       ValueError: at construction for an unknown variant, an input too small for the pools,
         or ``widths`` / ``hidden`` that are not positive ints (``widths`` of the wrong length);
-        at call time if ``x`` is not [B, *input_shape].
+        at call time if ``x`` is not ``[B, *input_shape]``.
 
     References: Frankle & Carbin, "The Lottery Ticket Hypothesis", ICLR 2019, Figure 2 (after
       Simonyan & Zisserman's VGG); Zhou et al., "Deconstructing Lottery Tickets", NeurIPS 2019.

@@ -246,3 +246,11 @@ def test_quick_graph_benchmark(tmp_path):
     for r in result["runner"]:
         assert r["max_abs_diff_runner"] < 1e-5  # nothing removed: the original function
         assert r["flops_ratio_half"] > 2 and r["speedup_half"] > 0 < r["speedup_minus1"]
+
+
+def test_checkpoint_benchmark_quick(tmp_path):
+    from benchmarks import checkpoints as cb
+
+    (row,) = cb.main(["--quick", "--out", str(tmp_path / "checkpoints.md")])
+    assert row["state_MB"] > 0 and row["async to disk"] >= row["async"] > 0
+    assert "| state MB |" in (tmp_path / "checkpoints.md").read_text()

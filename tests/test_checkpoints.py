@@ -28,6 +28,7 @@ def _two_steps(directory: pathlib.Path) -> lab.Checkpoints:
     ckpt = lab.Checkpoints(directory, max_to_keep=3)
     ckpt.save(1, {"w": jnp.full(3, 1.0)}, {"rows": [1]})
     ckpt.save(2, {"w": jnp.full(3, 2.0)}, {"rows": [1, 2]})
+    ckpt.wait()  # the saves are asynchronous; the tests below edit their files
     return ckpt
 
 
@@ -203,7 +204,7 @@ def test_leaves_are_stored_under_their_parameter_names(tmp_path):
 
 def test_a_fresh_model_restores_by_name(tmp_path):
     ckpt = lab.Checkpoints(tmp_path / "c")
-    ckpt.save(5, _model_state(0), {"loss": 1.0})
+    ckpt.save(5, _model_state(0), {"loss": 1.0}, wait=True)  # another object reads it
     step, (params, _), meta = lab.Checkpoints(tmp_path / "c").latest(_model_state(1))
     want, _ = _model_state(0)
     assert step == 5 and meta == {"loss": 1.0}
@@ -248,3 +249,38 @@ def test_leaves_whose_names_collide_are_refused(tmp_path):
     """Dots become underscores (orbax joins names with dots): "a.b" and "a_b" would collide."""
     with pytest.raises(ValueError, match="two leaves are named a_b"):
         lab.Checkpoints(tmp_path / "c").save(1, {"a.b": jnp.ones(1), "a_b": jnp.ones(1)}, {})
+
+
+def test_async_saves_are_complete_when_read_and_a_cut_write_is_ignored(tmp_path):
+    """Saves return before the write ends (orbax's async mode); ``latest`` and ``wait`` see
+    every one complete. A write cut short by a kill (orbax's tmp folder, here a garbage one)
+    never counts and is removed at the next start."""
+    state = {"w": jnp.arange(2_000_000, dtype=jnp.float32), "b": jnp.ones(3)}
+    ckpt = lab.Checkpoints(tmp_path / "ckpt", max_to_keep=3)
+    for step in (1, 2, 3):
+        ckpt.save(step, jax.tree.map(lambda v, s=step: v * s, state), {"step": step})
+    step, got, meta = ckpt.latest(state)  # waits for the write in flight
+    assert step == 3 and meta == {"step": 3}
+    np.testing.assert_array_equal(np.asarray(got["w"]), np.asarray(state["w"]) * 3)
+    ckpt.save(4, state, {"step": 4}, wait=True)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == [
+        "2", "3", "4",
+    ]  # fmt: skip
+    cut = tmp_path / "ckpt" / "5.orbax-checkpoint-tmp-1700000000000000"
+    (cut / "state").mkdir(parents=True)
+    (cut / "state" / "garbage").write_bytes(b"\0" * 10)
+    ckpt.manager.close()
+    again = lab.Checkpoints(tmp_path / "ckpt")
+    assert again.latest(state)[0] == 4
+    assert not cut.exists()
+
+
+def test_a_save_in_flight_at_exit_is_finished(tmp_path):
+    script = (
+        "import sys, jax.numpy as jnp\nfrom pruneax import lab\n"
+        "lab.Checkpoints(sys.argv[1]).save(7, {'w': jnp.arange(4_000_000.0)}, {'k': 1})\n"
+    )  # returns before the write ends; the interpreter exits right after
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "c")], check=True, env=env)
+    step, tree, meta = lab.Checkpoints(tmp_path / "c").latest({"w": jnp.zeros(4_000_000)})
+    assert step == 7 and meta == {"k": 1} and float(tree["w"][-1]) == 3_999_999.0

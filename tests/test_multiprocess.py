@@ -57,6 +57,7 @@ WORKER = textwrap.dedent(
             save(self, step, *a, **k)
             import jax
             if step == kill_at and jax.process_index() == 1:
+                self.wait()  # saves are asynchronous: die once this one is on disk
                 print("killing process 1 after step", step, flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
         lab.Checkpoints.save = save_then_die

@@ -347,7 +347,7 @@ class Runner:
                     flush=True,
                 )
             if ckpt is not None and (done % cfg.ckpt_every == 0 or done == steps):
-                ckpt.save(done, (params, opt_state), {"losses": losses})
+                ckpt.save(done, (params, opt_state), {"losses": losses}, wait=done == steps)
         return params, losses
 
     def throughput(self, params, x, plan) -> float:

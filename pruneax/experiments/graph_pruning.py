@@ -276,7 +276,7 @@ def train(cfg, data, tag, params, loss_fn, tx, steps, ckpt_dir, *, with_stats=Fa
             print(f"  [{tag}] step {done:6d}/{steps}  loss {mean:.4f}  ({rate:.1f} steps/s)")
             window = []
         if done % cfg.ckpt_every == 0 or done == steps:
-            ckpt.save(done, (params, opt_state), {})
+            ckpt.save(done, (params, opt_state), {}, wait=done == steps)
     return params
 
 

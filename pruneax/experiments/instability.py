@@ -169,7 +169,7 @@ def run(
             state[f"final_{k}_{c}"], state[f"final_rest_{k}_{c}"] = params, rest
             runs.append({"spawn": k, "copy": c, "final_test_acc": curve[-1][3]})
         state = common.state_to_numpy(state)
-        ckpt.save(j, state, {"setup": setup, "runs": runs}, flat=False)
+        ckpt.save(j, state, {"setup": setup, "runs": runs}, flat=False, wait=True)
 
     interp = Interpolator(trainer, data, bn_batches)
     pairs = []

@@ -546,7 +546,9 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             )
             state["next_masks"] = _masks_to_dict(next_masks)
         meta = {"config": lab.config_json(cfg), "results": results}
-        ckpt.save(j, common.state_to_numpy(state), meta, flat=False)  # its keys change between jobs
+        ckpt.save(
+            j, common.state_to_numpy(state), meta, flat=False, wait=True
+        )  # its keys change between jobs
         if cfg.rounds > 3:  # long runs: results so far are readable while it goes on
             _write_outputs(cfg, workdir, results, partial=True)
     return _write_outputs(cfg, workdir, results)

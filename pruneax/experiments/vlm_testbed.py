@@ -273,7 +273,7 @@ def train_tower(cfg: Config, vcfg: ViTConfig, arrays, ckpt: lab.Checkpoints) -> 
                 flush=True,
             )
         if done % (cfg.ckpt_every * 4) == 0 or done == steps:
-            ckpt.save(done, (params, opt_state), {})
+            ckpt.save(done, (params, opt_state), {}, wait=done == steps)
     return nnx.merge(graphdef, params, rest).vit
 
 
@@ -378,7 +378,7 @@ class Job:
                     flush=True,
                 )
             if done % cfg.ckpt_every == 0 or done == cfg.iterations:
-                ckpt.save(done, (proj, opt_state), {"losses": losses})
+                ckpt.save(done, (proj, opt_state), {"losses": losses}, wait=done == cfg.iterations)
         return proj, losses
 
     # -- evaluation

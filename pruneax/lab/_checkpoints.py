@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread  # noqa: F401 (its exit hook registers first)
 import dataclasses
 import json
 import os
 import pathlib
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -99,6 +101,22 @@ class Progress(dict):
         run only JAX process 0 writes (every process holds the same results)."""
         if jax.process_index() == 0:
             write_json(self.path, dict(self))
+
+
+# Checkpoints with a save in flight, held until it is on disk: a save still being written when
+# the interpreter exits is finished first, even when its Checkpoints object is gone. It must
+# run before concurrent.futures stops its thread pools at shutdown (orbax writes through them),
+# so it is registered with threading's exit hooks, which run last-registered first and before
+# ``atexit``'s; ``atexit`` where that hook does not exist.
+_IN_FLIGHT: set = set()
+
+
+def _finish_in_flight() -> None:
+    for ckpt in list(_IN_FLIGHT):
+        ckpt.wait()
+
+
+getattr(threading, "_register_atexit", atexit.register)(_finish_in_flight)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -232,7 +250,14 @@ class Checkpoints:
         lock_directory(self.directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep),
+            # async (orbax's default): save returns once the arrays are copied to host memory
+            # and writes in a background thread; a write cut short by a kill leaves a tmp
+            # folder, removed at the next start
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                enable_async_checkpointing=True,
+                cleanup_tmp_directories=True,
+            ),
             item_handlers={  # known up front, so a fresh process can read item metadata
                 "state": ocp.StandardCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler(),
@@ -265,6 +290,7 @@ class Checkpoints:
           ValueError: if no retained checkpoint restores (e.g. they hold a different set of
             leaves than ``like``: "checkpoint does not match the model"), naming each.
         """
+        self.wait()  # a save of this process still being written
         errors = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
@@ -322,8 +348,20 @@ class Checkpoints:
             src.rename(dst)
         self.manager.reload()
 
-    def save(self, step: int, state: Any, meta: dict[str, Any], *, flat: bool = True) -> None:
-        """Saves ``state`` and ``meta`` at ``step`` and waits until they are on disk.
+    def wait(self) -> None:
+        """Blocks until every save of this object is on disk (finalised)."""
+        self.manager.wait_until_finished()
+        _IN_FLIGHT.discard(self)
+
+    def save(
+        self, step: int, state: Any, meta: dict[str, Any], *, flat: bool = True, wait: bool = False
+    ) -> None:
+        """Saves ``state`` and ``meta`` at ``step``, asynchronously unless ``wait``.
+
+        The call returns once the arrays are copied off the device; the files are written in
+        the background and a checkpoint only counts (``latest`` sees it) once finalised, so a
+        kill mid-write loses that step, never an older one. The next ``save``, ``latest`` and
+        ``wait`` wait for a write in flight; pass ``wait=True`` for the last save of a run.
 
         Args:
           step: the step number (the newest restores first).
@@ -332,6 +370,7 @@ class Checkpoints:
           flat: store the leaves under their path names (restore with ``latest(like)``);
             False stores the tree itself, which must then be nested dicts (restore with
             ``latest()``).
+          wait: block until this checkpoint is on disk.
 
         Raises:
           ValueError: if two leaves of ``state`` get the same name (keys that differ only by
@@ -347,4 +386,6 @@ class Checkpoints:
                 meta=self.ocp.args.JsonSave(meta),
             ),
         )
-        self.manager.wait_until_finished()
+        _IN_FLIGHT.add(self)
+        if wait:
+            self.wait()

@@ -1,10 +1,10 @@
 """Every field of every preset is settable from the command line (issue 20 item 3).
 
-Each experiment built on the shared parser (all but ``instability``, ``token_demo`` and
-``reproduce``, whose flags are not a preset's fields) gets a ``--<field>`` flag per field of
-its preset dataclass; ``--help`` lists them with the presets' values. Checked by round trip
-from another preset (every field of preset P given as flags yields P), and one changed value
-changes exactly that field.
+Each experiment built on the shared parser (all but ``reproduce``, which runs the others at
+their presets and has no preset of its own) gets a ``--<field>`` flag per field of its preset
+dataclass (``instability`` those of the lottery ticket's, which it trains); ``--help`` lists
+them with the presets' values. Checked by round trip from another preset (every field of
+preset P given as flags yields P), and one changed value changes exactly that field.
 """
 
 from __future__ import annotations
@@ -101,3 +101,37 @@ def test_bad_flag_values_are_refused_by_the_parser(monkeypatch, tmp_path, capsys
         with pytest.raises(SystemExit):
             module.main(["--workdir", str(tmp_path), *argv])
     assert "not JSON" in capsys.readouterr().err
+
+
+class _Got(Exception):
+    """Carries the config an experiment would run out of its main()."""
+
+
+def _flags_for(cfg, base_cfg, workdir) -> tuple[list[str], object]:
+    hints = typing.get_type_hints(type(cfg))
+    argv, want = ["--workdir", str(workdir)], base_cfg
+    for f in dataclasses.fields(cfg):
+        words = _as_flags(f.name, getattr(cfg, f.name), hints[f.name])
+        if words is not None:
+            argv += words
+            want = dataclasses.replace(want, **{f.name: getattr(cfg, f.name)})
+    return argv, want
+
+
+def test_token_demo_and_instability_take_every_field(monkeypatch, tmp_path):
+    from pruneax.experiments import instability, lottery_ticket, token_demo
+
+    demo = token_demo.PRESETS
+    argv, want = _flags_for(demo["tiny"], demo["default"], tmp_path)
+    assert token_demo.parse_args([*argv, "--preset", "default"]) == (want, str(tmp_path))
+    assert want != demo["default"]
+
+    def capture(cfg, *args, **kwargs):
+        raise _Got(cfg)
+
+    monkeypatch.setattr(instability, "run", capture)
+    lt = lottery_ticket.PRESETS
+    argv, want = _flags_for(lt["cpu_rewind_resnet"], lt["tiny"], tmp_path)
+    with pytest.raises(_Got) as got:
+        instability.main([*argv, "--preset", "tiny", "--spawn", "0", "5"])
+    assert got.value.args[0] == want and want != lt["tiny"]

@@ -29,7 +29,6 @@ row per pair) and ``instability.png`` (test error along the path, one curve per 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -238,7 +237,8 @@ def _plot(path: pathlib.Path, setup, pairs) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # every field of the lottery ticket's config is a flag too (--iterations, --learning_rate..)
+    parser = common.ConfigParser(lt.PRESETS, description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(lt.PRESETS), default="tiny")
     parser.add_argument("--workdir", required=True, help="results, plot and checkpoints go here")
     parser.add_argument("--data_dir", default=None, help="dataset dir (or PRUNEAX_DATA_DIR)")
@@ -246,11 +246,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--copies", type=int, default=2, help="children per spawn point")
     parser.add_argument("--seed", type=int, default=0, help="the parent's seed")
     parser.add_argument("--points", type=int, default=11, help="interpolation points")
-    parser.add_argument("--iterations", type=int, help="override iterations per run")
     args = parser.parse_args(argv)
-    cfg = lt.PRESETS[args.preset]
-    if args.iterations:
-        cfg = dataclasses.replace(cfg, iterations=args.iterations)
+    cfg = common.replace_given(lt.PRESETS[args.preset], args)
     if cfg.dataset == "digits":
         print("[instability] no data dir: using scikit-learn's bundled digits", flush=True)
     spawn = tuple(args.spawn)

@@ -34,7 +34,6 @@ fraction of kept patches whose mean intensity exceeds ``digit_threshold``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from collections.abc import Callable
@@ -334,15 +333,13 @@ def run(config: Config, workdir: str | Path) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Config, str]:
-    """Command line -> ``(config, workdir)``: a preset, then the flags given override it."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Command line -> ``(config, workdir)``: a preset, then the flags given override it (every
+    field of ``Config`` is a flag: ``--keep 0.5 --patch 8``)."""
+    parser = common.ConfigParser(PRESETS, description=__doc__.splitlines()[0])  # flag per field
     parser.add_argument("--workdir", required=True, help="output directory")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    parser.add_argument("--num_images", type=int, help="override the preset's image count")
-    parser.add_argument("--keep", type=float, help="override the keep ratio, in (0, 1]")
     args = parser.parse_args(argv)
-    given = {f: getattr(args, f) for f in ("num_images", "keep") if getattr(args, f) is not None}
-    return dataclasses.replace(PRESETS[args.preset], **given), args.workdir
+    return common.replace_given(PRESETS[args.preset], args), args.workdir
 
 
 # ------------------------------------------------------------------------- claims

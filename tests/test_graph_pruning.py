@@ -9,6 +9,7 @@ import pytest
 
 from pruneax import graph as G
 from pruneax.experiments import graph_pruning as gp
+from tests._tensorboard import scalars as tensorboard_scalars
 
 CFG = dataclasses.replace(
     gp.PRESETS["tiny"],
@@ -31,6 +32,22 @@ CFG = dataclasses.replace(
 def result(tmp_path_factory):  # trains and prunes for ~1.5 minutes: used by slow tests only
     workdir = tmp_path_factory.mktemp("gp")
     return workdir, gp.run(CFG, workdir)
+
+
+@pytest.mark.slow
+def test_tensorboard_curves_equal_the_results(result):
+    """Every training loop's loss curve and the accuracy-vs-FLOPs points are in
+    <workdir>/tensorboard, the points equal to results.json."""
+    workdir, r = result
+    scalars = tensorboard_scalars(workdir / "tensorboard")
+    for tag in ("dense", "ft-global_l2@0.5", "reg-masksparsity@0.5", "iss_p@w0.9", "iht@w0.9"):
+        assert scalars[f"{tag}/loss"], tag
+    assert [s for s, _ in scalars["dense/loss"]] == [20, 30]  # log_every 20 and the last step
+    for name, row in r["jobs"].items():
+        if "flops_ratio" in row and "@w" not in name:
+            points = dict(scalars[f"eval/{row['method']}/accuracy_vs_flops_permille"])
+            got = points[round(1000 * row["flops_ratio"])]
+            assert got == pytest.approx(row["accuracy"], rel=1e-6), name
 
 
 @pytest.mark.slow

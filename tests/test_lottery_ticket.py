@@ -12,6 +12,7 @@ import pytest
 
 from pruneax.experiments import lottery_ticket as lt
 from tests._resume import kill_after_first_checkpoint
+from tests._tensorboard import scalars as tensorboard_scalars
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--preset", "tiny", "--rounds", "2", "--iterations", "100"]
@@ -53,6 +54,21 @@ def test_outputs_and_structure(reference):
         assert r["early_stop_iteration"] in {c[0] for c in r["curve"]}
     header = (workdir / "results.csv").read_text().splitlines()[0]
     assert "early_stop_test_acc" in header and "remaining" in header
+
+
+def test_tensorboard_curves_equal_the_results(reference):
+    """Each job's validation curve (by iteration) and its test accuracies (by round) are in
+    <workdir>/tensorboard with the numbers of results.json."""
+    workdir, out = reference
+    scalars = tensorboard_scalars(workdir / "tensorboard")
+    assert out["results"]
+    for row in out["results"]:
+        run = f"seed{row['seed']}/{row['kind']}"
+        curve = scalars[f"{run}_r{row['round']}/val_acc"]
+        assert [s for s, _ in curve] == [c[0] for c in row["curve"]]
+        np.testing.assert_allclose([v for _, v in curve], [c[2] for c in row["curve"]], rtol=1e-6)
+        final = dict(scalars[f"{run}/final_test_acc_by_round"])
+        assert final[row["round"]] == pytest.approx(row["final_test_acc"], rel=1e-6)
 
 
 def test_killed_run_resumes_with_identical_results(reference, tmp_path):

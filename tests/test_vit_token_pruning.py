@@ -13,6 +13,7 @@ from pruneax import models
 from pruneax.experiments import vit_token_pruning as vtp
 from pruneax.models.vit import vit_flops
 from tests._resume import kill_after_first_checkpoint
+from tests._tensorboard import scalars as tensorboard_scalars
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--preset", "tiny"]
@@ -201,30 +202,11 @@ def test_pretrained_preset_loads_a_lucidrains_checkpoint(tmp_path):
                 str(tmp_path))  # fmt: skip
 
 
-def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value)]} read from TensorBoard event files (TFRecord framing: 8-byte
-    length, 4-byte CRC, the Event proto, 4-byte CRC)."""
-    import struct
-
-    event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
-    out: dict[str, list[tuple[int, float]]] = {}
-    for f in sorted(folder.glob("events.out.tfevents.*")):
-        data, i = f.read_bytes(), 0
-        while i < len(data):
-            (n,) = struct.unpack("<Q", data[i : i + 8])
-            event = event_pb2.Event()
-            event.ParseFromString(data[i + 12 : i + 12 + n])
-            i += 12 + n + 4
-            for v in event.summary.value:
-                out.setdefault(v.tag, []).append((event.step, v.simple_value))
-    return out
-
-
 def test_tensorboard_curves_equal_the_results(reference):
     """lab.MetricWriter: the training loss curve and the accuracy-vs-keep curves in
     <workdir>/tensorboard hold the numbers of results.json."""
     workdir, out = reference
-    scalars = _tensorboard_scalars(workdir / "tensorboard")
+    scalars = tensorboard_scalars(workdir / "tensorboard")
     got = scalars["train/loss"]
     assert [s for s, _ in got] == [s for s, _ in out["train_losses"]]
     np.testing.assert_allclose([v for _, v in got], [v for _, v in out["train_losses"]], rtol=1e-6)

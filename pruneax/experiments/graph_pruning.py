@@ -237,9 +237,10 @@ def _batches(cfg: Config, data, tag: str, step: int):
     return data["x_train"][idx], data["y_train"][idx]
 
 
-def train(cfg, data, tag, params, loss_fn, tx, steps, ckpt_dir, *, with_stats=False):
+def train(cfg, data, tag, params, loss_fn, tx, steps, ckpt_dir, *, with_stats=False, metrics=None):
     """SGD for ``steps`` steps from ``params`` (resumed from ``ckpt_dir``); ``loss_fn(p, x, y)``
-    returns ``(loss, new_stats)`` when ``with_stats`` (training-mode batch norm)."""
+    returns ``(loss, new_stats)`` when ``with_stats`` (training-mode batch norm). The loss
+    curve goes to ``metrics`` (a ``lab.MetricWriter``) under ``<tag>/loss``."""
     ckpt = lab.Checkpoints(ckpt_dir)
     opt_state = tx.init(params)
     start = 0
@@ -274,6 +275,8 @@ def train(cfg, data, tag, params, loss_fn, tx, steps, ckpt_dir, *, with_stats=Fa
             rate = (done - start) / (time.perf_counter() - t0)
             mean = float(jnp.mean(jnp.stack(window)))
             print(f"  [{tag}] step {done:6d}/{steps}  loss {mean:.4f}  ({rate:.1f} steps/s)")
+            if metrics is not None:
+                metrics.scalar(f"{tag}/loss", mean, done)
             window = []
         if done % cfg.ckpt_every == 0 or done == steps:
             ckpt.save(done, (params, opt_state), {}, wait=done == steps)
@@ -343,7 +346,7 @@ def bn_masks(g, params, keep):
     return W.bn_prune_masks(kept, 0.5)
 
 
-def regularise(cfg, data, dense: Dense, params, g, keep, tag, ckpt_dir):
+def regularise(cfg, data, dense: Dense, params, g, keep, tag, ckpt_dir, metrics=None):
     """MaskSparsity's step 4: training with s * sign(gamma) on the scales of removed channels;
     returns the parameters and the mean |gamma| of those scales before and after."""
     masks = bn_masks(g, params, keep)
@@ -365,12 +368,12 @@ def regularise(cfg, data, dense: Dense, params, g, keep, tag, ckpt_dir):
     sgd = _sgd(cfg, cfg.sparsity_lr, cfg.sparsity_iterations, params)
     tx = optax.chain(W.mask_sparsity(cfg.sparsity_s, masks), sgd)
     out = train(cfg, data, tag, params, loss, tx, cfg.sparsity_iterations, ckpt_dir,
-                with_stats=True)  # fmt: skip
+                with_stats=True, metrics=metrics)  # fmt: skip
     out = jax.tree.map(np.asarray, out)
     return out, {"gamma_before": gamma(params), "gamma_after": gamma(out)}
 
 
-def unstructured(cfg, data, dense: Dense, loss, method: str, sparsity: float, ckpt_dir):
+def unstructured(cfg, data, dense: Dense, loss, method, sparsity, ckpt_dir, metrics=None):
     """ISS-P (shrink 0.95) or IHT (shrink 0) from scratch with the dense schedule."""
     params = dense.state0
     inner = _sgd(cfg, cfg.learning_rate, cfg.iterations, params)
@@ -381,7 +384,9 @@ def unstructured(cfg, data, dense: Dense, loss, method: str, sparsity: float, ck
         soft_steps=int(cfg.soft_fraction * cfg.iterations),
     )
     tag = f"{method}@w{sparsity}"
-    out = train(cfg, data, tag, params, loss, tx, cfg.iterations, ckpt_dir, with_stats=True)
+    out = train(
+        cfg, data, tag, params, loss, tx, cfg.iterations, ckpt_dir, with_stats=True, metrics=metrics
+    )
     out = jax.tree.map(np.asarray, out)
     names = W.prunable_names(out)
     kernels = [
@@ -427,6 +432,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     dense = Dense(_model(cfg, classes, data["x_train"].shape[-1]))
     params = dense.state0
     ckdir = workdir / "checkpoints"
+    metrics = lab.MetricWriter(workdir)  # <workdir>/tensorboard, process 0
 
     def dense_loss(p, x, y):
         logits, stats = dense.train_logits(p, x)
@@ -434,7 +440,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
 
     tx = _sgd(cfg, cfg.learning_rate, cfg.iterations, params)
     params = train(cfg, data, "dense", params, dense_loss, tx, cfg.iterations, ckdir / "dense",
-                   with_stats=True)  # fmt: skip
+                   with_stats=True, metrics=metrics)  # fmt: skip
     params = jax.tree.map(np.asarray, params)
     x_eval = jnp.asarray(data["x_train"][: cfg.throughput_batch])
     g = G.trace(dense.infer, params, x_eval)
@@ -467,7 +473,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             start, extra = params, {}
             if method == "masksparsity":
                 start, extra = regularise(cfg, data, dense, params, g, keep, f"reg-{name}",
-                                          ckdir / f"reg-{name}")  # fmt: skip
+                                          ckdir / f"reg-{name}", metrics)  # fmt: skip
             small, pruned = G.prune(g, start, keep)
             before = accuracy(pruned, small, data, cfg.eval_batch)
             tx = _sgd(cfg, cfg.finetune_lr, cfg.finetune_iterations, small)
@@ -478,7 +484,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
                 return _ce(logits, y), stats
 
             tuned = train(cfg, data, f"ft-{name}", small, ft_loss, tx, cfg.finetune_iterations,
-                          ckdir / f"ft-{name}", with_stats=True)  # fmt: skip
+                          ckdir / f"ft-{name}", with_stats=True, metrics=metrics)  # fmt: skip
             row = {
                 "method": method,
                 "amount": amount,
@@ -491,6 +497,8 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
                 **speedup(cfg, dense, params, pruned, tuned, x_eval),
             }
             row["flops_ratio"] = row["flops"] / progress["dense"]["flops"]
+            permille = round(1000 * row["flops_ratio"])  # the curve's x: FLOPs kept, per mille
+            metrics.scalar(f"eval/{method}/accuracy_vs_flops_permille", row["accuracy"], permille)
             progress["jobs"][name] = row
             progress.save()
             print(f"[graph_pruning] {name}: {_fmt(row)}", flush=True)
@@ -498,7 +506,9 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         for sparsity in cfg.weight_sparsities:
             name = f"{method}@w{sparsity}"
             if name not in progress["jobs"]:
-                row = unstructured(cfg, data, dense, dense_loss, method, sparsity, ckdir / name)
+                row = unstructured(
+                    cfg, data, dense, dense_loss, method, sparsity, ckdir / name, metrics
+                )
                 row["params"] = progress["dense"]["params"] - row.pop("zeros")
                 progress["jobs"][name] = row
                 progress.save()
@@ -510,6 +520,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         "jobs": progress["jobs"],
         "graph": g.summary(),
     }
+    metrics.close()
     write_outputs(workdir, result)
     return result
 

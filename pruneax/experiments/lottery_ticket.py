@@ -503,7 +503,8 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         print(f"[lottery_ticket] resuming after job {step + 1}/{len(jobs)}", flush=True)
 
     trainer = None
-    for j in range(first, len(jobs)):
+    metrics = lab.MetricWriter(workdir)  # <workdir>/tensorboard, process 0
+    for j in lab.progress(range(first, len(jobs)), desc="lottery_ticket jobs"):
         seed, kind, r = jobs[j]
         key = jax.random.fold_in(jax.random.key(seed), j)
         model = make_model(cfg, input_shape, jax.random.key(seed))
@@ -533,6 +534,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             params, rest, masks, data, key, start, capture=capture, label=label
         )
         results.append({"seed": seed, "kind": kind, "round": r, **_summary(curve, report)})
+        _log_curves(metrics, results[-1])
         if kind == "imp":
             if cfg.rewind_iteration in captured:
                 state["theta_k"], state["rest_k"] = captured[cfg.rewind_iteration]
@@ -551,7 +553,19 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         )  # its keys change between jobs
         if cfg.rounds > 3:  # long runs: results so far are readable while it goes on
             _write_outputs(cfg, workdir, results, partial=True)
+    metrics.close()
     return _write_outputs(cfg, workdir, results)
+
+
+def _log_curves(metrics: lab.MetricWriter, row: dict[str, Any]) -> None:
+    """One job's validation curve (by iteration) and its test accuracies (by round) as
+    TensorBoard scalars."""
+    run = f"seed{row['seed']}/{row['kind']}"
+    for it, val_loss, val_acc, _ in row["curve"]:
+        metrics.scalar(f"{run}_r{row['round']}/val_loss", val_loss, it)
+        metrics.scalar(f"{run}_r{row['round']}/val_acc", val_acc, it)
+    for name in ("final_test_acc", "early_stop_test_acc"):
+        metrics.scalar(f"{run}/{name}_by_round", row[name], row["round"])
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -617,7 +617,8 @@ class Job:
                     flush=True,
                 )
             if done % cfg.ckpt_every == 0 or done == cfg.iterations:
-                ckpt.save(done, (params, opt_state), {"losses": losses})
+                last = done == cfg.iterations
+                ckpt.save(done, (params, opt_state), {"losses": losses}, wait=last)
         return params, losses
 
     # -- inference

@@ -149,7 +149,7 @@ def run(
         print(f"[instability] resuming after run {step + 1}/{len(jobs)}", flush=True)
     masks = W.layerwise_masks(W.magnitude_scores(theta0), 0.0)  # dense: nothing pruned
     base = jax.random.key(seed)
-    for j in range(first, len(jobs)):
+    for j in lab.progress(range(first, len(jobs)), desc="instability runs"):
         kind, k, c = jobs[j]
         label = f"{kind} from 0 to {k}" if kind == "parent" else f"child {c} from {k}"
         print(f"[instability] run {j + 1}/{len(jobs)}: {label}", flush=True)

@@ -301,7 +301,7 @@ def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
     print(f"{TAG} {model_info['name']}; {len(windows)} evaluation windows of {cfg.seq_len}",
           flush=True)  # fmt: skip
     todo = settings(cfg)
-    for j, (name, method, sparsity, seed) in enumerate(todo):
+    for j, (name, method, sparsity, seed) in lab.progress(list(enumerate(todo)), desc="jobs"):
         if name in evals:
             continue
         entry: dict[str, Any] = {"method": method, "sparsity_target": sparsity, "seed": seed}

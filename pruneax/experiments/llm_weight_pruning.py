@@ -311,7 +311,7 @@ def perplexity(model: models.LlamaLM, windows: np.ndarray, batch: int) -> float:
     (the last call padded with zero-weight windows, so one compiled shape serves all)."""
     graphdef, state = nnx.split(model)
     total = 0.0
-    for i in range(0, len(windows), batch):
+    for i in lab.progress(range(0, len(windows), batch), desc="perplexity"):
         ids = windows[i : i + batch]
         weight = np.ones(batch, np.float32)
         if len(ids) < batch:
@@ -389,7 +389,7 @@ def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
         flush=True,
     )
     todo = settings(cfg)
-    for j, (name, method, pattern, seed) in enumerate(todo):
+    for j, (name, method, pattern, seed) in lab.progress(list(enumerate(todo)), desc="settings"):
         if name in evals:
             continue
         entry: dict[str, Any] = {"method": method, "pattern": pattern, "seed": seed}

@@ -4,7 +4,8 @@ the repository's own gets exactly the minimum versions pyproject.toml declares f
 docstring examples of ``pruneax.tokens``, ``pruneax.weights`` and ``pruneax.ops`` with them.
 
 It installs from the package index (about 200 MB, mostly jaxlib; pip's cache makes repeats
-fast) and takes about 3 minutes on a 2-core CPU.
+fast) and takes about 3.5 minutes on a 2-core CPU: in the slow selection
+(``python -m pytest -m slow tests/test_min_versions.py``), to keep the default suite's time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import re
 import subprocess
 import tomllib
 import venv
+
+import pytest
+
+pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CORE_TESTS = ["tests/test_oracle_parity.py", "pruneax/tokens", "pruneax/weights", "pruneax/ops"]

@@ -111,9 +111,11 @@ class Progress(dict):
 _IN_FLIGHT: set = set()
 
 
-def _finish_in_flight() -> None:
+def _finish_in_flight(directory: pathlib.Path | None = None) -> None:
+    """Waits for the saves in flight (to ``directory`` only, when given)."""
     for ckpt in list(_IN_FLIGHT):
-        ckpt.wait()
+        if directory is None or ckpt.directory == directory:
+            ckpt.wait()
 
 
 getattr(threading, "_register_atexit", atexit.register)(_finish_in_flight)
@@ -248,6 +250,9 @@ class Checkpoints:
         self.ocp = ocp
         self.directory = pathlib.Path(directory).resolve()
         lock_directory(self.directory)
+        # another object's save to this directory must land before the manager below starts
+        # (it would delete that save's tmp folder as a write cut short)
+        _finish_in_flight(self.directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             # async (orbax's default): save returns once the arrays are copied to host memory
@@ -290,7 +295,7 @@ class Checkpoints:
           ValueError: if no retained checkpoint restores (e.g. they hold a different set of
             leaves than ``like``: "checkpoint does not match the model"), naming each.
         """
-        self.wait()  # a save of this process still being written
+        _finish_in_flight(self.directory)  # by this object or another of this process
         errors = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:

@@ -10,18 +10,16 @@ fast) and takes about 3.5 minutes on a 2-core CPU: in the slow selection
 
 from __future__ import annotations
 
-import os
-import pathlib
 import re
-import subprocess
 import tomllib
 import venv
 
 import pytest
 
+from tests._wheel import ROOT, run
+
 pytestmark = pytest.mark.slow
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 CORE_TESTS = ["tests/test_oracle_parity.py", "pruneax/tokens", "pruneax/weights", "pruneax/ops"]
 
 
@@ -35,14 +33,6 @@ def _minimum_pins() -> dict[str, str]:
     return pins
 
 
-def _run(cmd: list[str], timeout: int = 1200) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["JAX_PLATFORMS"] = "cpu"
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, f"{cmd}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out.stdout
-
-
 def test_core_runs_on_its_declared_minimum_versions(tmp_path):
     pins = _minimum_pins()
     assert set(pins) == {"jax", "optax", "numpy"}
@@ -50,10 +40,10 @@ def test_core_runs_on_its_declared_minimum_versions(tmp_path):
     venv.create(env_dir, with_pip=True)
     py = str(env_dir / "bin" / "python")
     exact = [f"{name}=={version}" for name, version in pins.items()]
-    _run([py, "-m", "pip", "install", "-q", *exact, "pytest>=8", "hypothesis>=6.100"])
-    listed = _run([py, "-m", "pip", "list", "--format=freeze"]).lower()
+    run([py, "-m", "pip", "install", "-q", *exact, "pytest>=8", "hypothesis>=6.100"], ROOT)
+    listed = run([py, "-m", "pip", "list", "--format=freeze"], ROOT).lower()
     for name, version in pins.items():  # pip normalises "2.0" to "2.0.0"
         assert re.search(rf"^{name}=={re.escape(version)}(\.0)*$", listed, re.M), (name, listed)
     assert "flax==" not in listed
-    out = _run([py, "-m", "pytest", "-p", "no:cacheprovider", "-q", *CORE_TESTS])
+    out = run([py, "-m", "pytest", "-p", "no:cacheprovider", "-q", *CORE_TESTS], ROOT)
     assert re.search(r"\d+ passed", out) and "failed" not in out, out[-2000:]

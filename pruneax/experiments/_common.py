@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import re
 import time
 import zlib
 from collections.abc import Callable
@@ -339,7 +338,7 @@ class Runner:
                 mean = float(jnp.mean(jnp.stack(window)))
                 losses.append((done, mean))
                 if self.metrics is not None:
-                    self.metrics.scalar(re.sub(r"[^\w/.-]", "_", f"{tag}/loss"), mean, done)
+                    self.metrics.scalar(f"{tag}/loss", mean, done)
                 window = []
                 rate = (done - start) / (time.perf_counter() - t0)
                 print(

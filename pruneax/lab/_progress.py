@@ -9,6 +9,7 @@ missing tensorboardX, or another process, gives a writer that records nothing.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -78,9 +79,10 @@ class MetricWriter:
         return self._writer is not None
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        """Records ``value`` under ``tag`` (e.g. ``"train/loss"``) at ``step``."""
+        """Records ``value`` under ``tag`` (e.g. ``"train/loss"``) at ``step``; characters
+        TensorBoard does not allow in a tag (``@``, spaces, ...) become ``_``."""
         if self._writer is not None:
-            self._writer.add_scalar(tag, float(value), int(step))
+            self._writer.add_scalar(re.sub(r"[^\w/.-]", "_", tag), float(value), int(step))
 
     def flush(self) -> None:
         """Writes what is buffered to disk."""

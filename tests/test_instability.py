@@ -14,6 +14,7 @@ from flax import nnx
 from pruneax.experiments import instability as ins
 from pruneax.experiments import lottery_ticket as lt
 from tests._resume import kill_after_first_checkpoint
+from tests._tensorboard import scalars as tensorboard_scalars
 
 ARGS = ["--preset", "tiny", "--iterations", "120", "--spawn", "0", "40", "--copies", "3"]
 
@@ -56,6 +57,16 @@ def test_outputs_pairs_and_end_points(reference):
     rows = (workdir / "results.csv").read_text().splitlines()
     assert rows[0].startswith("spawn,copy_a,copy_b,barrier") and len(rows) == 7
     assert [s["spawn"] for s in out["summary"]] == [0, 40]
+    # TensorBoard (lab.MetricWriter): every run's curves, every pair's path, as in results.json
+    scalars = tensorboard_scalars(workdir / "tensorboard")
+    assert scalars["parent_to_40/val_loss"] and scalars["parent_to_40/test_acc"]
+    for (k, c), acc in final.items():
+        assert scalars[f"spawn{k}_copy{c}/test_acc"][-1][1] == pytest.approx(acc)
+    for p in out["pairs"]:
+        c1, c2 = p["copies"]
+        got = scalars[f"spawn{p['spawn']}/copies{c1}_{c2}/test_error_vs_alpha_percent"]
+        assert [s for s, _ in got] == [round(10 * i) for i in range(0, 11)]
+        np.testing.assert_allclose([v for _, v in got], p["errors"], rtol=1e-6)
 
 
 def test_killed_run_resumes_with_identical_results(reference, tmp_path):

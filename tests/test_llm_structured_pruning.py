@@ -14,6 +14,7 @@ from flax import nnx
 from pruneax import lab, models
 from pruneax.experiments import llm_structured_pruning as lsp
 from pruneax.experiments import llm_weight_pruning as lwp
+from tests._tensorboard import scalars as tensorboard_scalars
 
 ARGS = ["--preset", "tiny", "--seeds", "0", "--sparsities", "0.3", "0.5"]
 
@@ -57,6 +58,18 @@ def test_outputs_and_sparsity(reference):
         elif e["method"].startswith("nirvana"):
             assert all(m % 8 == 0 or m == dense.config.intermediate_size for m in e["mlp"])
             assert min(e["kv_heads"]) >= 1
+
+
+def test_tensorboard_holds_every_setting(reference):
+    """lab.MetricWriter: one point per setting, perplexity at its kernel sparsity (permille)."""
+    workdir, out = reference
+    scalars = tensorboard_scalars(workdir / "tensorboard")
+    assert sum(len(v) for v in scalars.values()) == len(out["evals"])
+    for e in out["evals"].values():
+        seed = "" if e["seed"] is None else f"/seed{e['seed']}"
+        tag = f"eval/{e['method']}{seed}/perplexity_vs_kernel_sparsity_permille"
+        point = (round(1000 * e["kernel_sparsity"]), pytest.approx(e["perplexity"]))
+        assert point in scalars[tag]
 
 
 def test_nirvana_setting_equals_a_direct_call(reference):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import jax
 import numpy as np
@@ -14,6 +15,7 @@ from flax import nnx
 
 from pruneax import lab, models
 from pruneax.experiments import llm_weight_pruning as lwp
+from tests._tensorboard import scalars as tensorboard_scalars
 
 SEEDS = (0, 1)
 ARGS = ["--preset", "tiny", "--seeds", *map(str, SEEDS)]
@@ -77,6 +79,24 @@ def test_outputs_sparsity_and_perplexity(reference):
     # seeds draw different calibration windows
     wanda = [ids for kw, _, ids in calls if kw["method"] == "wanda"]
     assert not np.array_equal(wanda[0], wanda[1])
+
+
+def test_tensorboard_holds_every_setting(reference):
+    """lab.MetricWriter: one point per setting, perplexity at its measured sparsity (permille),
+    on the curve of its method, seed and structure."""
+    workdir, out, _ = reference
+    scalars = tensorboard_scalars(workdir / "tensorboard")
+    points = sum(len(v) for v in scalars.values())
+    assert points == len(out["evals"])
+    for e in out["evals"].values():
+        if e["method"] == "dense":
+            assert scalars["eval/dense/perplexity"] == [(0, pytest.approx(e["perplexity"]))]
+            continue
+        structure = "unstructured" if ":" not in e["pattern"] else e["pattern"]
+        seed = "" if e["seed"] is None else f"/seed{e['seed']}"
+        tag = f"eval/{e['method']}{seed}/perplexity_vs_sparsity_permille_{structure}"
+        tag = re.sub(r"[^\w/.-]", "_", tag)  # "2:4": TensorBoard's tag characters
+        assert (round(1000 * e["sparsity"]), pytest.approx(e["perplexity"])) in scalars[tag]
 
 
 def test_dense_perplexity_equals_a_direct_computation(reference):

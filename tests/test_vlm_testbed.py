@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from pruneax.experiments import vlm_testbed as tb
 from pruneax.models.llama import llm_config
 from pruneax.models.vit import ViTConfig
 from pruneax.models.vlm import VLM, VisualSelect, VLMConfig
+from tests._tensorboard import scalars as tensorboard_scalars
 
 data = tb.data  # the testbed's data module, reached through the experiment's public name
 
@@ -165,6 +167,20 @@ def test_tiny_run_writes_results_and_resumes_without_repeating(tmp_path, capsys)
         assert (tmp_path / f).stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["evals"] == r["evals"]
     assert all(c.verdict in lab.VERDICTS for c in tb.claims(r))
+    # TensorBoard (lab.MetricWriter): the tower's and each projector's curves, and accuracy
+    # against the kept prefill FLOPs, with the numbers of results.json
+    scalars = tensorboard_scalars(tmp_path / "tensorboard")
+    assert [s for s, _ in scalars["tower/loss"]] == [1, 2, 3, 4]
+    assert len(scalars["tower/cell_accuracy"]) == 4
+    for seed, losses in r["losses"].items():
+        got = scalars[f"projector_seed{seed}/loss"]
+        assert [s for s, _ in got] == [s for s, _ in losses]
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in losses], rtol=1e-6)
+        for e in r["evals"][seed].values():
+            tag = re.sub(
+                r"[^\w/.-]", "_", f"eval_seed{seed}/{e['method']}/accuracy_vs_flops_permille"
+            )
+            assert (round(1000 * e["flops_ratio"]), pytest.approx(e["accuracy"])) in scalars[tag]
     capsys.readouterr()
     again = tb.run(cfg, tmp_path)  # everything done: nothing retrained or re-evaluated
     out = capsys.readouterr().out

@@ -4,6 +4,7 @@ results; the mosaic / question generator is checked against an independent trans
 from __future__ import annotations
 
 import dataclasses
+import re
 import signal
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from pruneax.experiments import vlm_token_pruning as vtp
 from pruneax.models.llama import FastVSpec
 from tests._resume import kill_after_first_checkpoint
+from tests._tensorboard import scalars as tensorboard_scalars
 
 ARGS = ["--preset", "tiny"]
 
@@ -81,6 +83,19 @@ def test_outputs_and_structure(reference):
     assert evals[f"fastv@{r}"]["flops_ratio"] > evals[f"uniform@{r}"]["flops_ratio"]
     table = (workdir / "results.md").read_text()
     assert "Accuracy, locate" in table and "Cell hit rate" in table and "decode ms/token" in table
+
+
+def test_tensorboard_curves_equal_the_results(reference):
+    """lab.MetricWriter: the training loss curve and one accuracy-vs-FLOPs curve per method in
+    <workdir>/tensorboard hold the numbers of results.json."""
+    workdir, out = reference
+    scalars = tensorboard_scalars(workdir / "tensorboard")
+    got, want = scalars["train/loss"], out["train_losses"]
+    assert [s for s, _ in got] == [s for s, _ in want]
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)
+    for e in out["evals"].values():
+        tag = re.sub(r"[^\w/.-]", "_", f"eval/{e['method']}/accuracy_vs_flops_permille")  # "+"
+        assert (round(1000 * e["flops_ratio"]), pytest.approx(e["accuracy"])) in scalars[tag]
 
 
 def test_generator_answers_are_correct_by_construction():

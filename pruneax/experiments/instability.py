@@ -149,6 +149,7 @@ def run(
         print(f"[instability] resuming after run {step + 1}/{len(jobs)}", flush=True)
     masks = W.layerwise_masks(W.magnitude_scores(theta0), 0.0)  # dense: nothing pruned
     base = jax.random.key(seed)
+    metrics = lab.MetricWriter(workdir)  # <workdir>/tensorboard, process 0
     for j in lab.progress(range(first, len(jobs)), desc="instability runs"):
         kind, k, c = jobs[j]
         label = f"{kind} from 0 to {k}" if kind == "parent" else f"child {c} from {k}"
@@ -167,6 +168,11 @@ def run(
             params, rest, curve, _ = trainer.train(params, rest, masks, data, key, k, label=label)
             state[f"final_{k}_{c}"], state[f"final_rest_{k}_{c}"] = params, rest
             runs.append({"spawn": k, "copy": c, "final_test_acc": curve[-1][3]})
+        tag = f"parent_to_{k}" if kind == "parent" else f"spawn{k}_copy{c}"
+        for it, val_loss, val_acc, test_acc in curve:
+            metrics.scalar(f"{tag}/val_loss", val_loss, it)
+            metrics.scalar(f"{tag}/val_acc", val_acc, it)
+            metrics.scalar(f"{tag}/test_acc", test_acc, it)
         state = common.state_to_numpy(state)
         ckpt.save(j, state, {"setup": setup, "runs": runs}, flat=False, wait=True)
 
@@ -182,6 +188,10 @@ def run(
                 for c in (c1, c2)
             ]
             errors = interp.errors(*ends, points)
+            for alpha, err in zip(np.linspace(0.0, 1.0, points), errors, strict=True):
+                metrics.scalar(
+                    f"spawn{k}/copies{c1}_{c2}/test_error_vs_alpha_percent", err, round(100 * alpha)
+                )
             pairs.append(
                 {
                     "spawn": k,
@@ -192,6 +202,7 @@ def run(
                 }
             )
             print(f"[instability] spawn {k} copies {c1},{c2}: barrier {pairs[-1]['barrier']:.4f}")
+    metrics.close()
     return _write_outputs(workdir, setup, runs, pairs)
 
 

@@ -301,6 +301,7 @@ def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
     print(f"{TAG} {model_info['name']}; {len(windows)} evaluation windows of {cfg.seq_len}",
           flush=True)  # fmt: skip
     todo = settings(cfg)
+    metrics = lab.MetricWriter(workdir)  # <workdir>/tensorboard, process 0
     for j, (name, method, sparsity, seed) in lab.progress(list(enumerate(todo)), desc="jobs"):
         if name in evals:
             continue
@@ -323,11 +324,15 @@ def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
         entry["eval_seconds"] = time.perf_counter() - t
         evals[name] = entry
         progress.save()
+        seed_tag = "" if seed is None else f"/seed{seed}"  # one curve per method and seed
+        metrics.scalar(f"eval/{method}{seed_tag}/perplexity_vs_kernel_sparsity_permille",
+                       entry["perplexity"], round(1000 * entry["kernel_sparsity"]))  # fmt: skip
         print(
             f"{TAG} {j + 1}/{len(todo)} {name}: ppl {entry['perplexity']:.3f}, kernel sparsity "
             f"{entry['kernel_sparsity']:.4f}, eval {entry['eval_seconds']:.1f}s",
             flush=True,
         )
+    metrics.close()
     results = {
         "config": lab.config_json(cfg),
         "machine": lab.machine(),

@@ -351,6 +351,18 @@ def mask_summary(masks: Any, pattern: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- run
 
 
+def _log_perplexity(metrics: lab.MetricWriter, entry: dict[str, Any]) -> None:
+    """One TensorBoard point per evaluated setting: its perplexity against its measured sparsity
+    (permille), one curve per method, structure (unstructured or N:M) and seed."""
+    if entry["method"] == "dense":
+        metrics.scalar("eval/dense/perplexity", entry["perplexity"], 0)
+        return
+    structure = "unstructured" if ":" not in entry["pattern"] else entry["pattern"]
+    seed = "" if entry["seed"] is None else f"/seed{entry['seed']}"
+    tag = f"eval/{entry['method']}{seed}/perplexity_vs_sparsity_permille_{structure}"
+    metrics.scalar(tag, entry["perplexity"], round(1000 * entry["sparsity"]))
+
+
 def settings(cfg: Config) -> list[tuple[str, str, str | None, int | None]]:
     """``(name, method, pattern, seed)`` of every setting, dense first."""
     out = [("dense", "dense", None, None)]
@@ -389,6 +401,7 @@ def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
         flush=True,
     )
     todo = settings(cfg)
+    metrics = lab.MetricWriter(workdir)  # <workdir>/tensorboard, process 0
     for j, (name, method, pattern, seed) in lab.progress(list(enumerate(todo)), desc="settings"):
         if name in evals:
             continue
@@ -427,6 +440,7 @@ def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
         entry["eval_seconds"] = time.perf_counter() - t
         evals[name] = entry
         progress.save()
+        _log_perplexity(metrics, entry)
         extra = (
             f", sparsity {entry['sparsity']:.4f}, prune {entry['prune_seconds']:.1f}s"
             if method != "dense"
@@ -437,6 +451,7 @@ def run(cfg: Config, workdir: str | os.PathLike) -> dict[str, Any]:
             f"eval {entry['eval_seconds']:.1f}s",
             flush=True,
         )
+    metrics.close()
     results = {
         "config": lab.config_json(cfg),
         "machine": lab.machine(),

@@ -227,8 +227,11 @@ def _schedule(lr: float, warmup: int, steps: int):
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1))
 
 
-def train_tower(cfg: Config, vcfg: ViTConfig, arrays, ckpt: lab.Checkpoints) -> nnx.State:
-    """Stage 0; returns the ViT's parameters (resumes from ``ckpt``)."""
+def train_tower(
+    cfg: Config, vcfg: ViTConfig, arrays, ckpt: lab.Checkpoints, metrics=None
+) -> nnx.State:
+    """Stage 0; returns the ViT's parameters (resumes from ``ckpt``). The loss and cell
+    accuracy of each logged step go to ``metrics`` (a ``lab.MetricWriter``) under ``tower/``."""
     model = Tower(vcfg, cfg.grid, rngs=nnx.Rngs(1234))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     steps = cfg.tower_iterations
@@ -267,6 +270,9 @@ def train_tower(cfg: Config, vcfg: ViTConfig, arrays, ckpt: lab.Checkpoints) -> 
         done = i + 1
         if done % cfg.log_every == 0 or done == steps:
             rate = (done - start) / (time.perf_counter() - t0)
+            if metrics is not None:
+                metrics.scalar("tower/loss", float(loss), done)
+                metrics.scalar("tower/cell_accuracy", float(acc), done)
             print(
                 f"  [tower] step {done:5d}/{steps}  loss {float(loss):.4f}  cell acc "
                 f"{float(acc):.3f}  ({rate:.2f} steps/s)",
@@ -345,7 +351,9 @@ class Job:
         prefix = np.broadcast_to(self.prefix, (len(qa), len(self.prefix)))
         return self.images("train", ex["cells"]), prefix, qa, target
 
-    def train(self, seed: int, ckpt: lab.Checkpoints) -> tuple[nnx.State, list]:
+    def train(self, seed: int, ckpt: lab.Checkpoints, metrics=None) -> tuple[nnx.State, list]:
+        """Trains the projector of ``seed`` (or resumes from ``ckpt``); the logged mean losses
+        also go to ``metrics`` (a ``lab.MetricWriter``) under ``projector_seed<seed>/loss``."""
         cfg = self.cfg
         tx = optax.chain(
             optax.clip_by_global_norm(1.0),
@@ -369,6 +377,8 @@ class Job:
             if done % cfg.log_every == 0 or done == cfg.iterations:
                 mean = float(jnp.mean(jnp.stack(window)))
                 losses.append((done, mean))
+                if metrics is not None:
+                    metrics.scalar(f"projector_seed{seed}/loss", mean, done)
                 window = []
                 rate = (done - start) / (time.perf_counter() - t0)
                 eta = (cfg.iterations - done) / max(rate, 1e-9)
@@ -391,7 +401,7 @@ class Job:
         n, bsz = len(q), cfg.eval_batch
         p, nv = len(self.prefix), self.vcfg.num_visual
         texts = []
-        for i in range(0, n, bsz):
+        for i in lab.progress(range(0, n, bsz), desc=f"eval {s.name}"):
             idx = np.arange(i, i + bsz).clip(max=n - 1)  # the last batch repeats its last row
             mask = np.concatenate([np.ones((bsz, p + nv), bool), valid[idx]], axis=1)
             out = self.vlm.generate(
@@ -466,7 +476,10 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             f"the {rows}x{cols} patch grid must split into {cfg.grid}x{cfg.grid} cells"
         )
     t0 = time.perf_counter()
-    vit = train_tower(cfg, vit_cfg, arrays, lab.Checkpoints(workdir / "checkpoints" / "tower"))
+    metrics = lab.MetricWriter(workdir)  # <workdir>/tensorboard, process 0
+    vit = train_tower(
+        cfg, vit_cfg, arrays, lab.Checkpoints(workdir / "checkpoints" / "tower"), metrics
+    )
     llm, tok = load_llm(cfg)
     job = Job(cfg, arrays, vit, llm, tok)
     p = len(job.prefix)
@@ -484,7 +497,9 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
     dense_flops = vlm_prefill_flops(job.vcfg, prefix_len=p, question_len=q_len)
     evals = progress["evals"]
     for seed in cfg.seeds:
-        proj, losses = job.train(seed, lab.Checkpoints(workdir / "checkpoints" / f"seed{seed}"))
+        proj, losses = job.train(
+            seed, lab.Checkpoints(workdir / "checkpoints" / f"seed{seed}"), metrics
+        )
         progress["losses"][str(seed)] = losses
         done = evals.setdefault(str(seed), {})
         for j, s in enumerate(all_settings):
@@ -498,6 +513,11 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             res.update(method=s.method, kind=s.kind, ratio=s.ratio, flops_ratio=fl / dense_flops)
             done[s.name] = res
             progress.save()
+            metrics.scalar(  # one curve per method: accuracy against the prefill FLOPs kept
+                f"eval_seed{seed}/{s.method}/accuracy_vs_flops_permille",
+                res["accuracy"],
+                round(1000 * res["flops_ratio"]),
+            )
             print(
                 f"{_TAG} seed {seed} eval {j + 1}/{len(all_settings)} {s.name}: acc "
                 f"{res['accuracy']:.3f} "
@@ -524,6 +544,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             for s in all_settings
         },
     }
+    metrics.close()
     lab.write_json(workdir / "results.json", results)
     _write_tables(results, workdir)
     _plots(results, workdir)

@@ -68,6 +68,7 @@ from flax import nnx
 
 from pruneax import lab
 from pruneax.experiments import _common as common
+from pruneax.experiments import _vlm_token_outputs as outputs
 from pruneax.models.llama import (
     FastVSpec,
     FeatherSpec,
@@ -120,7 +121,7 @@ def pre_methods() -> tuple[str, ...]:
 
 PRE_METHODS = pre_methods()
 DROPPED = -2  # visual_kept entry of a visual token the LLM dropped (-1: a token without a patch)
-FAMILIES = ("locate", "count", "exists")
+FAMILIES = outputs.FAMILIES  # question families, in the order of their integer codes
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -589,7 +590,9 @@ class Job:
         prefix = np.full((len(lab), 1), self.vocab["BOS"], np.int32)
         return self.images("train", cells), labels[cells], prefix, question, answer
 
-    def train(self, ckpt: lab.Checkpoints) -> tuple[Any, list[tuple[int, float]]]:
+    def train(self, ckpt: lab.Checkpoints, metrics=None) -> tuple[Any, list[tuple[int, float]]]:
+        """Trains the VLM (or resumes from ``ckpt``); the logged mean losses also go to
+        ``metrics`` (a ``lab.MetricWriter``) under ``train/loss``."""
         cfg = self.cfg
         tx = self.optimizer()
         params = self.params0
@@ -609,6 +612,8 @@ class Job:
             if done % cfg.log_every == 0 or done == cfg.iterations:
                 mean = float(jnp.mean(jnp.stack(window)))
                 losses.append((done, mean))
+                if metrics is not None:
+                    metrics.scalar("train/loss", mean, done)
                 window = []
                 rate = (done - start) / (time.perf_counter() - t0)
                 print(
@@ -660,7 +665,7 @@ class Job:
         bsz = cfg.eval_batch
         n = len(ev["answer"])
         preds, kept_all = [], []
-        for i in range(0, n, bsz):
+        for i in lab.progress(range(0, n, bsz), desc=f"eval {s.name}"):
             sl = slice(i, i + bsz)
             images, prefix, question, valid = self._eval_batch(ev, sl)
             key = jax.random.fold_in(jax.random.key(cfg.seed), i)
@@ -772,8 +777,9 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         flush=True,
     )
 
-    # 1. train
-    params, losses = job.train(lab.Checkpoints(workdir / "checkpoints" / "train"))
+    # 1. train (curves in <workdir>/tensorboard, process 0)
+    metrics = lab.MetricWriter(workdir)
+    params, losses = job.train(lab.Checkpoints(workdir / "checkpoints" / "train"), metrics)
 
     # 2. evaluate every setting (training-free)
     ev = eval_set(cfg, arrays["y_test"])
@@ -792,6 +798,11 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
             llm_tokens_per_layer=list(llm_tokens_per_layer(vcfg.llm.num_layers, t_llm, s.prune)),
         )  # fmt: skip
         evals[s.name] = res
+        metrics.scalar(  # one curve per method: accuracy against the prefill FLOPs kept
+            f"eval/{s.method}/accuracy_vs_flops_permille",
+            res["accuracy"],
+            round(1000 * res["flops_ratio"]),
+        )
         print(
             f"{_TAG} eval {j + 1}/{len(all_settings)} {s.name}: acc {res['accuracy']:.4f} "
             + " ".join(f"{f} {res[f'acc_{f}']:.3f}" for f in FAMILIES)
@@ -809,6 +820,7 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         v["prefill_speedup"] = dense["prefill_s"] / v["prefill_s"]
         v["decode_speedup"] = dense["decode_token_s"] / v["decode_token_s"]
     print(f"{_TAG} latency measured for {len(lat)} settings", flush=True)
+    metrics.close()
 
     results = {
         "config": lab.config_json(cfg),
@@ -820,182 +832,13 @@ def run(cfg: Config, workdir: str | os.PathLike, data_dir: str | None = None) ->
         "latency": lat,
     }
     lab.write_json(workdir / "results.json", results)
-    lab.write_text(workdir / "results.md", _tables(results))
-    _plot_accuracy(results, workdir / "accuracy.png")
-    _plot_flops(results, workdir / "accuracy_flops.png")
-    _plot_latency(results, workdir / "latency.png")
-    _plot_kept(job, params, ev, all_settings, workdir / "kept_tokens.png")
+    lab.write_text(workdir / "results.md", outputs.tables(results))
+    outputs.plot_accuracy(results, workdir / "accuracy.png")
+    outputs.plot_flops(results, workdir / "accuracy_flops.png")
+    outputs.plot_latency(results, workdir / "latency.png")
+    outputs.plot_kept(job, params, ev, all_settings, workdir / "kept_tokens.png")
     print(f"{_TAG} wrote {workdir}/results.json, results.md and plots", flush=True)
     return results
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def _tables(results: dict[str, Any]) -> str:
-    cfg, evals, lat = results["config"], results["evals"], results["latency"]
-    d = evals["dense"]
-    lines = [
-        f"Dense accuracy {d['accuracy']:.4f} (" + ", ".join(
-            f"{f} {d[f'acc_{f}']:.4f}" for f in FAMILIES
-        ) + f"); {cfg['eval_size']} questions. Latency batch {cfg['eval_batch']}; "
-        f"machine: {results['machine']['devices']}",
-        "",
-    ]  # fmt: skip
-    names = [n for n in evals if n != "dense"]
-    methods = list(dict.fromkeys(evals[n]["method"] for n in names))
-    ratios = cfg["keep_ratios"]
-    for metric, title in (
-        ("accuracy", "Accuracy (all families)"),
-        ("acc_locate", "Accuracy, locate (which digit is in cell i)"),
-        ("acc_count", "Accuracy, count"),
-        ("acc_exists", "Accuracy, exists"),
-        ("cell_hit_rate", "Cell hit rate (locate: a kept token lies in the asked cell)"),
-        ("kept_row_mean", "Mean normalised row of the kept tokens (0 top, 1 bottom)"),
-    ):
-        lines += [f"### {title}", "", "| method | " + " | ".join(f"keep {r}" for r in ratios)
-                  + " |", "|---" * (len(ratios) + 1) + "|"]  # fmt: skip
-        lines.append("| dense | " + " | ".join(f"{d[metric]:.4f}" for _ in ratios) + " |")
-        for m in methods:
-            cells = []
-            for r in ratios:
-                e = next((evals[n] for n in names if evals[n]["method"] == m
-                          and evals[n]["ratio"] == r), None)  # fmt: skip
-                cells.append(f"{e[metric]:.4f}" if e is not None else "n/a")
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += [
-        "### Prefill FLOPs (projector + LLM) and measured latency",
-        "",
-        "| setting | visual tokens at last layer | FLOPs ratio | prefill ms | prefill speed-up "
-        "| decode ms/token | decode speed-up |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for n, e in evals.items():
-        t = lat.get(n)
-        if t is None:
-            continue
-        lines.append(
-            f"| {n} | {e['visual_tokens_last_layer']:.1f} | {e['flops_ratio']:.3f} | "
-            f"{1e3 * t['prefill_s']:.2f} | {t['prefill_speedup']:.2f} | "
-            f"{1e3 * t['decode_token_s']:.3f} | {t['decode_speedup']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _series(results, metric):
-    evals, cfg = results["evals"], results["config"]
-    out: dict[str, list[tuple[float, float]]] = {}
-    for n, e in evals.items():
-        if n == "dense":
-            continue
-        out.setdefault(e["method"], []).append((e["ratio"], e[metric]))
-    return {m: sorted(v) for m, v in out.items() if v}, cfg
-
-
-def _style(m: str, i: int, plt):
-    ls = "--" if m in ("random", "uniform") else (":" if "fastv" in m or m in LLM_METHODS else "-")
-    return dict(ls=ls, marker="o", color=plt.cm.tab20(i % 20), label=m)
-
-
-def _plot_accuracy(results: dict[str, Any], path: pathlib.Path) -> None:
-    plt = common.pyplot()
-    panels = ("accuracy", *(f"acc_{f}" for f in FAMILIES), "cell_hit_rate")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
-    for ax, metric in zip(axes[0], panels, strict=True):
-        series, _ = _series(results, metric)
-        for i, (m, pts) in enumerate(series.items()):
-            ax.plot(*zip(*pts, strict=True), **_style(m, i, plt))
-        ax.axhline(results["evals"]["dense"][metric], color="k", lw=0.8, ls=":", label="dense")
-        ax.set_xscale("log")
-        ax.set_xlabel("fraction of visual tokens kept")
-        ax.set_title(metric)
-        ax.invert_xaxis()
-    axes[0][-1].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    common.save_figure(fig, path, dpi=100)
-
-
-def _plot_flops(results: dict[str, Any], path: pathlib.Path) -> None:
-    plt = common.pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    methods = list(dict.fromkeys(e["method"] for e in results["evals"].values()))
-    for i, m in enumerate(methods):
-        pts = sorted(
-            (e["flops_ratio"], e["accuracy"]) for e in results["evals"].values()
-            if e["method"] == m
-        )  # fmt: skip
-        ax.plot(*zip(*pts, strict=True), **_style(m, i, plt))
-    ax.set_xscale("log")
-    ax.set_xlabel("prefill FLOPs / dense (projector + LLM)")
-    ax.set_ylabel("accuracy")
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    common.save_figure(fig, path, dpi=100)
-
-
-def _plot_latency(results: dict[str, Any], path: pathlib.Path) -> None:
-    plt = common.pyplot()
-    lat = results["latency"]
-    names = list(lat)
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.25 * len(names)), 7), sharex=True)
-    x = np.arange(len(names))
-    axes[0].bar(x, [1e3 * lat[n]["prefill_s"] for n in names])
-    axes[0].set_ylabel("prefill ms")
-    axes[1].bar(x, [1e3 * lat[n]["decode_token_s"] for n in names], color="tab:orange")
-    axes[1].set_ylabel("decode ms / token")
-    axes[1].set_xticks(x, names, rotation=90, fontsize=6)
-    fig.tight_layout()
-    common.save_figure(fig, path, dpi=100)
-
-
-def _plot_kept(job: Job, params, ev, all_settings, path: pathlib.Path) -> None:
-    """Which visual tokens reach the last LLM layer, for a few locate questions."""
-    plt = common.pyplot()
-    cfg, vcfg = job.cfg, job.vcfg
-    r = sorted(cfg.keep_ratios)[len(cfg.keep_ratios) // 2]
-    chosen = [s for s in all_settings if s.ratio == r and s.kind != "dense"]
-    loc = np.flatnonzero(ev["family"] == FAMILIES.index("locate"))[:3]
-    sub = {k: v[loc] for k, v in ev.items()}
-    sub = {k: np.concatenate([v, np.repeat(v[-1:], cfg.eval_batch - len(v), 0)]) for k, v in
-           sub.items()}  # fmt: skip
-    images, prefix, question, _ = job._eval_batch(sub, slice(0, cfg.eval_batch))
-    shown = np.asarray(images)[: len(loc)]
-    shown = (shown - shown.min()) / (shown.max() - shown.min() + 1e-9)
-    rows, cols = vcfg.vision.grid
-    p = vcfg.vision.patch_size
-    fig, axes = plt.subplots(
-        len(loc), len(chosen) + 1, figsize=(1.2 * (len(chosen) + 1), 1.35 * len(loc)),
-        squeeze=False,
-    )  # fmt: skip
-    v = job.vocab
-    for col, s in enumerate([None, *chosen]):
-        kept = None
-        if s is not None:
-            _, _, kept, _ = job.prefill(
-                params, images, prefix, question, jax.random.key(0), select=s.select,
-                prune=s.prune, max_len=job.max_len(s),
-            )  # fmt: skip
-            kept = np.asarray(kept)
-        for row in range(len(loc)):
-            ax = axes[row, col]
-            img = shown[row, ..., 0]
-            if kept is not None:
-                mask = np.zeros(rows * cols, bool)
-                mask[kept[row][kept[row] >= 0]] = True
-                mask = np.kron(mask.reshape(rows, cols), np.ones((p, p), bool))
-                img = np.where(mask, img, img * 0.2)
-            ax.imshow(img, cmap="gray")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title("input" if s is None else s.method, fontsize=6)
-            if col == 0:
-                q = question[row]
-                ax.set_ylabel(v.names[q[1]], fontsize=6)
-    fig.suptitle(f"visual tokens reaching the last LLM layer (bright), keep {r}", fontsize=8)
-    fig.tight_layout()
-    common.save_figure(fig, path, dpi=100)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pruneax.lab import progress
 from pruneax.models.llama._layers import LlamaBlock
 from pruneax.models.llama._model import LlamaLM
 from pruneax.weights import (
@@ -245,7 +246,8 @@ def calibrated_prune(
             cos, sin = pruned.rope(jnp.broadcast_to(jnp.arange(t), (b, t)))
             ctx[b, t] = (cos, sin, jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t)))
     masks: dict[str, jax.Array] = {}
-    for i, layer in enumerate(pruned.layers):
+    layers = progress(list(enumerate(pruned.layers)), desc=f"{method} calibration, layers")
+    for i, layer in layers:  # a bar on a terminal, nothing otherwise (pruneax.lab.progress)
         live = [nm for nm in LINEARS if _linear(layer, nm).kernel.size]
         stats = _block_stats(layer, live, xs, ctx, method) if method != "magnitude" else {}
         for nm in live:

@@ -1,10 +1,11 @@
-"""Shared by test_wheel.py and test_colabs.py: the wheel of the committed tree, and commands run
-in a fresh virtual environment with nothing of the repository's on the path."""
+"""Shared by test_wheel.py and the notebook tests: the wheel of this tree, and commands run in a
+fresh virtual environment with nothing of the repository's on the path."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -29,13 +30,20 @@ def run(cmd: list, cwd: pathlib.Path, timeout: int = 1500, **extra: str) -> str:
 
 
 def build_wheel(workdir: pathlib.Path) -> pathlib.Path:
-    """``pip wheel`` of ``git archive HEAD`` (what a release would ship: committed files only)."""
+    """``pip wheel`` of this tree as git would commit it: the tracked files as they are now and
+    the untracked ones that ``.gitignore`` does not exclude (on a fresh clone, exactly
+    ``HEAD``); nothing ignored, so no build folders or virtual environments."""
     src, dist = workdir / "src", workdir / "dist"
     src.mkdir()
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    for name in filter(None, listed.decode().split("\0")):
+        path = ROOT / name
+        if path.is_file():  # a tracked file deleted in the tree is left out, as a commit would
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, src / name)
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", dist, src], src)
     (built,) = dist.glob("pruneax-*.whl")
     return built

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import signal
 
@@ -20,10 +21,11 @@ ARGS = ["--preset", "tiny"]
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("stp_reference")
-    out = stp.main([*ARGS, "--workdir", str(workdir)])
-    return workdir, out
+def reference(notebook_run):
+    """The tiny run of colabs/04_ssm_alignment.ipynb, executed in a fresh kernel from the wheel
+    of this tree (tests/_notebooks.py): its folder and its results.json."""
+    workdir = notebook_run("04_ssm_alignment") / "04_ssm_alignment"
+    return workdir, json.loads((workdir / "results.json").read_text())
 
 
 def test_outputs_and_structure(reference):
@@ -114,7 +116,8 @@ def test_killed_run_resumes_with_identical_results(reference, tmp_path):
     assert returncode == -signal.SIGKILL
     assert not (workdir / "results.json").exists()
 
-    got = stp.main([*ARGS, "--workdir", str(workdir)])
+    stp.main([*ARGS, "--workdir", str(workdir)])
+    got = json.loads((workdir / "results.json").read_text())  # as the reference: its JSON
     assert got["train_losses"] == want["train_losses"]
     assert got["evals"] == want["evals"]  # same accuracies: same trained weights
     assert got["finetune"] == want["finetune"]

@@ -4,6 +4,7 @@ results; the mosaic / question generator is checked against an independent trans
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import signal
 
@@ -19,10 +20,11 @@ ARGS = ["--preset", "tiny"]
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("vlm_reference")
-    out = vtp.main([*ARGS, "--workdir", str(workdir)])
-    return workdir, out
+def reference(notebook_run):
+    """The tiny run of colabs/06_vlm_token_pruning.ipynb, executed in a fresh kernel from the wheel
+    of this tree (tests/_notebooks.py): its folder and its results.json."""
+    workdir = notebook_run("06_vlm_token_pruning") / "06_vlm_token_pruning"
+    return workdir, json.loads((workdir / "results.json").read_text())
 
 
 def test_outputs_and_structure(reference):
@@ -202,7 +204,8 @@ def test_killed_run_resumes_with_identical_results(reference, tmp_path):
     assert returncode == -signal.SIGKILL
     assert not (workdir / "results.json").exists()
 
-    got = vtp.main([*ARGS, "--workdir", str(workdir)])
+    vtp.main([*ARGS, "--workdir", str(workdir)])
+    got = json.loads((workdir / "results.json").read_text())  # as the reference: its JSON
     assert got["train_losses"] == want["train_losses"]
     assert got["evals"] == want["evals"]  # same accuracies: same trained weights
 

@@ -28,6 +28,11 @@ d - 1 patches on scores [N] (a softmax of Gaussian logits), then
 metric [N, dh]) into c contextual tokens; cost model = the scores ranked, the cosine similarity
 matmul (R - c) x dh x c and the one-hot assignment matmul c x (R - c) x D (the R remaining
 hidden rows read once); NumPy reference ``tests/oracles.py:np_visionzip`` (the published forward).
+FoPru's rank strategy (``pruneax.tokens.focal_select``; a ``VisualSelect`` method, not a registry
+one: it needs the patch-to-patch attention) is timed apart on ``FOCAL_SHAPES``: LLaVA-1.5's
+feature block attention [16, 576, 576] with the [CLS] row and column dropped; cost model = that
+attention read once (received and sent sums in one pass) plus the rank of the N significances;
+NumPy reference ``tests/oracles.py:np_focal_select`` (the published ``focal_prunning``).
 
 What is measured, per selector, shape and batch B:
 
@@ -203,6 +208,36 @@ QUICK_VISIONDROP_SHAPES: dict[str, VisionDropShape] = {
     "tiny-visiondrop": VisionDropShape("tiny-visiondrop", 64, 32, 8, 8, 2, (1, 2), "smoke test"),
 }
 
+
+@dataclasses.dataclass(frozen=True)
+class FocalShape:
+    """FoPru in the vision encoder: the patch-to-patch attention [heads, n, n] of one block (the
+    [CLS] row and column dropped, so neither rows nor columns sum to 1); ``k`` patches kept."""
+
+    name: str
+    heads: int
+    n: int
+    k: int
+    batches: tuple[int, ...]
+    note: str
+
+    @property
+    def d(self) -> int:
+        return self.n
+
+
+FOCAL = "fopru"
+FOCAL_SHAPES: dict[str, FocalShape] = {
+    "llava15-fopru-k64": FocalShape(
+        "llava15-fopru-k64", 16, 576, 64, (1, 64),
+        f"{_LLAVA15_BLOCK}: its attention [16, 576, 576] among the patches; FoPru's rank "
+        "strategy keeps 64",
+    ),
+}  # fmt: skip
+QUICK_FOCAL_SHAPES: dict[str, FocalShape] = {
+    "tiny-fopru": FocalShape("tiny-fopru", 2, 64, 8, (1, 2), "smoke test"),
+}
+
 # ---------------------------------------------------------------------------------------------
 # Cost model
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +349,18 @@ def _cost_visiondrop(v: VisionDropShape) -> list[Phase]:
         Phase("cosine similarity matmul", 2.0 * o * c * dh + 3.0 * r * dh, sim, sim, "sim"),
         Phase("one-hot assignment matmul", 2.0 * c * o * v.d, assign, assign, "assign"),
     ]
+
+
+def _cost_focal(v: FocalShape) -> list[Phase]:
+    """The attention [H, N, N] read once, in one pass that sums each row and each column over
+    heads (2 H N^2 FLOPs: the received and sent means), then the two variances and the rank of
+    the N significances."""
+    attn = v.heads * v.n * v.n * F32
+    return [
+        Phase("attention read once: received and sent sums", 2.0 * v.heads * v.n * v.n,
+              attn, attn),
+        Phase("variances + rank + top-k", 4.0 * v.n, 4 * v.n * F32, 2 * v.n * F32),
+    ]  # fmt: skip
 
 
 def _cost_inputs(inputs: tuple[str, ...]) -> Callable[[Shape], list[Phase]]:
@@ -487,6 +534,15 @@ VISIONDROP_SELECTOR = Selector(
     "np_visionzip",
     lambda v, e, f: f(e["scores"], e["x"], e["metric"], v.patches, v.contextual),
     "topk + contextual_merge (VisionZip / VisionDrop vision stage, not the registry)",
+)  # fmt: skip
+
+# FoPru (rank): on FOCAL_SHAPES with the patch-to-patch attention (``focal_cell``), NumPy
+# reference ``np_focal_select`` (the published ``focal_prunning``) on one example.
+FOCAL_SELECTOR = Selector(
+    FOCAL, FOCAL, ("attn",), _cost_focal, False, False, "np_focal_select",
+    lambda v, e, f: f(e["attn"], v.k),
+    "focal_select (rank) on one block's patch-to-patch attention (vision encoder, not the "
+    "registry)",
 )  # fmt: skip
 
 
@@ -1075,6 +1131,32 @@ def visiondrop_numpy(
     return nrow
 
 
+def focal_inputs(v: FocalShape, batch: int, seed: int) -> jax.Array:
+    """Random attention made on the device (no host copy), float32 [B, H, N, N]: a softmax of
+    Gaussian logits over [CLS] + N tokens with the [CLS] row and column dropped."""
+
+    @jax.jit
+    def make(key):
+        logits = 3.0 * jax.random.normal(key, (batch, v.heads, v.n + 1, v.n + 1))
+        return jax.nn.softmax(logits, axis=-1)[:, :, 1:, 1:]
+
+    return make(jax.random.key(seed))
+
+
+def focal_cell(
+    v: FocalShape, batch: int, timing: Timing, seed: int, copts: Any = None
+) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
+    """``jax.jit(jax.vmap(focal_select))`` over ``batch`` examples, timed as ``run_cell``:
+    ``(row, picks [B, k], example 0's attention as NumPy)``."""
+    attn = focal_inputs(v, batch, seed)
+    fn = jax.jit(jax.vmap(lambda a: T.focal_select(a, v.k)))
+    cell, picks = time_jitted(fn, (attn,), v.n, batch, timing, copts)
+    example = {"attn": np.asarray(attn[0])}
+    del attn
+    gc.collect()
+    return cell, picks, example
+
+
 def _parse_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
@@ -1101,17 +1183,19 @@ def run(config: Config) -> dict[str, Any]:
     table = QUICK_SHAPES if config.quick else SHAPES
     vtable = QUICK_VISION_SHAPES if config.quick else VISION_SHAPES
     vdtable = QUICK_VISIONDROP_SHAPES if config.quick else VISIONDROP_SHAPES
+    ftable = QUICK_FOCAL_SHAPES if config.quick else FOCAL_SHAPES
     all_shapes = {**SHAPES, **QUICK_SHAPES}
     all_vision = {**VISION_SHAPES, **QUICK_VISION_SHAPES}
     all_vd = {**VISIONDROP_SHAPES, **QUICK_VISIONDROP_SHAPES}
-    shape_names = config.shapes or [*table, *vtable, *vdtable]
-    everything = {**all_shapes, **all_vision, **all_vd}
+    all_focal = {**FOCAL_SHAPES, **QUICK_FOCAL_SHAPES}
+    shape_names = config.shapes or [*table, *vtable, *vdtable, *ftable]
+    everything = {**all_shapes, **all_vision, **all_vd, **all_focal}
     unknown = [n for n in shape_names if n not in everything]
     if unknown:
         raise ValueError(f"unknown shapes {unknown}; known: {sorted(everything)}")
     shapes = [all_shapes[n] for n in shape_names if n in all_shapes]
     known = selectors()  # read now: a method registered after import is benchmarked too
-    apart = (FLOWCUT, VISIONDROP)  # timed on their own shapes, not through the registry
+    apart = (FLOWCUT, VISIONDROP, FOCAL)  # timed on their own shapes, not through the registry
     sel_names = config.selectors or [*known, *apart]
     unknown = [n for n in sel_names if n not in known and n not in apart]
     if unknown:
@@ -1120,6 +1204,7 @@ def run(config: Config) -> dict[str, Any]:
     # FlowCut runs on the vision shapes (and only there), VisionDrop on the VisionDrop shapes
     vshapes = [all_vision[n] for n in shape_names if n in all_vision and FLOWCUT in sel_names]
     vdshapes = [all_vd[n] for n in shape_names if n in all_vd and VISIONDROP in sel_names]
+    fshapes = [all_focal[n] for n in shape_names if n in all_focal and FOCAL in sel_names]
     oracles = load_oracles() if config.numpy else None
 
     machine = lab.machine()
@@ -1129,6 +1214,7 @@ def run(config: Config) -> dict[str, Any]:
     copts = config.compiler_options
     apart_phases = [ph for v in vshapes for ph in _cost_flowcut(v)]
     apart_phases += [ph for v in vdshapes for ph in _cost_visiondrop(v)]
+    apart_phases += [ph for v in fshapes for ph in _cost_focal(v)]
     vd_matmuls = {
         _matmul_key(v, kind): dims
         for v in vdshapes
@@ -1225,6 +1311,8 @@ def run(config: Config) -> dict[str, Any]:
         rows += vrows
         del first
         gc.collect()
+    for v in fshapes:
+        rows += focal_rows(v, config, machine, limits, oracles, copts)
 
     result = {
         "command": "python -m benchmarks.selection " + " ".join(config_argv(config)),
@@ -1239,19 +1327,24 @@ def run(config: Config) -> dict[str, Any]:
             {**dataclasses.asdict(v), "patches": v.patches, "remaining": v.remaining}
             for v in vdshapes
         ],
+        "focal_shapes": [dataclasses.asdict(v) for v in fshapes],
         "selectors": {
             s.name: {"greedy": s.greedy, "needs_nn": s.needs_nn, "note": s.note}
             for s in [
                 *chosen,
                 *([FLOWCUT_SELECTOR] if vshapes else []),
                 *([VISIONDROP_SELECTOR] if vdshapes else []),
+                *([FOCAL_SELECTOR] if fshapes else []),
             ]
         },
         "timing": dataclasses.asdict(config.timing),
         "compiler_options": copts,
         "numpy_threads": config.numpy_threads,
         "rows": rows,
-        "scaling": scaling(rows, shapes) + scaling(rows, vshapes) + scaling(rows, vdshapes),
+        "scaling": scaling(rows, shapes)
+        + scaling(rows, vshapes)
+        + scaling(rows, vdshapes)
+        + scaling(rows, fshapes),
     }
     result["wall_s"] = time.perf_counter() - t_start
     return result
@@ -1293,6 +1386,38 @@ def visiondrop_row(
     """A VisionDrop result row (``d`` = hidden width D; ``dh`` = the metric's width)."""
     fields = {"dh": v.dh, "patches": v.patches, "contextual": v.contextual}
     return _apart_row(VISIONDROP_SELECTOR, v, batch, fields, cell, machine, limits)
+
+
+def focal_rows(
+    v: FocalShape, config: Config, machine: dict, limits: dict, oracles: Any, copts: Any
+) -> list[dict[str, Any]]:
+    """FoPru's rows at every batch of ``v``, each with the NumPy reference (example 0 of the
+    smallest batch: ``np_focal_select``) and the fraction of its picks JAX's share."""
+    rows, first = [], None
+    for b in sorted(config.batches or v.batches):
+        print(f"[selection] {FOCAL} {v.name} B={b} ...", end=" ", flush=True)
+        cell, picks, example = focal_cell(v, b, config.timing, config.seed, copts)
+        first = first or (picks[0], example)
+        rows.append(_apart_row(FOCAL_SELECTOR, v, b, {"heads": v.heads}, cell, machine, limits))
+        print(
+            f"{_fmt_s(cell['per_image_s'])}/img ({cell['reps']} reps), "
+            f"limit {_fmt_s(rows[-1]['limit_s'])}",
+            flush=True,
+        )
+    if config.numpy and first is not None:
+        print(f"[selection] {FOCAL} {v.name} NumPy ...", end=" ", flush=True)
+        got = run_numpy(FOCAL_SELECTOR, v, first[1], oracles, config.timing, config.numpy_threads)
+        if got is None:
+            print("no NumPy reference", flush=True)
+            return rows
+        nrow, np_picks = got
+        nrow["agree"] = np.intersect1d(np.asarray(np_picks), first[0]).size / v.k
+        nrow["numpy_picks"] = int(np.asarray(np_picks).size)
+        print(f"{_fmt_s(nrow['per_image_s'])}/img, agree {nrow['agree']:.3f}", flush=True)
+        for row in rows:
+            row["numpy"] = nrow
+            row["numpy_over_jax"] = nrow["per_image_s"] / row["per_image_s"]
+    return rows
 
 
 def config_argv(config: Config) -> list[str]:
@@ -1538,6 +1663,25 @@ def report(result: dict[str, Any]) -> str:
             "",
             *_shape_table(srows),
         ]
+    for v in result.get("focal_shapes", []):
+        srows = [r for r in rows if r["shape"] == v["name"]]
+        if not srows:
+            continue
+        lines += [
+            "",
+            f"## {v['name']}: FoPru (rank) in the vision encoder, H={v['heads']}, N={v['n']}, "
+            f"k={v['k']} ({v['note']})",
+            "",
+            "`focal_select` (jitted, vmapped) on one block's patch-to-patch attention "
+            "[H, N, N] (a softmax of Gaussian logits over [CLS] + N tokens, the [CLS] row and "
+            "column dropped; the encoder block is not timed). Limit: the attention read once at "
+            "the bandwidth of its per-example size (the received and sent sums in one pass), "
+            "then the variances and the rank of N significances, plus dispatch / B. NumPy: the "
+            "published `focal_prunning`, rank strategy, for one example "
+            "(`tests/oracles.py:np_focal_select`).",
+            "",
+            *_shape_table(srows),
+        ]
     lines += [
         "",
         "## How cost grows",
@@ -1618,9 +1762,10 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     p.add_argument("--quick", action="store_true", help="tiny shapes, batch 1 and 2 (< 20 s)")
     every_shape = {**SHAPES, **QUICK_SHAPES, **VISION_SHAPES, **QUICK_VISION_SHAPES}
     every_shape |= {**VISIONDROP_SHAPES, **QUICK_VISIONDROP_SHAPES}
+    every_shape |= {**FOCAL_SHAPES, **QUICK_FOCAL_SHAPES}
     p.add_argument("--shapes", help=f"comma list of {sorted(every_shape)}")
     p.add_argument("--batches", help="comma list of batch sizes (overrides every shape's)")
-    p.add_argument("--selectors", help=f"comma list of {[*SELECTORS, FLOWCUT, VISIONDROP]}")
+    p.add_argument("--selectors", help=f"comma list of {[*SELECTORS, FLOWCUT, VISIONDROP, FOCAL]}")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report path")
     p.add_argument("--json", type=Path, default=None, help="JSON path (default: --out as .json)")
     p.add_argument("--target-s", type=float, default=None, help="timed seconds per cell")

@@ -761,3 +761,19 @@ def np_evit_vit_blocks(x, blocks, keep_rates, eps: float = 1e-6):
         x = np_vit_mlp(x, w, eps)
         outputs.append(x)
     return outputs, label
+
+
+def np_focal_significance(scores: np.ndarray) -> np.ndarray:
+    """FoPru's published ``focal_prunning`` for one example, up to the selection: head mean,
+    s1 = mean over queries (dim 0), s2 = mean over keys (dim 1), the one with the larger
+    (unbiased) variance; ``>`` strict, so a tie picks s2. ``scores``: [H, N, N]."""
+    a = np.asarray(scores, np.float64).mean(axis=0)
+    s1, s2 = a.mean(axis=0), a.mean(axis=1)
+    return s1 if np.var(s1, ddof=1) > np.var(s2, ddof=1) else s2
+
+
+def np_focal_select(scores: np.ndarray, k: int) -> np.ndarray:
+    """``focal_prunning``'s "rank" strategy: the ``k`` most significant patches, in their
+    original order ("reorder")."""
+    order = np.argsort(-np_focal_significance(scores), kind="stable")
+    return np.sort(order[:k])

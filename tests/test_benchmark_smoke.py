@@ -21,7 +21,7 @@ def test_quick_benchmark_writes_a_row_per_selector(tmp_path):
 
     result = json.loads(out.with_suffix(".json").read_text())
     rows = result["rows"]
-    apart = [selection.FLOWCUT, selection.VISIONDROP]
+    apart = [selection.FLOWCUT, selection.VISIONDROP, selection.FOCAL]
     assert {r["selector"] for r in rows} == {*selection.SELECTORS, *apart}
     for name in [*selection.SELECTORS, *apart]:
         mine = [r for r in rows if r["selector"] == name]
@@ -54,6 +54,12 @@ def test_quick_benchmark_writes_a_row_per_selector(tmp_path):
     assert "## tiny-visiondrop: VisionDrop / VisionZip vision stage" in text
     assert "| visiondrop |" in text and "contextual tokens max |JAX - NumPy|" in text
     assert any(k.startswith("VisionZip assignment") for k in result["limits"]["matmul_gflops"])
+    # FoPru (rank) on tiny-fopru's patch attention, checked against the published function
+    fo = [r for r in rows if r["selector"] == selection.FOCAL]
+    assert {r["shape"] for r in fo} == {"tiny-fopru"} and (fo[0]["heads"], fo[0]["k"]) == (2, 8)
+    assert fo[0]["phases"][0]["bytes"] == 2 * 64 * 64 * 4  # the attention, read once
+    assert fo[0]["numpy"]["source"] == "tests/oracles.py:np_focal_select"
+    assert "## tiny-fopru: FoPru (rank) in the vision encoder" in text and "| fopru |" in text
     for level in ("L2", "L3", "DRAM"):
         assert result["limits"]["bandwidth"][level]["best"] > 0
     assert all(v["best"] > 0 for v in result["limits"]["matmul_gflops"].values())
@@ -255,3 +261,22 @@ def test_checkpoint_benchmark_quick(tmp_path):
     (row,) = cb.main(["--quick", "--out", str(tmp_path / "checkpoints.md")])
     assert row["state_MB"] > 0 and row["async to disk"] >= row["async"] > 0
     assert "| state MB |" in (tmp_path / "checkpoints.md").read_text()
+
+
+def test_focal_cell_selects_what_focal_select_selects():
+    """The benchmark's FoPru cell runs ``focal_select`` per example on attention whose [CLS] row
+    and column are dropped (rows no longer sum to 1, so the variance rule has work to do)."""
+    import pruneax.tokens as T
+    from tests.oracles import np_focal_select
+
+    v = selection.QUICK_FOCAL_SHAPES["tiny-fopru"]
+    attn = selection.focal_inputs(v, 2, seed=5)
+    assert attn.shape == (2, v.heads, v.n, v.n)
+    assert not np.allclose(np.asarray(attn).sum(-1), 1.0)
+    timing = selection.Timing(target_s=0.0, min_reps=1, max_reps=1)
+    cell, picks, example = selection.focal_cell(v, 2, timing, seed=5)
+    assert picks.shape == (2, v.k) and cell["per_image_s"] > 0
+    np.testing.assert_array_equal(example["attn"], np.asarray(attn[0]))
+    for b in range(2):
+        np.testing.assert_array_equal(picks[b], np.asarray(T.focal_select(attn[b], v.k)))
+        np.testing.assert_array_equal(picks[b], np_focal_select(np.asarray(attn[b]), v.k))

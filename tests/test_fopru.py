@@ -16,20 +16,8 @@ import numpy as np
 import pytest
 
 import pruneax.tokens as T
-
-
-def np_significance(scores: np.ndarray) -> np.ndarray:
-    """``focal_prunning`` for one example, up to the selection: head mean, s1 = mean over
-    queries (dim 0), s2 = mean over keys (dim 1), the one with the larger (unbiased) variance;
-    ``>`` strict, so a tie picks s2."""
-    a = np.asarray(scores, np.float64).mean(axis=0)
-    s1, s2 = a.mean(axis=0), a.mean(axis=1)
-    return s1 if np.var(s1, ddof=1) > np.var(s2, ddof=1) else s2
-
-
-def np_focal_rank(scores: np.ndarray, k: int) -> np.ndarray:
-    order = np.argsort(-np_significance(scores), kind="stable")
-    return np.sort(order[:k])
+from tests.oracles import np_focal_select as np_focal_rank
+from tests.oracles import np_focal_significance as np_significance
 
 
 def assert_same_picks(got: np.ndarray, scores: np.ndarray, k: int, rtol: float = 2e-6):

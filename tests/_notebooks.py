@@ -17,9 +17,8 @@ import venv
 
 import pytest
 
-from tests._wheel import build_wheel, run
+from tests._wheel import ROOT, build_wheel, run
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "colabs").glob("*.ipynb"))
 
 

@@ -73,7 +73,7 @@ def compile_counter(caplog: pytest.LogCaptureFixture):
 
 
 @pytest.fixture(scope="session")
-def once(tmp_path_factory, worker_id):
+def once(tmp_path_factory):
     """``once(key, build)`` runs ``build(folder)`` at most once per test session, whatever
     pytest-xdist does, and returns ``folder``. Under xdist the workers of a session share the
     parent of their temporary folders; a file lock makes the others wait for the first one
@@ -82,7 +82,7 @@ def once(tmp_path_factory, worker_id):
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
-    shared = base.parent if worker_id != "master" else base
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
     def run_once(key: str, build) -> pathlib.Path:
         folder = shared / f"once-{key}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 
 import jax
 import jax.numpy as jnp
@@ -177,8 +176,8 @@ def test_tiny_run_writes_results_and_resumes_without_repeating(tmp_path, capsys)
         assert [s for s, _ in got] == [s for s, _ in losses]
         np.testing.assert_allclose([v for _, v in got], [v for _, v in losses], rtol=1e-6)
         for e in r["evals"][seed].values():
-            tag = re.sub(
-                r"[^\w/.-]", "_", f"eval_seed{seed}/{e['method']}/accuracy_vs_flops_permille"
+            tag = lab.MetricWriter.safe_tag(
+                f"eval_seed{seed}/{e['method']}/accuracy_vs_flops_permille"
             )
             assert (round(1000 * e["flops_ratio"]), pytest.approx(e["accuracy"])) in scalars[tag]
     capsys.readouterr()

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import signal
 
 import numpy as np
 import pytest
 
+from pruneax import lab
 from pruneax.experiments import vlm_token_pruning as vtp
 from pruneax.models.llama import FastVSpec
 from tests._resume import kill_after_first_checkpoint
@@ -96,7 +96,7 @@ def test_tensorboard_curves_equal_the_results(reference):
     assert [s for s, _ in got] == [s for s, _ in want]
     np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)
     for e in out["evals"].values():
-        tag = re.sub(r"[^\w/.-]", "_", f"eval/{e['method']}/accuracy_vs_flops_permille")  # "+"
+        tag = lab.MetricWriter.safe_tag(f"eval/{e['method']}/accuracy_vs_flops_permille")  # "+"
         assert (round(1000 * e["flops_ratio"]), pytest.approx(e["accuracy"])) in scalars[tag]
 
 

@@ -80,10 +80,10 @@ def _series(results, metric):
     return {m: sorted(v) for m, v in out.items() if v}, cfg
 
 
-def _style(m: str, i: int, plt):
-    from pruneax.experiments.vlm_token_pruning import LLM_METHODS  # loaded by now: no cycle
-
-    ls = "--" if m in ("random", "uniform") else (":" if "fastv" in m or m in LLM_METHODS else "-")
+def _style(m: str, i: int, plt, results: dict[str, Any]):
+    """Dashed: the random baselines; dotted: in-LLM methods (kind "llm") and FastV combinations."""
+    in_llm = any(e["method"] == m and e["kind"] == "llm" for e in results["evals"].values())
+    ls = "--" if m in ("random", "uniform") else (":" if "fastv" in m or in_llm else "-")
     return dict(ls=ls, marker="o", color=plt.cm.tab20(i % 20), label=m)
 
 
@@ -94,7 +94,7 @@ def plot_accuracy(results: dict[str, Any], path: pathlib.Path) -> None:
     for ax, metric in zip(axes[0], panels, strict=True):
         series, _ = _series(results, metric)
         for i, (m, pts) in enumerate(series.items()):
-            ax.plot(*zip(*pts, strict=True), **_style(m, i, plt))
+            ax.plot(*zip(*pts, strict=True), **_style(m, i, plt, results))
         ax.axhline(results["evals"]["dense"][metric], color="k", lw=0.8, ls=":", label="dense")
         ax.set_xscale("log")
         ax.set_xlabel("fraction of visual tokens kept")
@@ -114,7 +114,7 @@ def plot_flops(results: dict[str, Any], path: pathlib.Path) -> None:
             (e["flops_ratio"], e["accuracy"]) for e in results["evals"].values()
             if e["method"] == m
         )  # fmt: skip
-        ax.plot(*zip(*pts, strict=True), **_style(m, i, plt))
+        ax.plot(*zip(*pts, strict=True), **_style(m, i, plt, results))
     ax.set_xscale("log")
     ax.set_xlabel("prefill FLOPs / dense (projector + LLM)")
     ax.set_ylabel("accuracy")

@@ -78,11 +78,22 @@ class MetricWriter:
         """Whether event files are being written (process 0 with tensorboardX installed)."""
         return self._writer is not None
 
+    @staticmethod
+    def safe_tag(tag: str) -> str:
+        """``tag`` as ``scalar`` stores it: characters TensorBoard does not allow in a tag
+        (``@``, ``+``, ``:``, spaces, ...) become ``_``.
+
+        Example:
+          >>> from pruneax.lab import MetricWriter
+          >>> MetricWriter.safe_tag("eval/maxsum+todre/ppl_2:4")
+          'eval/maxsum_todre/ppl_2_4'
+        """
+        return re.sub(r"[^\w/.-]", "_", tag)
+
     def scalar(self, tag: str, value: float, step: int) -> None:
-        """Records ``value`` under ``tag`` (e.g. ``"train/loss"``) at ``step``; characters
-        TensorBoard does not allow in a tag (``@``, spaces, ...) become ``_``."""
+        """Records ``value`` under ``safe_tag(tag)`` (e.g. ``"train/loss"``) at ``step``."""
         if self._writer is not None:
-            self._writer.add_scalar(re.sub(r"[^\w/.-]", "_", tag), float(value), int(step))
+            self._writer.add_scalar(self.safe_tag(tag), float(value), int(step))
 
     def flush(self) -> None:
         """Writes what is buffered to disk."""
